@@ -1,0 +1,135 @@
+"""The global-local MDP of SPEC §1 as one validated dataclass of dense tensors.
+
+One global agent (state ``s_g`` in ``{0..G-1}``, action ``a_g`` in ``{0..A-1}``) and ``n``
+exchangeable local agents (state ``s_i`` in ``{0..L-1}``). Given ``(s_g, a_g)`` all agents move
+independently:
+
+    P_g[g, a, g'] = P(s_g' = g' | s_g = g, a_g = a)
+    P_l[g, a, x, x'] = P(s_i' = x' | s_i = x, s_g = g, a_g = a)
+
+and the reward is ``r(s, a_g) = r_g[g, a] + (1/n) sum_i r_l[g, a, s_i]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+PROB_TOL = 1e-9
+
+
+def _check_stochastic(name: str, P: Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` and the first bad index unless ``P`` is row-stochastic."""
+    if not torch.isfinite(P).all():
+        idx = tuple(torch.nonzero(~torch.isfinite(P))[0].tolist())
+        raise ValueError(f"{name}{list(idx)} is not finite")
+    if (P < 0).any():
+        idx = tuple(torch.nonzero(P < 0)[0].tolist())
+        raise ValueError(f"{name}{list(idx)} = {P[idx].item():.3g} is negative; probabilities must be >= 0")
+    row_sums = P.sum(-1)
+    bad = (row_sums - 1).abs() > PROB_TOL
+    if bad.any():
+        idx = tuple(torch.nonzero(bad)[0].tolist())
+        raise ValueError(
+            f"{name}{list(idx)} sums to {row_sums[idx].item():.12g}; every row must sum to 1 "
+            f"(tolerance {PROB_TOL:g})"
+        )
+
+
+def _check_finite(name: str, r: Tensor) -> None:
+    if not torch.isfinite(r).all():
+        idx = tuple(torch.nonzero(~torch.isfinite(r))[0].tolist())
+        raise ValueError(f"{name}{list(idx)} = {r[idx].item()} is not finite (NaN or inf reward)")
+
+
+def _check_shape(name: str, t: Tensor, shape: tuple[int, ...], meaning: str) -> None:
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape} ({meaning})")
+
+
+@dataclass(frozen=True)
+class GlobalLocalMDP:
+    """The tuple ``(P_g, P_l, r_g, r_l, gamma)`` of SPEC §1, validated on construction.
+
+    Shapes: ``P_g [G, A, G]``, ``P_l [G, A, L, L]``, ``r_g [G, A]``, ``r_l [G, A, L]``.
+    Tensors are stored as float64; ``to(device)`` moves them.
+    """
+
+    P_g: Tensor
+    P_l: Tensor
+    r_g: Tensor
+    r_l: Tensor
+    gamma: float
+    name: str = "custom"
+    global_state_names: tuple[str, ...] | None = None
+    local_state_names: tuple[str, ...] | None = None
+    action_names: tuple[str, ...] | None = None
+    params: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for fname in ("P_g", "P_l", "r_g", "r_l"):
+            value = torch.as_tensor(getattr(self, fname), dtype=torch.float64)
+            object.__setattr__(self, fname, value)
+        if self.P_g.dim() != 3:
+            raise ValueError(f"P_g must have 3 dims [G, A, G], got shape {tuple(self.P_g.shape)}")
+        G, A, _ = self.P_g.shape
+        if self.P_l.dim() != 4:
+            raise ValueError(f"P_l must have 4 dims [G, A, L, L], got shape {tuple(self.P_l.shape)}")
+        L = self.P_l.shape[-1]
+        _check_shape("P_g", self.P_g, (G, A, G), "[G, A, G]")
+        _check_shape("P_l", self.P_l, (G, A, L, L), "[G, A, L, L]")
+        _check_shape("r_g", self.r_g, (G, A), "[G, A]")
+        _check_shape("r_l", self.r_l, (G, A, L), "[G, A, L]")
+        _check_stochastic("P_g", self.P_g)
+        _check_stochastic("P_l", self.P_l)
+        _check_finite("r_g", self.r_g)
+        _check_finite("r_l", self.r_l)
+        if not (0.0 < float(self.gamma) < 1.0):
+            raise ValueError(f"gamma = {self.gamma} is outside the allowed range (0, 1)")
+        object.__setattr__(self, "gamma", float(self.gamma))
+        for names, size, what in (
+            (self.global_state_names, G, "global_state_names"),
+            (self.local_state_names, L, "local_state_names"),
+            (self.action_names, A, "action_names"),
+        ):
+            if names is not None and len(names) != size:
+                raise ValueError(f"{what} has {len(names)} names, expected {size}")
+
+    @property
+    def G(self) -> int:
+        """Number of global states."""
+        return self.P_g.shape[0]
+
+    @property
+    def A(self) -> int:
+        """Number of global actions."""
+        return self.P_g.shape[1]
+
+    @property
+    def L(self) -> int:
+        """Number of local states."""
+        return self.P_l.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.P_g.device
+
+    def to(self, device: torch.device | str) -> GlobalLocalMDP:
+        """Same MDP with its tensors on ``device`` (validation is re-run; it is cheap)."""
+        return replace(
+            self,
+            P_g=self.P_g.to(device),
+            P_l=self.P_l.to(device),
+            r_g=self.r_g.to(device),
+            r_l=self.r_l.to(device),
+        )
+
+    def reward(self, s_g: Tensor, s_l: Tensor, a_g: Tensor) -> Tensor:
+        """Full-system reward ``r_g[g, a] + (1/n) sum_i r_l[g, a, s_i]`` (SPEC §1), batched.
+
+        ``s_g [B]``, ``s_l [B, n]``, ``a_g [B]`` -> ``[B]`` float64.
+        """
+        local = self.r_l[s_g[:, None], a_g[:, None], s_l].mean(-1)
+        return self.r_g[s_g, a_g] + local

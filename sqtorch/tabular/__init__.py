@@ -1,0 +1,1 @@
+"""Exact tabular SUBSAMPLE-Q over count vectors (SPEC §2)."""

@@ -1,0 +1,106 @@
+"""Count vectors of k local states over L values, and their combinatorial ranking (SPEC §2).
+
+A count vector ``c in {0..k}^L`` with ``sum(c) = k`` is the empirical distribution ``F = c / k`` of
+k sampled local states. There are ``C(k + L - 1, k)`` of them. We rank a count vector through its
+sorted multiset ``x_0 <= x_1 <= ... <= x_{k-1}``: with ``y_i = x_i + i`` (strictly increasing),
+
+    rank(c) = sum_i C(y_i, i + 1)            (combinatorial number system, colex order)
+
+which is a bijection onto ``{0 .. C(k + L - 1, k) - 1}``. Every function here is vectorized over
+leading batch dimensions; none loops over count vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+
+def num_counts(k: int, L: int) -> int:
+    """Number of count vectors of k agents over L local states: ``C(k + L - 1, k)``."""
+    return math.comb(k + L - 1, k)
+
+
+@lru_cache(maxsize=64)
+def _binomial_cpu(k: int, L: int) -> Tensor:
+    """``B[y, j] = C(y, j)`` for ``y < k + L``, ``j <= k`` (int64, CPU)."""
+    y = torch.arange(k + L)
+    return torch.tensor([[math.comb(int(a), j) for j in range(k + 1)] for a in y], dtype=torch.int64)
+
+
+def binomial_table(k: int, L: int, device: torch.device | str = "cpu") -> Tensor:
+    """``B[y, j] = C(y, j)`` for ``y < k + L`` and ``j <= k``, on ``device``."""
+    return _binomial_cpu(k, L).to(device)
+
+
+def rank_sorted(x: Tensor, L: int) -> Tensor:
+    """Rank of the count vector whose sorted local states are ``x [..., k]`` (non-decreasing)."""
+    k = x.shape[-1]
+    binom = binomial_table(k, L, x.device)
+    i = torch.arange(k, device=x.device)
+    return binom[x + i, i + 1].sum(-1)
+
+
+def rank_states(x: Tensor, L: int) -> Tensor:
+    """Rank of the count vector of the (unsorted) local states ``x [..., k]``."""
+    return rank_sorted(x.sort(-1).values, L)
+
+
+def sorted_states(c: Tensor) -> Tensor:
+    """Count vectors ``c [..., L]`` -> their sorted local states ``[..., k]``.
+
+    ``x_i`` is the number of states ``v`` whose cumulative count ``c_0 + .. + c_v`` is ``<= i``.
+    """
+    totals = c.sum(-1)
+    k = int(totals.max()) if totals.numel() else 0
+    if (totals != k).any():
+        raise ValueError("count vectors c must all have the same total k = sum(c)")
+    cum = c.cumsum(-1)
+    i = torch.arange(k, device=c.device)
+    return (cum[..., None, :] <= i[:, None]).sum(-1)
+
+
+def counts_of(x: Tensor, L: int) -> Tensor:
+    """Local states ``x [..., k]`` -> count vectors ``[..., L]`` (int64)."""
+    c = torch.zeros(*x.shape[:-1], L, dtype=torch.int64, device=x.device)
+    return c.scatter_add_(-1, x, torch.ones_like(x))
+
+
+def rank(c: Tensor) -> Tensor:
+    """Rank of count vectors ``c [..., L]`` (all with the same total k)."""
+    return rank_sorted(sorted_states(c), c.shape[-1])
+
+
+def unrank_sorted(r: Tensor, k: int, L: int) -> Tensor:
+    """Inverse of :func:`rank_sorted`: ranks ``r [...]`` -> sorted local states ``[..., k]``.
+
+    Greedy decoding of the combinatorial number system: for ``i = k-1 .. 0`` take the largest
+    ``y`` with ``C(y, i + 1) <= r`` and subtract it.
+    """
+    binom = binomial_table(k, L, r.device)
+    rest = r.clone()
+    x = torch.empty(*r.shape, k, dtype=torch.int64, device=r.device)
+    for i in range(k - 1, -1, -1):  # k positions of one multiset, not agents of the system
+        col = binom[:, i + 1].contiguous()
+        y = torch.searchsorted(col, rest, right=True) - 1
+        rest -= col[y]
+        x[..., i] = y - i
+    return x
+
+
+def unrank(r: Tensor, k: int, L: int) -> Tensor:
+    """Inverse of :func:`rank`: ranks ``r [...]`` -> count vectors ``[..., L]``."""
+    return counts_of(unrank_sorted(r, k, L), L)
+
+
+def all_sorted_states(k: int, L: int, device: torch.device | str = "cpu") -> Tensor:
+    """Sorted local states of every count vector, in rank order: ``[C(k+L-1, k), k]``."""
+    return unrank_sorted(torch.arange(num_counts(k, L), device=device), k, L)
+
+
+def all_counts(k: int, L: int, device: torch.device | str = "cpu") -> Tensor:
+    """Every count vector of k agents over L states, in rank order: ``[C(k+L-1, k), L]``."""
+    return counts_of(all_sorted_states(k, L, device), L)
