@@ -54,11 +54,37 @@ def sample_initial_state(
     return s_g, s_l
 
 
+def _floyd_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Tensor:
+    """Floyd's algorithm: for ``j = n-k .. n-1`` draw ``t ~ U{0..j}``, keep ``t`` or, if taken, ``j``.
+
+    Exactly k uniform integers per row (independent of anything but ``(n, k, batch)``) and
+    ``O(k^2)`` work per row instead of ``O(n)``; the resulting set is a uniform k-subset.
+    """
+    out = torch.empty(batch, k, dtype=torch.int64, device=generator.device)
+    for i in range(k):  # positions in the subset (k of them), not agents
+        j = n - k + i
+        t = torch.randint(j + 1, (batch,), generator=generator, device=generator.device)
+        taken = (out[:, :i] == t[:, None]).any(1)
+        out[:, i] = torch.where(taken, j, t)
+    return out
+
+
 def sample_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Tensor:
-    """A fresh uniform k-subset of ``{0..n-1}`` without replacement per row: ``[batch, k]``."""
+    """A fresh uniform k-subset of ``{0..n-1}`` without replacement per row: ``[batch, k]``.
+
+    Order within a row is not uniform (only the set is): use it for counts, not positions.
+    ``k = n`` returns every agent without drawing; ``k^2 <= 4 n`` uses Floyd's algorithm
+    (k draws per row); otherwise the top-k of n uniform keys. The number of draws depends only
+    on ``(n, k, batch)``, which keeps common random numbers common across policies.
+    """
     if not 1 <= k <= n:
         raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
-    keys = torch.rand(batch, n, generator=generator, device=generator.device)
+    dev = generator.device
+    if k == n:
+        return torch.arange(n, device=dev).expand(batch, n).clone()
+    if k * k <= 4 * n:
+        return _floyd_subset(n, k, batch, generator)
+    keys = torch.rand(batch, n, generator=generator, device=dev)
     return keys.topk(k, dim=1, sorted=False).indices
 
 
