@@ -124,8 +124,13 @@ def test_paired_comparison_is_exact_for_identical_policies_and_tighter(queue):
     kw = dict(num_initial=4, rollouts=64, horizon=30, seed=2)
     same = compare_mc(queue, pol, random_table(queue, 3, 0), 10, **kw)
     assert same.mean_diff == 0.0 and same.ci95 == 0.0
-    # a slightly perturbed table: paired CI far below the unpaired one
-    near = QTable(pol.q + 0.05 * random_table(queue, 3, 9).q, 3, queue.L, "queue")
+    # two policies that differ in a few table entries: paired CI far below the unpaired one
+    q = torch.zeros(queue.G, num_counts(3, queue.L), queue.A)
+    q[..., 1] = 1.0  # hold the service level
+    pol = QTable(q, 3, queue.L, "queue")
+    q_near = q.clone()
+    q_near[1, :4, 2] = 2.0  # raise it in level 1 when the sampled queues are short
+    near = QTable(q_near, 3, queue.L, "queue")
     d = compare_mc(queue, pol, near, 10, **kw)
     unpaired = math.hypot(d.a.ci95, d.b.ci95)
     assert d.ci95 < unpaired / 3
