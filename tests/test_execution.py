@@ -27,7 +27,8 @@ class Constant:
 
 def random_table(env, k, seed):
     gen = torch.Generator().manual_seed(seed)
-    return QTable(torch.randn(env.G, num_counts(k, env.L), env.A, generator=gen), k, env.L, env.name)
+    q = torch.randn(env.G, num_counts(k, env.L), env.A, generator=gen)
+    return QTable(q, k, env.L, env.name)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,8 @@ def test_reward_counts_all_agents_and_discounts_by_gamma_t(queue):
     er1 = queue.r_g[g1, a] + (p1 * queue.r_l[g1, a][:, None, :]).sum(-1).mean(-1)
     exact = r0 + queue.gamma * er1
     se = H2.returns.std(1) / math.sqrt(R)
-    assert ((torch.tensor(H2.per_initial, dtype=torch.float64) - exact).abs() < 4 * se + 1e-12).all()
+    mc = torch.tensor(H2.per_initial, dtype=torch.float64)
+    assert ((mc - exact).abs() < 4 * se + 1e-12).all()
 
 
 def test_same_seed_gives_identical_numbers(queue):
@@ -113,10 +115,11 @@ def test_common_random_numbers_across_policies(queue, monkeypatch):
     (base, m0), *others = runs
     for other, m in others:
         assert m != m0
-        assert not all(torch.equal(x, y) for x, y in zip(base["actions"], other["actions"]))
+        acts = zip(base["actions"], other["actions"], strict=True)
+        assert not all(torch.equal(x, y) for x, y in acts)
         for key in ("subset_state", "subset", "dyn_state"):
             assert len(base[key]) == len(other[key]) == 12
-            assert all(torch.equal(x, y) for x, y in zip(base[key], other[key])), key
+            assert all(torch.equal(x, y) for x, y in zip(base[key], other[key], strict=True)), key
 
 
 def test_paired_comparison_is_exact_for_identical_policies_and_tighter(queue):

@@ -55,7 +55,7 @@ def sample_initial_state(
 
 
 def _floyd_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Tensor:
-    """Floyd's algorithm: for ``j = n-k .. n-1`` draw ``t ~ U{0..j}``, keep ``t`` or, if taken, ``j``.
+    """Floyd's algorithm: for ``j = n-k .. n-1`` draw ``t ~ U{0..j}``, keep ``t`` (``j`` if taken).
 
     Exactly k uniform integers per row (independent of anything but ``(n, k, batch)``) and
     ``O(k^2)`` work per row instead of ``O(n)``; the resulting set is a uniform k-subset.

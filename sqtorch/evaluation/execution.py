@@ -141,7 +141,7 @@ def initial_states(
 def check_initial_states(env: GlobalLocalMDP, n: int, s_g: Tensor, s_l: Tensor) -> None:
     """Raise ``ValueError`` naming ``s_g``/``s_l`` unless they are states of the n-agent system."""
     if s_g.dim() != 1:
-        raise ValueError(f"s_g has shape {tuple(s_g.shape)}, expected [I] (one global state per row)")
+        raise ValueError(f"s_g has shape {tuple(s_g.shape)}, expected [I] (one global state a row)")
     if tuple(s_l.shape) != (s_g.shape[0], n):
         raise ValueError(f"s_l has shape {tuple(s_l.shape)}, expected [I, n] = {(s_g.shape[0], n)}")
     for name, s, size in (("s_g", s_g, env.G), ("s_l", s_l, env.L)):
@@ -247,7 +247,8 @@ def mc_returns(
     out = []
     for start in range(0, I * rollouts, chunk):  # memory chunks, independent of the policy
         r = rows[start : start + chunk]
-        out.append(simulate_returns(env, policy, s_g0[r], s_l0[r], horizon, gen_subset, gen_dynamics))
+        ret = simulate_returns(env, policy, s_g0[r], s_l0[r], horizon, gen_subset, gen_dynamics)
+        out.append(ret)
     return torch.cat(out).reshape(I, rollouts), horizon
 
 
