@@ -66,7 +66,10 @@ def count_mdp_size(env: GlobalLocalMDP, n: int) -> tuple[int, float]:
 
 
 def check_tractable(
-    env: GlobalLocalMDP, n: int, max_states: int = DEFAULT_MAX_STATES, max_gib: float = DEFAULT_MAX_GIB
+    env: GlobalLocalMDP,
+    n: int,
+    max_states: int = DEFAULT_MAX_STATES,
+    max_gib: float = DEFAULT_MAX_GIB,
 ) -> None:
     """Raise ``ValueError`` with the size when the n-count MDP is too large to solve exactly."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -228,7 +231,8 @@ def _hypergeometric_blocks(n: int, k: int, L: int, device: torch.device | str):
 def subsampled_policy_probs(greedy: Tensor, n: int, k: int, L: int, A: int) -> Tensor:
     """``pi(a | g, C) = sum_c P(c | C) 1{a = greedy[g, c]}`` as ``[G, N_n, A]`` (SPEC §5)."""
     onehot = torch.nn.functional.one_hot(greedy, A).to(torch.float64)  # [G, N_k, A]
-    pi = torch.empty(greedy.shape[0], num_counts(n, L), A, dtype=torch.float64, device=greedy.device)
+    N = num_counts(n, L)
+    pi = torch.empty(greedy.shape[0], N, A, dtype=torch.float64, device=greedy.device)
     for rows, H in _hypergeometric_blocks(n, k, L, greedy.device):
         pi[:, rows] = torch.einsum("Nc,gca->gNa", H, onehot)
     return pi
@@ -285,11 +289,15 @@ def value_at(V: Tensor, s_g: Tensor, s_l: Tensor, L: int | None = None) -> Tenso
     n = s_l.shape[-1]
     L = _infer_L(N, n) if L is None else L
     if num_counts(n, L) != N:
-        raise ValueError(f"V has shape {tuple(V.shape)}, expected [G, C(n+L-1, L-1)] = [G, {num_counts(n, L)}]")
+        raise ValueError(
+            f"V has shape {tuple(V.shape)}, expected [G, C(n+L-1, L-1)] = [G, {num_counts(n, L)}]"
+        )
     for name, s, size in (("s_g", s_g, G), ("s_l", s_l, L)):
         bad = (s < 0) | (s >= size)
         if bad.any():
             idx = tuple(torch.nonzero(bad)[0].tolist())
-            raise ValueError(f"{name}{list(idx)} = {int(s[idx])} is outside the state space {{0..{size - 1}}}")
+            raise ValueError(
+                f"{name}{list(idx)} = {int(s[idx])} is outside the state space {{0..{size - 1}}}"
+            )
     s_g, s_l = s_g.to(V.device), s_l.to(V.device)
     return V[s_g, rank_states(s_l, L)]
