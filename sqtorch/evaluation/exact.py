@@ -22,6 +22,7 @@ distinct slice.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -122,7 +123,10 @@ def _slice_kernel(P: Tensor, n: int, X: Tensor, add_one: list[Tensor]) -> Tensor
         N_next = num_counts(j + 1, L)
         key, p = _merge((c_idx[:, None] * N_next + new_part)[keep], q[keep], N * N_next)
         c_idx, part = key // N_next, key % N_next
-    return torch.sparse_coo_tensor(torch.stack([c_idx, part]), p, (N, N)).coalesce().to_sparse_csr()
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta on every construction
+        warnings.simplefilter("ignore", UserWarning)
+        M = torch.sparse_coo_tensor(torch.stack([c_idx, part]), p, (N, N))
+        return M.coalesce().to_sparse_csr()
 
 
 def build_count_kernel(env: GlobalLocalMDP, n: int) -> CountKernel:
