@@ -34,7 +34,7 @@ def random_env(G=2, A=2, L=3, gamma=0.8, seed=0):
     )
 
 
-def joint_mdp(env, n, pi_of):
+def joint_mdp(env, n):
     """The full n-agent MDP over (g, s_1..s_n): transition [S, A, S], reward [S, A], states."""
     states = torch.tensor(list(itertools.product(range(env.G), *[range(env.L)] * n)))
     g, s = states[:, 0], states[:, 1:]
@@ -42,7 +42,8 @@ def joint_mdp(env, n, pi_of):
     # P[(g,s), a, (g',s')] = P_g[g,a,g'] prod_i P_l[g,a,s_i,s'_i]
     P = env.P_g[g[:, None, None], a[None, :, None], states[None, None, :, 0]]
     for i in range(n):
-        P = P * env.P_l[g[:, None, None], a[None, :, None], s[:, None, None, i], states[None, None, :, 1 + i]]
+        nxt = states[None, None, :, 1 + i]
+        P = P * env.P_l[g[:, None, None], a[None, :, None], s[:, None, None, i], nxt]
     r = env.reward(g.repeat_interleave(env.A), s.repeat_interleave(env.A, 0), a.repeat(len(g)))
     return P, r.reshape(-1, env.A), g, s
 
@@ -60,10 +61,11 @@ def test_policy_value_matches_brute_force_joint_mdp(k):
     env, n = random_env(), 3
     gen = torch.Generator().manual_seed(k)
     greedy = torch.randint(env.A, (env.G, num_counts(k, env.L)), generator=gen)
-    P, r, g, s = joint_mdp(env, n, None)
+    P, r, g, s = joint_mdp(env, n)
     pi = brute_policy_probs(env, greedy, g, s, k)  # [S, A]
     P_pi = (pi[:, :, None] * P).sum(1)
-    V_joint = torch.linalg.solve(torch.eye(len(g), dtype=torch.float64) - env.gamma * P_pi, (pi * r).sum(1))
+    eye = torch.eye(len(g), dtype=torch.float64)
+    V_joint = torch.linalg.solve(eye - env.gamma * P_pi, (pi * r).sum(1))
     V = policy_value(env, n, greedy, k)
     assert V.shape == (env.G, num_counts(n, env.L))
     assert torch.allclose(value_at(V, g, s), V_joint, atol=1e-8, rtol=0)
@@ -71,7 +73,7 @@ def test_policy_value_matches_brute_force_joint_mdp(k):
 
 def test_optimal_value_matches_brute_force_joint_mdp():
     env, n = random_env(seed=3), 3
-    P, r, g, s = joint_mdp(env, n, None)
+    P, r, g, s = joint_mdp(env, n)
     V = torch.zeros(len(g), dtype=torch.float64)
     for _ in range(400):  # joint value iteration, 0.8^400 ~ 1e-39
         V = (r + env.gamma * P @ V).max(1).values
@@ -110,7 +112,8 @@ def queue_gaps():
     v_star = value_at(V_star, s_g, s_l)
     tables, values, gaps = {}, {}, []
     for k in range(1, n + 1):
-        tables[k] = QTable(optimal_q(env, k, tol=1e-10), k, env.L, env.name)
+        q = optimal_q(env, k, tol=1e-10, kernel=K if k == n else None)
+        tables[k] = QTable(q, k, env.L, env.name)
         values[k] = policy_value(env, n, tables[k].greedy(), k, kernel=K)
         gaps.append(float((v_star - value_at(values[k], s_g, s_l)).mean()))
     return env, tables, values, gaps
@@ -143,7 +146,7 @@ def _dr_gaps(name, n=3):
     s_g, s_l = initial_states(env, n, 64, seed=0)
     gaps = []
     for k in range(1, n + 1):
-        greedy = optimal_q(env, k, tol=1e-10).argmax(-1)
+        greedy = optimal_q(env, k, tol=1e-10, kernel=K if k == n else None).argmax(-1)
         V = policy_value(env, n, greedy, k, kernel=K)
         gaps.append(float((value_at(V_star - V, s_g, s_l)).mean()))
     return gaps

@@ -32,6 +32,7 @@ from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.tabular.counts import all_counts, all_sorted_states, num_counts, rank, rank_states
 
 DEFAULT_TOL = 1e-12
+NOISE_FLOOR = 1e-13  # relative float64 noise of one Bellman sweep
 DEFAULT_MAX_STATES = 200_000
 DEFAULT_MAX_GIB = 4.0
 CHUNK_ELEMS = 1 << 23  # elements of an intermediate [rows, N_k, L] tensor
@@ -123,10 +124,11 @@ def _slice_kernel(P: Tensor, n: int, X: Tensor, add_one: list[Tensor]) -> Tensor
         N_next = num_counts(j + 1, L)
         key, p = _merge((c_idx[:, None] * N_next + new_part)[keep], q[keep], N * N_next)
         c_idx, part = key // N_next, key % N_next
+    crow = torch.zeros(N + 1, dtype=torch.int64, device=P.device)
+    crow[1:] = torch.bincount(c_idx, minlength=N).cumsum(0)  # keys are sorted (C, C')
     with warnings.catch_warnings():  # torch flags sparse CSR as beta on every construction
         warnings.simplefilter("ignore", UserWarning)
-        M = torch.sparse_coo_tensor(torch.stack([c_idx, part]), p, (N, N))
-        return M.coalesce().to_sparse_csr()
+        return torch.sparse_csr_tensor(crow, part, p, (N, N))
 
 
 def build_count_kernel(env: GlobalLocalMDP, n: int) -> CountKernel:
@@ -165,6 +167,8 @@ def _iterate(env: GlobalLocalMDP, K: CountKernel, backup, tol: float, max_iter: 
     MacQueen-Porteus bounds ``T V + gamma/(1-gamma) [min D, max D]`` bracket the fixed point;
     we stop when that bracket is narrower than ``2 tol`` and return its midpoint. The span of
     ``D`` contracts faster than its sup norm, so this needs far fewer sweeps than ``||D|| < tol``.
+    A sweep has float64 rounding noise of about ``1e-14 ||V||``, so the tolerance actually used
+    is ``max(tol, NOISE_FLOOR * ||V||_inf)`` (``1e-13 * ||V||``).
     """
     R = count_rewards(env, K.counts)
     V = torch.zeros(env.G, K.N, dtype=torch.float64, device=env.device)
@@ -174,7 +178,7 @@ def _iterate(env: GlobalLocalMDP, K: CountKernel, backup, tol: float, max_iter: 
         D = V_new - V
         lo, hi = float(D.min()), float(D.max())
         V = V_new
-        if c * (hi - lo) <= 2 * tol:
+        if c * (hi - lo) <= 2 * max(tol, NOISE_FLOOR * float(V.abs().max())):
             return V + c * (hi + lo) / 2
     raise RuntimeError(f"value iteration did not reach tol = {tol:g} in {max_iter} iterations")
 
@@ -235,6 +239,8 @@ def _hypergeometric_blocks(n: int, k: int, L: int, device: torch.device | str):
 def subsampled_policy_probs(greedy: Tensor, n: int, k: int, L: int, A: int) -> Tensor:
     """``pi(a | g, C) = sum_c P(c | C) 1{a = greedy[g, c]}`` as ``[G, N_n, A]`` (SPEC §5)."""
     onehot = torch.nn.functional.one_hot(greedy, A).to(torch.float64)  # [G, N_k, A]
+    if k == n:  # the subset is every agent: P(c | C) = 1{c = C}
+        return onehot
     N = num_counts(n, L)
     pi = torch.empty(greedy.shape[0], N, A, dtype=torch.float64, device=greedy.device)
     for rows, H in _hypergeometric_blocks(n, k, L, greedy.device):
