@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from sqtorch.envs import make_env
-from sqtorch.envs.simulator import make_generator, sample_subset
+from sqtorch.envs.simulator import (
+    LookupSampler,
+    make_generator,
+    sample_categorical,
+    sample_subset,
+)
 from sqtorch.evaluation import compare_mc, evaluate_mc, horizon_for, initial_states
 from sqtorch.evaluation import execution as ex
 from sqtorch.tabular.counts import num_counts
@@ -169,3 +174,19 @@ def test_bad_input_raises_naming_the_field(queue):
         evaluate_mc(queue, pol, 10, s0=(torch.tensor([-1, 0]), s_l), rollouts=2)
     with pytest.raises(ValueError, match=r"s_l has shape"):
         evaluate_mc(queue, pol, 9, s0=(s_g, s_l), rollouts=2)
+
+
+@pytest.mark.parametrize("name", ["queue", "demand_response"])
+def test_lookup_sampler_draws_exactly_like_inverse_cdf(name):
+    env = make_env(name)
+    S = LookupSampler.build(env.P_l)
+    gen = torch.Generator().manual_seed(0)
+    R = env.G * env.A * env.L
+    row = torch.randint(R, (200_000,), generator=gen)
+    u = torch.rand(200_000, generator=gen, dtype=torch.float64)
+    assert torch.equal(S.sample(row, u), sample_categorical(S.cdf_cols, row, u))
+    # uniforms exactly on every CDF boundary (and just below it)
+    cdf = S.cdf_cols.T.reshape(-1).clamp(max=1 - 2**-53)
+    rows = torch.arange(R).repeat_interleave(S.cdf_cols.shape[0])
+    for v in (cdf, torch.nextafter(cdf, torch.zeros_like(cdf)).clamp(min=0)):
+        assert torch.equal(S.sample(rows, v), sample_categorical(S.cdf_cols, rows, v))
