@@ -90,7 +90,7 @@ def sample_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Ten
     return keys.topk(k, dim=1, sorted=False).indices
 
 
-LOOKUP_ENTRIES = 1 << 21  # target size of a bucket table (rows x 2^bits), about 2 MiB as uint8
+LOOKUP_ENTRIES = 1 << 18  # target size of a bucket table (rows x 2^bits): 256 KiB of uint8
 IMPURE = 255  # bucket marker: an outcome boundary lies inside, resolve by the exact CDF
 
 
@@ -125,8 +125,9 @@ class LookupSampler:
 
     def sample(self, row: Tensor, u: Tensor) -> Tensor:
         """Outcome index (int64) for rows ``row`` and uniforms ``u`` (same shape)."""
-        q = (u * 2**self.bits).long()
-        out = self.table.take((row << self.bits) | q).long()
+        scale = 2**self.bits
+        idx = (u * scale).long().add_(row, alpha=scale)  # row * 2^bits + bucket, one fused pass
+        out = self.table.take(idx).long()
         bad = torch.nonzero(out.view(-1) == IMPURE).squeeze(1)
         if bad.numel():
             flat = out.view(-1)
