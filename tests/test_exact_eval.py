@@ -9,7 +9,6 @@ import torch
 from sqtorch.envs import GlobalLocalMDP, make_env
 from sqtorch.evaluation import evaluate_mc, initial_states
 from sqtorch.evaluation.exact import (
-    build_count_kernel,
     optimal_q,
     optimal_value,
     policy_value,
@@ -17,7 +16,7 @@ from sqtorch.evaluation.exact import (
     value_at,
 )
 from sqtorch.tabular.counts import all_counts, counts_of, num_counts, rank, rank_states
-from sqtorch.tabular.qtable import QTable
+from sqtorch.tabular.exact import count_kernel, exact_q
 
 
 def random_env(G=2, A=2, L=3, gamma=0.8, seed=0):
@@ -92,28 +91,17 @@ def test_hypergeometric_lumping_matches_enumeration():
         assert torch.allclose(H[i], freq / math.comb(n, k), atol=1e-14)
 
 
-def test_count_kernel_rows_are_distributions_and_match_one_agent():
-    env = random_env(L=4, seed=1)
-    K = build_count_kernel(env, 4)
-    for M in K.matrices:
-        assert torch.allclose(M.to_dense().sum(1), torch.ones(K.N, dtype=torch.float64), atol=1e-13)
-    K1 = build_count_kernel(env, 1)  # one agent: the kernel is P_l itself
-    for g, a in itertools.product(range(env.G), range(env.A)):
-        assert torch.allclose(K1.matrices[int(K1.slice_of[g, a])].to_dense(), env.P_l[g, a])
-
-
 @pytest.fixture(scope="module")
 def queue_gaps():
-    """Exact gaps V* - V^{pi_k} of the queue defaults at n = 10, pi_k from exact Q at k."""
+    """Exact gaps V* - V^{pi_k} of the queue defaults at n = 10, pi_k from exact_q at k."""
     env, n = make_env("queue"), 10
-    K = build_count_kernel(env, n)
+    K = count_kernel(env, n)
     V_star = optimal_value(env, n, kernel=K)
     s_g, s_l = initial_states(env, n, 64, seed=0)
     v_star = value_at(V_star, s_g, s_l)
     tables, values, gaps = {}, {}, []
     for k in range(1, n + 1):
-        q = optimal_q(env, k, tol=1e-10, kernel=K if k == n else None)
-        tables[k] = QTable(q, k, env.L, env.name)
+        tables[k] = exact_q(env, k, tol=1e-9)  # SUBSAMPLE-Q, m = exact
         values[k] = policy_value(env, n, tables[k].greedy(), k, kernel=K)
         gaps.append(float((v_star - value_at(values[k], s_g, s_l)).mean()))
     return env, tables, values, gaps
@@ -141,12 +129,13 @@ def test_monte_carlo_agrees_with_exact_value(queue_gaps):
 
 def _dr_gaps(name, n=3):
     env = make_env(name)
-    K = build_count_kernel(env, n)
+    K = count_kernel(env, n)
     V_star = optimal_value(env, n, kernel=K)
     s_g, s_l = initial_states(env, n, 64, seed=0)
     gaps = []
     for k in range(1, n + 1):
-        greedy = optimal_q(env, k, tol=1e-10, kernel=K if k == n else None).argmax(-1)
+        # k = n: the exact optimum on the shared kernel (equal to exact_q at k = n, tested above)
+        greedy = exact_q(env, k, tol=1e-9).greedy() if k < n else optimal_q(env, n, kernel=K).argmax(-1)
         V = policy_value(env, n, greedy, k, kernel=K)
         gaps.append(float((value_at(V_star - V, s_g, s_l)).mean()))
     return gaps
@@ -161,6 +150,12 @@ def test_demand_response_gap_is_positive_at_k1():
     gaps = _dr_gaps("demand_response")
     print("demand_response n=3 exact gaps k=1..3:", gaps)
     assert gaps[0] > 0.1 and abs(gaps[-1]) < 1e-9
+
+
+def test_optimal_q_at_n_equals_exact_q():
+    """Exact optimum at k = n agrees with the tabular exact-expectation SUBSAMPLE-Q at k = n."""
+    env = make_env("queue")
+    assert torch.allclose(optimal_q(env, 6), exact_q(env, 6).q, atol=1e-9, rtol=0)
 
 
 def test_value_at_is_permutation_invariant_and_checks_states():

@@ -12,24 +12,21 @@ Agents are exchangeable, so the full n-agent system lumps losslessly onto states
   iterating its Bellman operator to ``tol`` (no sampling noise).
 - ``value_at(V, s_g, s_l)``: lumps full states ``(s_g [B], s_l [B, n])`` to ``V[s_g, rank(C)]``.
 
-The next-count kernel ``C' = sum_x Multinomial(C_x, P_l[g, a, x])`` is built by adding one agent
-at a time (in the sorted order of ``C``) to a partial count vector, merging equal partial counts
-after every agent, so its cost is ``O(n * N_n * (#partial counts) * support)``, vectorized over
-count vectors. It depends on ``(g, a)`` only through ``P_l[g, a]``, so it is built once per
-distinct slice.
+The next-count kernel ``C' = sum_x Multinomial(C_x, P_l[g, a, x])`` is the exact count kernel of
+the tabular learner at k = n (``sqtorch.tabular.exact.count_kernel``); build it once and pass it
+as ``kernel=`` to evaluate several policies at the same n.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.tabular.counts import all_counts, all_sorted_states, num_counts, rank, rank_states
+from sqtorch.tabular.counts import all_counts, num_counts, rank_states
+from sqtorch.tabular.exact import CountKernel, count_kernel, kernel_size_bound
 
 DEFAULT_TOL = 1e-12
 NOISE_FLOOR = 1e-13  # relative float64 noise of one Bellman sweep
@@ -37,34 +34,11 @@ DEFAULT_MAX_STATES = 200_000
 DEFAULT_MAX_GIB = 4.0
 CHUNK_ELEMS = 1 << 23  # elements of an intermediate [rows, N_k, L] tensor
 GIB = float(1 << 30)
-DENSE_MERGE = 1 << 25  # merge partial counts through a dense vector up to this many keys
-
-
-@dataclass
-class CountKernel:
-    """Next-count kernel of the n-count MDP (SPEC §2): one sparse ``[N, N]`` matrix per slice.
-
-    ``K[slice_of[g, a]][rank(C), rank(C')] = P(C' | C, g, a)``; ``counts [N, L]`` in rank order.
-    """
-
-    n: int
-    L: int
-    counts: Tensor
-    slice_of: Tensor  # [G, A] int64
-    matrices: list[Tensor]  # sparse CSR [N, N], float64
-
-    @property
-    def N(self) -> int:
-        return self.counts.shape[0]
 
 
 def count_mdp_size(env: GlobalLocalMDP, n: int) -> tuple[int, float]:
     """States ``G * C(n+L-1, L-1)`` of the n-count MDP and a bound on its kernel's GiB."""
-    N = num_counts(n, env.L)
-    support = int((env.P_l > 0).sum(-1).max())
-    slices = torch.unique(env.P_l.reshape(env.G * env.A, -1), dim=0).shape[0]
-    nnz = slices * N * min(N, support**n)
-    return env.G * N, nnz * 24 / GIB  # int64 row + int64 col + float64 value while building
+    return env.G * num_counts(n, env.L), kernel_size_bound(env, n) * 24 / GIB
 
 
 def check_tractable(
@@ -86,61 +60,13 @@ def check_tractable(
         )
 
 
-def _add_one_tables(n: int, L: int, device: torch.device) -> list[Tensor]:
-    """``T_j[r, x] = rank(unrank_j(r) + e_x)`` among counts of j+1 agents, for ``j < n``."""
-    eye = torch.eye(L, dtype=torch.int64, device=device)
-    return [rank(all_counts(j, L, device)[:, None, :] + eye) for j in range(n)]
-
-
-def _merge(key: Tensor, q: Tensor, key_range: int) -> tuple[Tensor, Tensor]:
-    """Sum ``q`` over equal ``key`` (in ``[0, key_range)``): sorted unique keys and their sums."""
-    if key_range <= DENSE_MERGE:  # scatter into a dense vector, no sort
-        acc = torch.zeros(key_range, dtype=q.dtype, device=q.device).index_add_(0, key, q)
-        hit = torch.zeros(key_range, dtype=torch.bool, device=q.device)
-        hit[key] = True
-        uniq = torch.nonzero(hit).squeeze(1)
-        return uniq, acc[uniq]
-    uniq, inv = torch.unique(key, return_inverse=True)
-    return uniq, torch.zeros(uniq.shape[0], dtype=q.dtype, device=q.device).index_add_(0, inv, q)
-
-
-def _slice_kernel(P: Tensor, n: int, X: Tensor, add_one: list[Tensor]) -> Tensor:
-    """Sparse CSR ``[N, N]`` of ``P(C' | C)`` for one local kernel ``P [L, L]`` (SPEC §2).
-
-    ``X [N, n]`` are the sorted local states of every ``C``. Entries ``(C, partial rank, prob)``
-    grow by one agent per pass and equal ``(C, partial)`` pairs are merged.
-    """
-    N, L = X.shape[0], P.shape[0]
-    width = int((P > 0).sum(-1).max())
-    probs, nxt = P.sort(-1, descending=True)  # nonzero support first
-    probs, nxt = probs[:, :width], nxt[:, :width]
-    c_idx = torch.arange(N, device=P.device)
-    part = torch.zeros(N, dtype=torch.int64, device=P.device)
-    p = torch.ones(N, dtype=P.dtype, device=P.device)
-    for j in range(n):  # agents of one count vector (n passes), vectorized over all entries
-        x = X[c_idx, j]
-        q, new_part = probs[x] * p[:, None], add_one[j][part[:, None], nxt[x]]
-        keep = q > 0
-        N_next = num_counts(j + 1, L)
-        key, p = _merge((c_idx[:, None] * N_next + new_part)[keep], q[keep], N * N_next)
-        c_idx, part = key // N_next, key % N_next
-    crow = torch.zeros(N + 1, dtype=torch.int64, device=P.device)
-    crow[1:] = torch.bincount(c_idx, minlength=N).cumsum(0)  # keys are sorted (C, C')
-    with warnings.catch_warnings():  # torch flags sparse CSR as beta on every construction
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, part, p, (N, N))
-
-
-def build_count_kernel(env: GlobalLocalMDP, n: int) -> CountKernel:
-    """Exact next-count kernel of the n-count MDP, one sparse matrix per distinct ``P_l[g, a]``."""
-    dev, L = env.device, env.L
-    flat = env.P_l.reshape(env.G * env.A, L * L)
-    uniq, slice_of = torch.unique(flat, dim=0, return_inverse=True)
-    X = all_sorted_states(n, L, dev)
-    add_one = _add_one_tables(n, L, dev)
-    mats = [_slice_kernel(u.reshape(L, L), n, X, add_one) for u in uniq]  # distinct slices
-    counts = all_counts(n, L, dev)
-    return CountKernel(n, L, counts, slice_of.reshape(env.G, env.A), mats)
+def n_kernel(env: GlobalLocalMDP, n: int, kernel: CountKernel | None, max_gib: float) -> CountKernel:
+    """The exact next-count kernel at k = n (``sqtorch.tabular.exact.count_kernel``), checked."""
+    if kernel is None:
+        return count_kernel(env, n, max_memory_gib=max_gib)
+    if kernel.k != n or kernel.N != num_counts(n, env.L):
+        raise ValueError(f"kernel is for k = {kernel.k} agents, expected the n-count kernel (n = {n})")
+    return kernel
 
 
 def count_rewards(env: GlobalLocalMDP, counts: Tensor) -> Tensor:
@@ -149,15 +75,9 @@ def count_rewards(env: GlobalLocalMDP, counts: Tensor) -> Tensor:
     return env.r_g[:, None, :] + torch.einsum("nx,gax->gna", F, env.r_l)
 
 
-def expected_next(env: GlobalLocalMDP, K: CountKernel, V: Tensor) -> Tensor:
+def expected_next(K: CountKernel, V: Tensor) -> Tensor:
     """``E[V(g', C') | g, C, a]`` as ``[G, N, A]`` for ``V [G, N]``."""
-    U = torch.einsum("gah,hn->gan", env.P_g, V).reshape(env.G * env.A, K.N)  # over C'
-    W = torch.empty_like(U)
-    flat_slice = K.slice_of.reshape(-1)
-    for s, M in enumerate(K.matrices):  # distinct local kernels, at most G * A
-        rows = torch.nonzero(flat_slice == s).squeeze(1)
-        W[rows] = (M @ U[rows].T).T
-    return W.reshape(env.G, env.A, K.N).permute(0, 2, 1)
+    return K.expected_next(V).permute(0, 2, 1)
 
 
 def _iterate(env: GlobalLocalMDP, K: CountKernel, backup, tol: float, max_iter: int) -> Tensor:
@@ -170,11 +90,11 @@ def _iterate(env: GlobalLocalMDP, K: CountKernel, backup, tol: float, max_iter: 
     A sweep has float64 rounding noise of about ``1e-14 ||V||``, so the tolerance actually used
     is ``max(tol, NOISE_FLOOR * ||V||_inf)`` (``1e-13 * ||V||``).
     """
-    R = count_rewards(env, K.counts)
+    R = count_rewards(env, all_counts(K.k, env.L, env.device))
     V = torch.zeros(env.G, K.N, dtype=torch.float64, device=env.device)
     c = env.gamma / (1 - env.gamma)
     for _ in range(max_iter):  # contraction iterations
-        V_new = backup(R + env.gamma * expected_next(env, K, V))
+        V_new = backup(R + env.gamma * expected_next(K, V))
         D = V_new - V
         lo, hi = float(D.min()), float(D.max())
         V = V_new
@@ -197,9 +117,9 @@ def optimal_q(
 ) -> Tensor:
     """Exact ``Q*(g, C, a)`` ``[G, N_n, A]`` of the full n-agent problem (SPEC §2, k = n)."""
     check_tractable(env, n, max_states, max_gib)
-    K = build_count_kernel(env, n) if kernel is None else kernel
+    K = n_kernel(env, n, kernel, max_gib)
     V = _iterate(env, K, lambda Q: Q.max(-1).values, tol, _max_iter(env.gamma, tol))
-    return count_rewards(env, K.counts) + env.gamma * expected_next(env, K, V)
+    return count_rewards(env, all_counts(n, env.L, env.device)) + env.gamma * expected_next(K, V)
 
 
 def optimal_value(
@@ -279,7 +199,7 @@ def policy_value(
     check_tractable(env, n, max_states, max_gib)
     greedy = torch.as_tensor(greedy, device=env.device)
     _check_greedy(env, greedy, n, k)
-    K = build_count_kernel(env, n) if kernel is None else kernel
+    K = n_kernel(env, n, kernel, max_gib)
     pi = subsampled_policy_probs(greedy, n, k, env.L, env.A)
     return _iterate(env, K, lambda Q: (pi * Q).sum(-1), tol, _max_iter(env.gamma, tol))
 
