@@ -28,9 +28,10 @@ from sqtorch.envs.simulator import (
     sample_subset,
     step,
 )
-from sqtorch.evaluation.exact import build_count_kernel, optimal_value
+from sqtorch.evaluation.exact import optimal_value
 from sqtorch.evaluation.execution import simulate_returns
 from sqtorch.tabular.counts import num_counts
+from sqtorch.tabular.exact import count_kernel
 from sqtorch.tabular.qtable import QTable
 
 CASES = (("queue", 8), ("demand_response", 4))  # demand_response at k = 8: 10.5M count vectors
@@ -94,7 +95,7 @@ def bench_exact(reps: int) -> tuple[float, float, float]:
     times_k, times_v = [], []
     for _ in range(reps):
         t = time.perf_counter()
-        K = build_count_kernel(env, 10)
+        K = count_kernel(env, 10)
         t1 = time.perf_counter()
         optimal_value(env, 10, kernel=K)
         times_k.append(t1 - t)
@@ -117,9 +118,10 @@ def render(rows: list[dict], exact: tuple[float, float, float], args: argparse.N
     kern, vi, total = exact
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
-        f"# Execution benchmark\n\nCommand: `PYTHONPATH=. python bench/execution.py "
+        f"## Execution benchmark, {torch.get_num_threads()} thread(s)\n\n"
+        f"Command: `PYTHONPATH=. python bench/execution.py "
         f"--horizon {args.horizon} --reps {args.reps} --threads {args.threads} "
-        f"--out {args.out}`\n\n"
+        f"--out {args.out}{' --append' if args.append else ''}`\n\n"
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), load average at the end: {load}.\n"
         f"Timings are minima over repetitions (other processes share this machine).\n\n"
@@ -130,7 +132,8 @@ def render(rows: list[dict], exact: tuple[float, float, float], args: argparse.N
         f"(speed does not depend on the values); demand_response uses k = 4 because k = 8 has "
         f"C(32, 8) = 10.5M count vectors.\n\n{head}{body}\n"
         f"Exact V* for queue at n = 10 (G * C(14, 4) = 4,004 lumped states): kernel "
-        f"{kern:.2f} s + value iteration {vi:.2f} s = **{total:.2f} s**.\n"
+        f"{kern:.2f} s + value iteration {vi:.2f} s = **{total:.2f} s** "
+        f"(`count_kernel` + `optimal_value`, minimum over {args.reps} runs).\n\n"
     )
 
 
@@ -140,6 +143,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (minimum is kept)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", default="bench/RESULTS-execution.md")
+    parser.add_argument("--append", action="store_true", help="append to --out instead of replacing")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,7 +155,7 @@ def main() -> None:
     text = render(rows, bench_exact(args.reps), args)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
+        with open(args.out, "a" if args.append else "w") as f:
             f.write(text)
 
 
