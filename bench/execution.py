@@ -28,10 +28,11 @@ from sqtorch.envs.simulator import (
     sample_subset,
     step,
 )
-from sqtorch.evaluation.exact import optimal_value
+from sqtorch.evaluation import compare_mc, initial_states
+from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import simulate_returns
 from sqtorch.tabular.counts import num_counts
-from sqtorch.tabular.exact import count_kernel
+from sqtorch.tabular.exact import count_kernel, exact_q
 from sqtorch.tabular.qtable import QTable
 
 CASES = (("queue", 8), ("demand_response", 4))  # demand_response at k = 8: 10.5M count vectors
@@ -104,7 +105,38 @@ def bench_exact(reps: int) -> tuple[float, float, float]:
     return min(times_k), min(times_v), total
 
 
-def render(rows: list[dict], exact: tuple[float, float, float], args: argparse.Namespace) -> str:
+def bench_crn(reps: int) -> str:
+    """Paired (common-random-number) MC differences of exact_q policies vs exact differences."""
+    env, n = make_env("queue"), 10
+    K = count_kernel(env, n)
+    s_g, s_l = initial_states(env, n, 64, seed=0)  # the default initial states of evaluate_mc
+    tables = {k: exact_q(env, k, tol=1e-9) for k in (3, 5, 6)}
+    exact = {
+        k: float(value_at(policy_value(env, n, t.greedy(), k, kernel=K), s_g, s_l).mean())
+        for k, t in tables.items()
+    }
+    lines = [
+        "| pair | exact difference | paired MC (CRN) | unpaired CIs (each policy) |",
+        "|---|---|---|---|",
+    ]
+    for a, b in ((5, 6), (3, 5)):
+        t = time.perf_counter()
+        d = compare_mc(env, tables[b], tables[a], n, num_initial=64, rollouts=512, seed=0)
+        secs = time.perf_counter() - t
+        lines.append(
+            f"| V(pi_{b}) - V(pi_{a}) | {exact[b] - exact[a]:.4f} | {d.mean_diff:.4f} +- "
+            f"{d.ci95:.4f} | +- {d.a.ci95:.4f}, +- {d.b.ci95:.4f} ({secs:.1f} s for both) |"
+        )
+    return (
+        "Common random numbers, queue defaults, n = 10, 64 initial states x 512 rollouts, "
+        "H = 88, pi_k = greedy of `exact_q(env, k)`; exact values by `policy_value`:\n\n"
+        + "\n".join(lines) + "\n\n"
+    )
+
+
+def render(
+    rows: list[dict], exact: tuple[float, float, float], crn: str, args: argparse.Namespace
+) -> str:
     head = (
         "| env | k | n | rollouts B | loop agent-steps/s | step | old step | step speedup "
         "| subset draw | old subset | subset speedup |\n" + "|---" * 11 + "|\n"
@@ -133,7 +165,7 @@ def render(rows: list[dict], exact: tuple[float, float, float], args: argparse.N
         f"C(32, 8) = 10.5M count vectors.\n\n{head}{body}\n"
         f"Exact V* for queue at n = 10 (G * C(14, 4) = 4,004 lumped states): kernel "
         f"{kern:.2f} s + value iteration {vi:.2f} s = **{total:.2f} s** "
-        f"(`count_kernel` + `optimal_value`, minimum over {args.reps} runs).\n\n"
+        f"(`count_kernel` + `optimal_value`, minimum over {args.reps} runs).\n\n{crn}"
     )
 
 
@@ -152,7 +184,7 @@ def main() -> None:
         for n in NS:
             rows.append(bench_case(name, k, n, args.horizon, args.reps))
             print({key: (f"{v:.3g}" if isinstance(v, float) else v) for key, v in rows[-1].items()})
-    text = render(rows, bench_exact(args.reps), args)
+    text = render(rows, bench_exact(args.reps), bench_crn(args.reps), args)
     print(text)
     if args.out:
         with open(args.out, "a" if args.append else "w") as f:

@@ -80,8 +80,9 @@ def test_reward_counts_all_agents_and_discounts_by_gamma_t(queue):
 def test_same_seed_gives_identical_numbers(queue):
     pol = random_table(queue, 3, 0)
     kw = dict(num_initial=4, rollouts=32, horizon=15, seed=7)
-    a, b = evaluate_mc(queue, pol, 10, **kw), evaluate_mc(queue, pol, 10, **kw)
-    assert a.to_dict() == b.to_dict()
+    threads = torch.get_num_threads()
+    a, b = evaluate_mc(queue, pol, 10, **kw), evaluate_mc(queue, pol, 10, num_threads=1, **kw)
+    assert a.to_dict() == b.to_dict() and torch.get_num_threads() == threads
     c = evaluate_mc(queue, pol, 10, **{**kw, "seed": 8})
     assert c.mean != a.mean
 
@@ -163,6 +164,8 @@ def test_bad_input_raises_naming_the_field(queue):
         evaluate_mc(queue, pol, 10, num_initial=2, rollouts=2, horizon=0)
     with pytest.raises(ValueError, match=r"rollouts = 0"):
         evaluate_mc(queue, pol, 10, num_initial=2, rollouts=0)
+    with pytest.raises(ValueError, match=r"num_threads = 0"):
+        evaluate_mc(queue, pol, 10, num_initial=2, rollouts=2, num_threads=0)
     with pytest.raises(ValueError, match=r"num_initial = 0"):
         evaluate_mc(queue, pol, 10, num_initial=0, rollouts=2)
     s_g, s_l = initial_states(queue, 10, 2, seed=0)

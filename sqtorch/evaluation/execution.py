@@ -16,6 +16,8 @@ identical dynamics noise, and their paired difference (:func:`compare_mc`) has a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -121,6 +123,23 @@ def stream_seed(seed: int, stream: int) -> int:
     """A well-mixed 63-bit seed for stream ``stream`` of ``seed`` (independent generators)."""
     state = np.random.SeedSequence([int(seed), int(stream)]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(num_threads)`` (``None``: leave it), then restore.
+
+    On a CPU shared with other busy processes one thread can be several times faster than two
+    (see bench/RESULTS-execution.md).
+    """
+    before = torch.get_num_threads()
+    if num_threads is not None:
+        _check_int("num_threads", num_threads, 1, "torch CPU threads")
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _check_int(name: str, value: int, lo: int, what: str) -> None:
@@ -266,6 +285,7 @@ def evaluate_mc(
     device: torch.device | str | None = None,
     max_batch_elems: int = MAX_BATCH_ELEMS,
     keep_returns: bool = False,
+    num_threads: int | None = None,
 ) -> EvalResult:
     """Monte Carlo ``V^pi(s0)`` of a subsampled policy on the full n-agent system (SPEC §5).
 
@@ -274,12 +294,16 @@ def evaluate_mc(
     ``gamma^H <= 1e-4``). Fresh k-subset every step, reward over all n agents, discount
     ``gamma^t``. The same ``seed`` gives identical subset draws and dynamics noise for every
     policy (common random numbers). Batched over rows = (initial state, rollout) and agents, in
-    chunks of at most ``max_batch_elems`` agent entries, on ``device`` (default: the env's).
+    chunks of at most ``max_batch_elems`` agent entries, on ``device`` (default: the env's),
+    with ``num_threads`` torch CPU threads if given. ``keep_returns`` keeps the ``[I, R]``
+    discounted returns in the result (for paired comparisons).
     """
-    returns, H = mc_returns(
-        env, policy, n, num_initial=num_initial, rollouts=rollouts, horizon=horizon, seed=seed,
-        initial_seed=initial_seed, s0=s0, device=device, max_batch_elems=max_batch_elems,
-    )
+    with torch_threads(num_threads):
+        returns, H = mc_returns(
+            env, policy, n, num_initial=num_initial, rollouts=rollouts, horizon=horizon,
+            seed=seed, initial_seed=initial_seed, s0=s0, device=device,
+            max_batch_elems=max_batch_elems,
+        )
     mean, ci95, per = _stratified_ci(returns)
     return EvalResult(
         mean=mean, ci95=ci95, per_initial=per, n=n, k=int(policy.k), horizon=H,
