@@ -19,18 +19,22 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from sqtorch.envs.alias import AliasTable
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
-from sqtorch.tabular.counts import all_sorted_states, num_counts, rank_sorted
+from sqtorch.tabular.counts import all_sorted_states, num_counts, rank_columns
 from sqtorch.tabular.exact import CountKernel, GiB, count_kernel
 from sqtorch.tabular.qtable import QTable
 
-CHUNK_ROWS = 1 << 15  # count vectors per gather/sampling chunk (fits L2 with m = 10)
+T_ = TypeVar("T_")
+CHUNK_ROWS = 1 << 15  # count vectors per gather chunk (fits L2 with m = 10)
+SAMPLE_CHUNK_ROWS = 1 << 13  # count vectors per sampling chunk (k + 1 uniform columns of m)
 
 
 @dataclass
@@ -52,12 +56,21 @@ class LearnResult:
         return d
 
 
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+PARALLEL_MIN_WORK = 1 << 22  # below this many element-ops a thread pool costs more than it saves
 
 
-def _chunks(n_rows: int) -> list[tuple[int, int]]:
-    return [(s, min(s + CHUNK_ROWS, n_rows)) for s in range(0, n_rows, CHUNK_ROWS)]
+def _run(fn: Callable[[T_], None], tasks: list[T_], work: int) -> None:
+    """``fn(task)`` for every task, on a thread pool when the work is large (torch releases the GIL)."""
+    if work < PARALLEL_MIN_WORK or torch.get_num_threads() < 2:
+        for task in tasks:
+            fn(task)
+        return
+    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+        list(pool.map(fn, tasks))
+
+
+def _chunks(n_rows: int, size: int = CHUNK_ROWS) -> list[tuple[int, int]]:
+    return [(s, min(s + size, n_rows)) for s in range(0, n_rows, size)]
 
 
 def _block_seed(seed: int, block: int) -> int:
@@ -82,36 +95,33 @@ class SampledKernel:
             b, s, e = task
             out[b, s:e] = v.index_select(0, idx[b, s:e].reshape(-1)).view(e - s, m).mean(-1)
 
-        tasks = [(b, s, e) for b in range(G * A) for s, e in _chunks(N)]
-        with _pool() as pool:
-            list(pool.map(work, tasks))
+        _run(work, [(b, s, e) for b in range(G * A) for s, e in _chunks(N)], work=self.idx.numel())
         return out.view(G, A, N)
 
 
 def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int) -> SampledKernel:
-    """Draw the m next states of every ``(g, c, a)`` once (SPEC §2), vectorized over c and agents."""
+    """Draw the m next states of every ``(g, c, a)`` once (SPEC §2), vectorized over c and agents.
+
+    Each of the k agents of c moves with an O(1) alias draw from ``P_l[g, a, x_i]``; the next
+    count vector is ranked straight from the k next-state columns (:func:`rank_columns`).
+    Every (g, a) block has its own generator, so the result does not depend on thread timing.
+    """
     G, A, L, N = env.G, env.A, env.L, num_counts(k, env.L)
     dev = env.device
-    X = all_sorted_states(k, L, dev)  # [N, k]
-    cdf_l = env.P_l.cumsum(-1)
-    cdf_l[..., -1] = 1.0
-    cdf_g = env.P_g.cumsum(-1)
-    cdf_g[..., -1] = 1.0
+    X = all_sorted_states(k, L, dev).T.contiguous()  # [k, N]: agent i's state in each c
+    alias_l = AliasTable.from_probs(env.P_l)  # rows (g, a, x)
+    alias_g = AliasTable.from_probs(env.P_g)  # rows (g, a)
     idx = torch.empty(G, A, N, m, dtype=torch.int32, device=dev)
 
     def block(b: int) -> None:
-        g, a = divmod(b, A)
         gen = torch.Generator(device=dev).manual_seed(_block_seed(seed, b))
-        for s, e in _chunks(N):
-            u_l = torch.rand(e - s, k, m, generator=gen, device=dev, dtype=torch.float64)
-            x_next = torch.searchsorted(cdf_l[g, a][X[s:e]], u_l, right=True)  # [C, k, m]
-            r_next = rank_sorted(x_next.transpose(1, 2).sort(-1).values, L)  # [C, m]
-            u_g = torch.rand(e - s, m, generator=gen, device=dev, dtype=torch.float64)
-            g_next = torch.searchsorted(cdf_g[g, a], u_g, right=True)
-            idx[g, a, s:e] = (g_next * N + r_next).to(torch.int32)
+        for s, e in _chunks(N, SAMPLE_CHUNK_ROWS):
+            u = torch.rand(k + 1, e - s, m, generator=gen, device=dev, dtype=torch.float64)
+            x_next = [alias_l.draw((b * L + X[i, s:e])[:, None], u[i]) for i in range(k)]
+            g_next = alias_g.draw(torch.full((1, 1), b, device=dev), u[k])
+            idx.view(G * A, N, m)[b, s:e] = (g_next * N + rank_columns(x_next, L)).to(torch.int32)
 
-    with _pool() as pool:
-        list(pool.map(block, range(G * A)))
+    _run(block, list(range(G * A)), work=idx.numel() * (k + 1))
     return SampledKernel(idx)
 
 
