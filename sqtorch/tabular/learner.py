@@ -16,8 +16,9 @@ result is bitwise reproducible whatever the thread count.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
@@ -59,14 +60,30 @@ class LearnResult:
 PARALLEL_MIN_WORK = 1 << 22  # below this many element-ops a thread pool costs more than it saves
 
 
-def _run(fn: Callable[[T_], None], tasks: list[T_], work: int) -> None:
-    """``fn(task)`` for every task, on a thread pool when the work is large (torch releases the GIL)."""
-    if work < PARALLEL_MIN_WORK or torch.get_num_threads() < 2:
+def _run(fn: Callable[[T_], None], tasks: list[T_], work: int, workers: int) -> None:
+    """``fn(task)`` for every task, on ``workers`` threads when the work is large (torch releases the GIL)."""
+    if work < PARALLEL_MIN_WORK or workers < 2:
         for task in tasks:
             fn(task)
         return
-    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(fn, tasks))
+
+
+@contextmanager
+def single_threaded_ops() -> Iterator[int]:
+    """Run torch ops on one thread and yield the previous thread count for our own pool.
+
+    Parallelism then comes only from :func:`_run` over independent chunks; torch's intra-op
+    threads on top of it oversubscribe the cores, and on a machine shared with other busy
+    processes they made small tables up to ~70x slower (bench/RESULTS.md).
+    """
+    workers = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield workers
+    finally:
+        torch.set_num_threads(workers)
 
 
 def _chunks(n_rows: int, size: int) -> list[tuple[int, int]]:
@@ -83,6 +100,7 @@ class SampledKernel:
     """The m fixed next states of every ``(g, a, c)``: ``idx[g, a, c, j] = g'_j * N + rank(c'_j)``."""
 
     idx: Tensor  # int32 [G, A, N, m]
+    workers: int = 1  # threads for the gathers
 
     def expected_next(self, V: Tensor) -> Tensor:
         """``(1/m) sum_j V(g'_j, c'_j)`` for ``V [G, N]`` -> ``[G, A, N]``."""
@@ -94,11 +112,11 @@ class SampledKernel:
             s, e = chunk
             out[s:e] = v.index_select(0, idx[s:e].reshape(-1)).view(e - s, m).mean(-1)
 
-        _run(work, _chunks(G * A * N, CHUNK_ROWS), work=self.idx.numel())
+        _run(work, _chunks(G * A * N, CHUNK_ROWS), work=self.idx.numel(), workers=self.workers)
         return out.view(G, A, N)
 
 
-def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int) -> SampledKernel:
+def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int = 1) -> SampledKernel:
     """Draw the m next states of every ``(g, a, c)`` once (SPEC §2), vectorized over c and agents.
 
     Row ``r = (g * A + a) * N + c`` of the table; each of the k agents of c moves with one
@@ -123,8 +141,8 @@ def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int) -> SampledKern
         g_next = glob.sample(ga, u[k])
         idx[s:e] = (g_next * N + rank_columns(x_next, L)).to(torch.int32)
 
-    _run(work, list(range(len(chunks))), work=idx.numel() * (k + 1))
-    return SampledKernel(idx.view(G, A, N, m))
+    _run(work, list(range(len(chunks))), work=idx.numel() * (k + 1), workers=workers)
+    return SampledKernel(idx.view(G, A, N, m), workers)
 
 
 def table_memory_gib(G: int, A: int, N: int, m: int | str, dtype: torch.dtype) -> float:
@@ -174,14 +192,15 @@ def learn(
             f"{need:.2f} GiB with m = {m}, more than max_memory_gib = {max_memory_gib}; lower k or m"
         )
     t0 = time.perf_counter()
-    kernel: SampledKernel | CountKernel
-    if m == "exact":
-        kernel = count_kernel(env, k, max_memory_gib=max_memory_gib)
-    else:
-        kernel = sample_kernel(env, k, m, seed)
-    r = subsampled_reward(env, k).to(dtype)
-    build_seconds = time.perf_counter() - t0
-    q, residuals, converged = value_iteration(kernel, r, env.gamma, T, tol, on_iteration)
+    with single_threaded_ops() as workers:
+        kernel: SampledKernel | CountKernel
+        if m == "exact":
+            kernel = count_kernel(env, k, max_memory_gib=max_memory_gib)
+        else:
+            kernel = sample_kernel(env, k, m, seed, workers)
+        r = subsampled_reward(env, k).to(dtype)
+        build_seconds = time.perf_counter() - t0
+        q, residuals, converged = value_iteration(kernel, r, env.gamma, T, tol, on_iteration)
     qtable = QTable(
         q=q.permute(0, 2, 1).contiguous(),
         k=k,
