@@ -238,6 +238,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float
     validate_config(cfg)
     out = _output_dir(cfg)
     save_config(cfg, out)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
     if cfg.algo.name == "tabular":
         return run_tabular(cfg)
