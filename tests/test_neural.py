@@ -103,7 +103,9 @@ def test_successors_follow_the_kernels() -> None:
     expected = env.P_l[1, 2][s_sub[0]].sum(0)
     torch.testing.assert_close(c_next[0].double().mean(0), expected, atol=0.03, rtol=0)
     batch = src.sample(32)
-    r = env.r_g[batch.s_g, batch.a_g] + env.r_l[batch.s_g[:, None], batch.a_g[:, None], batch.s_sub].mean(1)
+    r = env.r_g[batch.s_g, batch.a_g] + env.r_l[
+        batch.s_g[:, None], batch.a_g[:, None], batch.s_sub
+    ].mean(1)
     torch.testing.assert_close(batch.r, r)
 
 
@@ -113,8 +115,10 @@ def test_td_target_is_the_sampled_bellman_operator() -> None:
     b = src.sample(5)
     y = module.td_target(b.r, b.g_next, b.c_next)
     for i in range(5):
-        v = [module.target_net.forward_counts(b.g_next[i, j : j + 1], b.c_next[i, j : j + 1]).max()
-             for j in range(3)]
+        v = [
+            module.target_net.forward_counts(b.g_next[i, j : j + 1], b.c_next[i, j : j + 1]).max()
+            for j in range(3)
+        ]
         expected = b.r[i] + module.env.gamma * torch.stack(v).mean()
         torch.testing.assert_close(y[i], expected.to(y.dtype))
 
@@ -140,7 +144,12 @@ def test_metric_tag_constants() -> None:
     assert M.OPTIMIZED_METRIC in M.HPARAM_METRICS
     assert set(M.HPARAM_METRICS) <= set(M.ALL_TAGS)
     assert (M.TRAIN_TD_LOSS, M.TRAIN_Q_MEAN, M.EVAL_RETURN, M.EVAL_GAP, M.SAMPLES_PER_SECOND) == (
-        "train/td_loss", "train/q_mean", "eval/return", "eval/gap", "charts/samples_per_second")
+        "train/td_loss",
+        "train/q_mean",
+        "eval/return",
+        "eval/gap",
+        "charts/samples_per_second",
+    )
 
 
 def test_small_exact_reference_is_consistent() -> None:
@@ -157,10 +166,22 @@ def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     from sqtorch.experiment import run
 
     cfg = make_cfg(
-        "env=queue", "k=4", "seed=0", "logger=none", "callbacks=none", "eval.reference=none",
-        "eval.every=1000", "eval.num_initial=2", "eval.rollouts=2", "algo.max_steps=1000",
-        "algo.target_sync=10", "algo.optim.lr=3e-3", "algo.optim.lr_schedule=cosine",
-        "algo.data.state_dist=simplex", "trainer=cpu", "trainer.enable_progress_bar=false",
+        "env=queue",
+        "k=4",
+        "seed=0",
+        "logger=none",
+        "callbacks=none",
+        "eval.reference=none",
+        "eval.every=1000",
+        "eval.num_initial=2",
+        "eval.rollouts=2",
+        "algo.max_steps=1000",
+        "algo.target_sync=10",
+        "algo.optim.lr=3e-3",
+        "algo.optim.lr_schedule=cosine",
+        "algo.data.state_dist=simplex",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
     )
     run(cfg)
     policy = DeepSetsPolicy.from_checkpoint(tmp_path / "checkpoints" / "final.ckpt")
@@ -171,8 +192,18 @@ def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     assert ((q_net - q_exact).abs().max() / scale).item() < 0.03
 
     tab = QTable(q_exact, 4, env.L)
-    src = GenerativeSource(env, 10, 4, 1, "visited", uniform_frac=0.0, pool_size=256,
-                           epsilon=0.0, reset_prob=0.0, seed=3)
+    src = GenerativeSource(
+        env,
+        10,
+        4,
+        1,
+        "visited",
+        uniform_frac=0.0,
+        pool_size=256,
+        epsilon=0.0,
+        reset_prob=0.0,
+        seed=3,
+    )
     for _ in range(30):
         src.advance_pool(tab.act)
     g, x = src.sample_states(2048)

@@ -143,6 +143,7 @@ class SubsampleQModule(pl.LightningModule):
         assert self.source is not None
         now = time.perf_counter()
         h = self.hparams
+        self.update_target()
         policy = self._greedy_fn if self.source.state_dist == "visited" else None
         b = self.source.sample(h.batch_size, policy)
         q = self.net.forward_counts(b.s_g, counts_of(b.s_sub, self.env.L))
@@ -160,8 +161,12 @@ class SubsampleQModule(pl.LightningModule):
         self._last_step_time = now
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Target update: Polyak with ``tau``, else a hard copy every ``target_sync`` steps."""
+    def update_target(self) -> None:
+        """Target update before step t: Polyak with ``tau``, else a copy when t % target_sync == 0.
+
+        Done at the start of ``training_step`` (not in ``on_train_batch_end``, which runs after
+        the checkpoint callback) so a checkpoint never misses a pending sync.
+        """
         h = self.hparams
         if h.tau is not None:
             with torch.no_grad():
