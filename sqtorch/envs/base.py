@@ -34,7 +34,7 @@ def _check_stochastic(name: str, P: Tensor) -> None:
         idx = tuple(torch.nonzero(bad)[0].tolist())
         raise ValueError(
             f"{name}{list(idx)} sums to {row_sums[idx].item():.12g}; every row must sum to 1 "
-            f"(tolerance {PROB_TOL:g})"
+            f"(tolerance {PROB_TOL:g}; build probabilities in float64, float32 rounding alone is ~1e-8)"
         )
 
 

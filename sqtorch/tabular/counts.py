@@ -104,3 +104,24 @@ def all_sorted_states(k: int, L: int, device: torch.device | str = "cpu") -> Ten
 def all_counts(k: int, L: int, device: torch.device | str = "cpu") -> Tensor:
     """Every count vector of k agents over L states, in rank order: ``[C(k+L-1, k), L]``."""
     return counts_of(all_sorted_states(k, L, device), L)
+
+
+def rank_columns(x: list[Tensor], L: int) -> Tensor:
+    """Rank of the count vectors of k unsorted state columns ``x[i] [...]`` (agent-major layout).
+
+    Sorts with an odd-even transposition network (k rounds of elementwise min/max on whole
+    columns, so every op is a contiguous vector op) and sums ``C(x_i + i, i + 1)`` from a
+    ``[k, L]`` lookup table. Same result as :func:`rank_states` on the stacked columns.
+    """
+    k = len(x)
+    x = list(x)
+    for r in range(k):
+        for i in range(r % 2, k - 1, 2):
+            x[i], x[i + 1] = torch.minimum(x[i], x[i + 1]), torch.maximum(x[i], x[i + 1])
+    binom = binomial_table(k, L, x[0].device)
+    i = torch.arange(k, device=x[0].device)
+    table = binom[torch.arange(L, device=x[0].device)[None, :] + i[:, None], i[:, None] + 1]  # [k, L]
+    out = table[0].take(x[0])
+    for i in range(1, k):
+        out += table[i].take(x[i])
+    return out

@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+from brute_force import joint_value_iteration
+
+from sqtorch.envs import make_env
+from sqtorch.tabular import count_kernel, exact_q, learn, num_counts, rank_states, sample_kernel
+
+
+def small_queue():
+    return make_env("queue", Q=2, G=3)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_count_compression_is_lossless(k):
+    """Q over count vectors == Q over the uncompressed k-tuple table (same exact operator)."""
+    env = small_queue()
+    q_tuple, tuples = joint_value_iteration(env, k)
+    q_count = exact_q(env, k, tol=1e-13).q  # [G, N, A]
+    assert q_count.shape[1] == num_counts(k, env.L) < env.L**k or k == 1
+    assert torch.allclose(q_count[:, rank_states(tuples, env.L)], q_tuple, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name,n", [("queue", 3), ("demand_response", 2), ("demand_response_script", 2)])
+def test_exact_variant_at_k_equal_n_is_the_joint_optimum(name, n):
+    env = make_env(name)
+    q_joint, tuples = joint_value_iteration(env, n)  # L^n * G states
+    q_star = exact_q(env, n).q
+    assert torch.allclose(q_star[:, rank_states(tuples, env.L)], q_joint, rtol=0, atol=1e-8)
+
+
+def test_samples_follow_the_exact_next_count_law():
+    env = make_env("queue")
+    k, m = 3, 40_000
+    idx = sample_kernel(env, k, m, seed=0).idx  # [G, A, N, m]
+    law = count_kernel(env, k).M[0].to_dense()  # local kernel of (g=0, a=*)
+    g, a, c = 0, 1, 7
+    N = num_counts(k, env.L)
+    freq = torch.bincount(idx[g, a, c].long() % N, minlength=N).double() / m
+    assert (idx[g, a, c].long() // N == 0).all()  # g' = clip(0 - 0) = 0 deterministically
+    assert (freq - law[c]).abs().max() < 5 * math.sqrt(0.25 / m)
+
+
+def test_m_sample_q_approaches_exact_like_one_over_sqrt_m():
+    env = make_env("queue")
+    q_exact = exact_q(env, 3).q
+    ms = [256, 1024, 4096]  # below ~256 the optimism bias of max over noisy samples dominates
+    err = []
+    for m in ms:
+        e = [(learn(env, 3, m=m, seed=s, tol=1e-9).qtable.q - q_exact).abs().mean() for s in range(4)]
+        err.append(float(sum(e) / len(e)))
+    assert all(a > b for a, b in zip(err, err[1:], strict=False)), err
+    slope = (math.log(err[-1]) - math.log(err[0])) / (math.log(ms[-1]) - math.log(ms[0]))
+    assert -0.7 < slope < -0.35, (slope, err)  # 1/sqrt(m) is slope -0.5
+
+
+def test_same_seed_is_bitwise_identical_and_other_seed_differs():
+    env = make_env("demand_response")
+    a = learn(env, 2, m=5, T=30, seed=11)
+    b = learn(env, 2, m=5, T=30, seed=11)
+    c = learn(env, 2, m=5, T=30, seed=12)
+    assert torch.equal(a.qtable.q, b.qtable.q)
+    assert a.residuals == b.residuals
+    assert not torch.equal(sample_kernel(env, 2, 5, 11).idx, sample_kernel(env, 2, 5, 12).idx)
+    assert not torch.equal(a.qtable.q, c.qtable.q)
+
+
+def test_learner_stops_at_tolerance_and_reports_residuals():
+    env = small_queue()
+    r = learn(env, 2, m=8, T=10_000, tol=1e-6)
+    assert r.converged and r.residuals[-1] < 1e-6 <= r.residuals[-2]
+    seen = []
+    learn(env, 2, m=8, T=5, on_iteration=lambda t, res, s: seen.append((t, res)))
+    assert [t for t, _ in seen] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(k=0), r"k = 0 is outside the allowed range k >= 1"),
+        (dict(k=5, n=4), r"k = 5 is outside the allowed range 1 <= k <= n = 4"),
+        (dict(k=2, m=0), r"m = 0 is outside the allowed range"),
+        (dict(k=2, m="many"), r"m = 'many' is outside the allowed range"),
+        (dict(k=2, T=0), r"T = 0 is outside the allowed range"),
+        (dict(k=2, tol=0.0), r"tol = 0.0 is outside the allowed range"),
+    ],
+)
+def test_bad_learner_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        learn(small_queue(), **kwargs)
+
+
+def test_table_too_large_is_refused_before_allocating():
+    env = make_env("demand_response")  # k = 12: 5 * C(36, 12) * 3 = 19.6e9 entries
+    with pytest.raises(ValueError, match=r"k = 12 .* needs [\d.]+ GiB .* max_memory_gib = 8"):
+        learn(env, 12, m=10)
+    with pytest.raises(ValueError, match=r"exact count kernel at k = 6.* GiB"):
+        learn(env, 6, m="exact", max_memory_gib=1)
