@@ -55,9 +55,7 @@ def _instantiate_logger(cfg: DictConfig) -> Any:
     return instantiate(cfg.logger)
 
 
-def _finish(
-    cfg: DictConfig, out: Path, metrics: dict[str, float], summary: str
-) -> dict[str, float]:
+def _finish(cfg: DictConfig, out: Path, metrics: dict[str, float], summary: str) -> dict[str, float]:
     metrics = {key: float(v) for key, v in metrics.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(summary, flush=True)
@@ -92,10 +90,7 @@ def build_module(cfg: DictConfig) -> Any:
         target_sync=a["target_sync"],
         tau=a["tau"],
         data=a["data"],
-        eval={
-            k: ev[k]
-            for k in ("num_initial", "rollouts", "horizon", "seed", "reference", "max_states")
-        },
+        eval={k: ev[k] for k in ("num_initial", "rollouts", "horizon", "seed", "reference", "max_states")},
         seed=cfg.seed,
     )
 
@@ -113,9 +108,7 @@ def run_deepsets(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[s
     logger = _instantiate_logger(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += list(extra_callbacks or [])
-    trainer = instantiate(
-        cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks
-    )
+    trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks)
     try:
         t0 = time.perf_counter()
         trainer.fit(module, ckpt_path=cfg.get("ckpt_path"))
@@ -164,9 +157,7 @@ def run_tabular(cfg: DictConfig) -> dict[str, float]:
 
         def on_iteration(it: int, residual: float, elapsed: float) -> None:
             if logger is not None:
-                logger.log_metrics(
-                    {M.TABULAR_RESIDUAL: residual, M.TABULAR_ELAPSED: elapsed}, step=it
-                )
+                logger.log_metrics({M.TABULAR_RESIDUAL: residual, M.TABULAR_ELAPSED: elapsed}, step=it)
 
         res = learn(
             env,
@@ -200,19 +191,16 @@ def run_tabular(cfg: DictConfig) -> dict[str, float]:
             "tabular/converged": float(res.converged),
             M.TABULAR_RESIDUAL: res.residuals[-1] if res.residuals else math.nan,
         }
-        ref = (
-            build_reference(
-                env,
-                cfg.n,
-                cfg.k,
-                mode="auto" if ev.reference != "none" else "none",
-                max_states=ev.max_states,
-                eval_kwargs=eval_kwargs,
-            )
-            if ev.reference != "none"
-            else None
+        ref = build_reference(
+            env,
+            cfg.n,
+            cfg.k,
+            mode=ev.reference,
+            max_states=ev.max_states,
+            eval_kwargs=eval_kwargs,
+            with_tabular=False,
         )
-        if ref is not None and ref.v_star is not None:
+        if ref.v_star is not None:
             gap = exact_gap(env, cfg.n, res.qtable.greedy(), cfg.k, ref)
             if gap is not None:
                 metrics[M.EVAL_GAP] = gap

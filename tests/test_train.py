@@ -198,3 +198,19 @@ def test_multirun_isolates_jobs_and_survives_a_failing_job(tmp_path) -> None:
     for num in (4, 5):
         assert not (dirs[f"{num}_k=11,seed={num - 4}"] / "metrics.json").exists()
     assert log.count("[sqtorch] deepsets") == 4
+
+
+def test_reference_metrics_when_exact_solutions_exist(make_cfg, tmp_path) -> None:
+    """eval.reference=auto on a small problem: agreement / Q error / gap vs the exact tabular Q,
+    and the exact gap V* - V^pi once sqtorch.evaluation is present (SPEC §5)."""
+    pytest.importorskip("sqtorch.tabular.exact")
+    metrics = run(make_cfg("debug=fast", "k=2", "eval.reference=auto"))
+    for key in (M.EVAL_AGREEMENT, M.EVAL_Q_REL_ERROR, M.EVAL_GAP_TABULAR):
+        assert key in metrics, key
+    assert 0.0 <= metrics[M.EVAL_AGREEMENT] <= 1.0
+    try:
+        import sqtorch.evaluation.exact  # noqa: F401
+    except ImportError:
+        return
+    assert metrics[M.EVAL_GAP] >= -1e-9
+    assert M.EVAL_GAP in _scalars(tmp_path)

@@ -73,9 +73,7 @@ def mc_return(
     return ret.mean().item(), ci
 
 
-def evaluate_return(
-    env: GlobalLocalMDP, policy: SubsampledPolicy, n: int, **kwargs: Any
-) -> tuple[float, float]:
+def evaluate_return(env: GlobalLocalMDP, policy: SubsampledPolicy, n: int, **kwargs: Any) -> tuple[float, float]:
     """(mean, ci95) of the policy's discounted return on the n-agent system (SPEC §5)."""
     try:
         from sqtorch.evaluation.execution import evaluate_mc  # type: ignore[import-not-found]
@@ -91,9 +89,32 @@ class Reference:
 
     tabular: Any = None  # QTable
     tabular_return: tuple[float, float] | None = None
-    v_star: Any = None
+    v_star: Tensor | None = None
+    kernel_n: Any = None  # the n-count kernel, reused by every exact policy evaluation
     initial: tuple[Tensor, Tensor] | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def _tabular_reference(env: GlobalLocalMDP, n: int, k: int, ref: Reference, eval_kwargs: dict) -> None:
+    try:
+        from sqtorch.tabular.exact import exact_q
+    except ImportError:
+        ref.notes.append("sqtorch.tabular.exact not available: no tabular reference")
+        return
+    ref.tabular = exact_q(env, k)
+    ref.tabular_return = evaluate_return(env, ref.tabular, n, **eval_kwargs)
+
+
+def _optimal_reference(env: GlobalLocalMDP, n: int, ref: Reference, seed: int) -> None:
+    try:
+        from sqtorch.evaluation.exact import optimal_value  # type: ignore[import-not-found]
+        from sqtorch.tabular.exact import count_kernel
+    except ImportError:
+        ref.notes.append("sqtorch.evaluation.exact not available: no exact gap")
+        return
+    ref.kernel_n = count_kernel(env, n)
+    ref.v_star = optimal_value(env, n, kernel=ref.kernel_n)
+    ref.initial = sample_initial_state(env, n, 64, make_generator(seed, env.device))
 
 
 def build_reference(
@@ -104,32 +125,24 @@ def build_reference(
     mode: str = "auto",
     max_states: int = 20_000,
     eval_kwargs: dict | None = None,
+    with_tabular: bool = True,
 ) -> Reference:
     """Exact tabular Q at k and V* at n where the modules exist and ``G * C(.+L-1, .)`` is small."""
     ref = Reference()
     if mode == "none":
         return ref
-    if env.G * num_counts(k, env.L) <= max_states:
-        try:
-            from sqtorch.tabular.exact import exact_q
-
-            ref.tabular = exact_q(env, k)
-            ref.tabular_return = evaluate_return(env, ref.tabular, n, **(eval_kwargs or {}))
-        except ImportError:
-            ref.notes.append("sqtorch.tabular.exact not available: no tabular reference")
+    eval_kwargs = eval_kwargs or {}
+    size_k, size_n = env.G * num_counts(k, env.L), env.G * num_counts(n, env.L)
+    if not with_tabular:
+        pass
+    elif size_k <= max_states:
+        _tabular_reference(env, n, k, ref, eval_kwargs)
     else:
-        ref.notes.append(
-            f"G*C(k+L-1,k) = {env.G * num_counts(k, env.L)} > {max_states}: no tabular reference"
-        )
-    if env.G * num_counts(n, env.L) <= max_states:
-        try:
-            from sqtorch.evaluation.exact import optimal_value  # type: ignore[import-not-found]
-
-            ref.v_star = optimal_value(env, n)
-            seed = (eval_kwargs or {}).get("seed", 0)
-            ref.initial = sample_initial_state(env, n, 64, make_generator(seed, env.device))
-        except ImportError:
-            ref.notes.append("sqtorch.evaluation.exact not available: no exact gap")
+        ref.notes.append(f"G*C(k+L-1,k) = {size_k} > eval.max_states = {max_states}: no tabular Q")
+    if size_n <= max_states:
+        _optimal_reference(env, n, ref, int(eval_kwargs.get("seed", 0)))
+    else:
+        ref.notes.append(f"G*C(n+L-1,n) = {size_n} > eval.max_states = {max_states}: no exact gap")
     return ref
 
 
@@ -140,7 +153,7 @@ def exact_gap(env: GlobalLocalMDP, n: int, greedy: Tensor, k: int, ref: Referenc
     try:
         from sqtorch.evaluation.exact import policy_value, value_at  # type: ignore[import-not-found]
 
-        v_pi = policy_value(env, n, greedy, k)
+        v_pi = policy_value(env, n, greedy.to(env.device), k, kernel=ref.kernel_n)
         s_g, s_l = ref.initial
         return float((value_at(ref.v_star, s_g, s_l) - value_at(v_pi, s_g, s_l)).mean())
     except Exception as e:  # interface of a sibling module: never kill training over a metric
@@ -148,16 +161,12 @@ def exact_gap(env: GlobalLocalMDP, n: int, greedy: Tensor, k: int, ref: Referenc
         return None
 
 
-def validation_metrics(
-    env: GlobalLocalMDP, policy: Any, n: int, ref: Reference, eval_kwargs: dict
-) -> dict[str, float]:
+def validation_metrics(env: GlobalLocalMDP, policy: Any, n: int, ref: Reference, eval_kwargs: dict) -> dict[str, float]:
     """``eval/*`` metrics of a greedy subsampled policy (names in :mod:`sqtorch.neural.metrics`)."""
     mean, ci = evaluate_return(env, policy, n, **eval_kwargs)
     out = {M.EVAL_RETURN: mean, M.EVAL_RETURN_CI: ci}
     greedy = (
-        policy.greedy()
-        if hasattr(policy, "greedy") and (ref.v_star is not None or ref.tabular is not None)
-        else None
+        policy.greedy() if hasattr(policy, "greedy") and (ref.v_star is not None or ref.tabular is not None) else None
     )
     gap = exact_gap(env, n, greedy, policy.k, ref) if greedy is not None else None
     if gap is not None:
