@@ -81,7 +81,7 @@ class SubsampleQModule(pl.LightningModule):
         self.reference: Reference | None = None
         self.samples = 0
         self._pending_source_state: dict | None = None
-        self._last_step_time: float | None = None
+        self._last_log: tuple[float, int] | None = None
 
     # ---- setup / data --------------------------------------------------------------------
     def _run_device(self) -> torch.device:
@@ -140,8 +140,8 @@ class SubsampleQModule(pl.LightningModule):
         )
 
     def training_step(self, step_idx: Any, batch_idx: int) -> Tensor:
+        """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`)."""
         assert self.source is not None
-        now = time.perf_counter()
         h = self.hparams
         self.update_target()
         policy = self._greedy_fn if self.source.state_dist == "visited" else None
@@ -151,15 +151,27 @@ class SubsampleQModule(pl.LightningModule):
         target = self.td_target(b.r, b.g_next, b.c_next)
         loss = self._loss(pred, target)
         self.samples += h.batch_size
+        if self._logging_step():
+            self._log_step(loss, q, target)
+        return loss
+
+    def _logging_step(self) -> bool:
+        """True on the steps the logger writes (``log_every_n_steps``); logging is not free."""
+        trainer = self._trainer
+        every = trainer.log_every_n_steps if trainer is not None else 1
+        return every > 0 and (self.global_step + 1) % every == 0
+
+    def _log_step(self, loss: Tensor, q: Tensor, target: Tensor) -> None:
+        now = time.perf_counter()
         self.log(M.TRAIN_TD_LOSS, loss, prog_bar=True)
         self.log(M.TRAIN_Q_MEAN, q.mean())
         self.log(M.TRAIN_TARGET_MEAN, target.mean())
         self.log(M.TRAIN_SAMPLES, float(self.samples))
         self.log(M.LEARNING_RATE, self.optimizers().param_groups[0]["lr"])
-        if self._last_step_time is not None:
-            self.log(M.SAMPLES_PER_SECOND, h.batch_size / max(now - self._last_step_time, 1e-9))
-        self._last_step_time = now
-        return loss
+        if self._last_log is not None:  # averaged since the previous logging step
+            t, samples = self._last_log
+            self.log(M.SAMPLES_PER_SECOND, (self.samples - samples) / max(now - t, 1e-9))
+        self._last_log = (now, self.samples)
 
     def update_target(self) -> None:
         """Target update before step t: Polyak with ``tau``, else a copy when t % target_sync == 0.
