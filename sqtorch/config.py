@@ -54,7 +54,10 @@ def build_env(env_cfg: Mapping[str, Any]) -> GlobalLocalMDP:
             raise ConfigError(f"env._target_ = '{target}' cannot be imported: {e}") from e
         env = fn(**params)
     elif "name" in params:
-        env = make_env(params.pop("name"), **params)
+        name = params.pop("name")
+        if name not in ENVS:
+            raise ConfigError(f"env = '{name}' is unknown; allowed: {sorted(ENVS)}")
+        env = make_env(name, **params)
     else:
         raise ConfigError(f"env config needs '_target_' or 'name' (known names: {sorted(ENVS)})")
     if not isinstance(env, GlobalLocalMDP):
@@ -87,9 +90,7 @@ def validate_deepsets(a: Mapping[str, Any]) -> None:
         _is_int(a["batch_size"]) and a["batch_size"] >= 1,
         f"algo.batch_size = {a['batch_size']} is outside the allowed range batch_size >= 1",
     )
-    _check(
-        _is_int(a["m"]) and a["m"] >= 1, f"algo.m = {a['m']} is outside the allowed range m >= 1"
-    )
+    _check(_is_int(a["m"]) and a["m"] >= 1, f"algo.m = {a['m']} is outside the allowed range m >= 1")
     _check(
         _is_int(a["max_steps"]) and a["max_steps"] >= 1,
         f"algo.max_steps = {a['max_steps']} is outside the allowed range max_steps >= 1",
@@ -106,8 +107,7 @@ def validate_deepsets(a: Mapping[str, Any]) -> None:
     )
     _check(
         opt["lr_schedule"] in LR_SCHEDULES,
-        f"algo.optim.lr_schedule = '{opt['lr_schedule']}' is unknown; "
-        f"allowed: {list(LR_SCHEDULES)}",
+        f"algo.optim.lr_schedule = '{opt['lr_schedule']}' is unknown; allowed: {list(LR_SCHEDULES)}",
     )
     _check(a["loss"] in LOSSES, f"algo.loss = '{a['loss']}' is unknown; allowed: {list(LOSSES)}")
     _check(
@@ -151,9 +151,7 @@ def validate_tabular(a: Mapping[str, Any]) -> None:
         m == "exact" or (_is_int(m) and m >= 1),
         f"algo.m = {m!r} must be an integer >= 1 or 'exact'",
     )
-    _check(
-        _is_int(a["T"]) and a["T"] >= 1, f"algo.T = {a['T']} is outside the allowed range T >= 1"
-    )
+    _check(_is_int(a["T"]) and a["T"] >= 1, f"algo.T = {a['T']} is outside the allowed range T >= 1")
     _check(float(a["tol"]) > 0, f"algo.tol = {a['tol']} is outside the allowed range tol > 0")
     _check(a["dtype"] in DTYPES, f"algo.dtype = '{a['dtype']}' is unknown; allowed: {list(DTYPES)}")
 

@@ -15,7 +15,7 @@ import torch
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from sqtorch.config import ConfigError, validate_config
+from sqtorch.config import ConfigError, build_env, validate_config
 from sqtorch.experiment import run
 from sqtorch.neural import metrics as M
 
@@ -148,6 +148,8 @@ def test_unknown_env_or_algo_group_is_a_clear_error(make_cfg) -> None:
     cfg = make_cfg("debug=fast", "env._target_=sqtorch.envs.nosuchenv")
     with pytest.raises(ConfigError, match="nosuchenv"):
         run(cfg)
+    with pytest.raises(ConfigError, match="env = 'nosuchenv' is unknown; allowed"):
+        build_env({"name": "nosuchenv"})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

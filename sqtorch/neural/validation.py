@@ -105,7 +105,7 @@ def _tabular_reference(env: GlobalLocalMDP, n: int, k: int, ref: Reference, eval
     ref.tabular_return = evaluate_return(env, ref.tabular, n, **eval_kwargs)
 
 
-def _optimal_reference(env: GlobalLocalMDP, n: int, ref: Reference, seed: int) -> None:
+def _optimal_reference(env: GlobalLocalMDP, n: int, ref: Reference, seed: int, num_initial: int) -> None:
     try:
         from sqtorch.evaluation.exact import optimal_value  # type: ignore[import-not-found]
         from sqtorch.tabular.exact import count_kernel
@@ -114,7 +114,7 @@ def _optimal_reference(env: GlobalLocalMDP, n: int, ref: Reference, seed: int) -
         return
     ref.kernel_n = count_kernel(env, n)
     ref.v_star = optimal_value(env, n, kernel=ref.kernel_n)
-    ref.initial = sample_initial_state(env, n, 64, make_generator(seed, env.device))
+    ref.initial = sample_initial_state(env, n, num_initial, make_generator(seed, env.device))
 
 
 def build_reference(
@@ -140,7 +140,8 @@ def build_reference(
     else:
         ref.notes.append(f"G*C(k+L-1,k) = {size_k} > eval.max_states = {max_states}: no tabular Q")
     if size_n <= max_states:
-        _optimal_reference(env, n, ref, int(eval_kwargs.get("seed", 0)))
+        seed, num_initial = int(eval_kwargs.get("seed", 0)), int(eval_kwargs.get("num_initial", 64))
+        _optimal_reference(env, n, ref, seed, num_initial)
     else:
         ref.notes.append(f"G*C(n+L-1,n) = {size_n} > eval.max_states = {max_states}: no exact gap")
     return ref
