@@ -79,9 +79,7 @@ class GenerativeSource:
         seed: int = 0,
     ) -> None:
         if state_dist not in STATE_DISTS:
-            raise ValueError(
-                f"state_dist = '{state_dist}' is unknown; allowed: {list(STATE_DISTS)}"
-            )
+            raise ValueError(f"state_dist = '{state_dist}' is unknown; allowed: {list(STATE_DISTS)}")
         if not 1 <= k <= n:
             raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
         if m < 1:
@@ -105,11 +103,7 @@ class GenerativeSource:
 
     def _simplex(self, B: int) -> tuple[Tensor, Tensor]:
         s_g = torch.randint(self.env.G, (B,), generator=self.gen, device=self.device)
-        e = (
-            -torch.rand(B, self.env.L, generator=self.gen, device=self.device)
-            .clamp_min(1e-12)
-            .log()
-        )
+        e = -torch.rand(B, self.env.L, generator=self.gen, device=self.device).clamp_min(1e-12).log()
         cdf = (e / e.sum(-1, keepdim=True)).cumsum(-1)  # F ~ Dirichlet(1)
         u = torch.rand(B, self.k, generator=self.gen, device=self.device)
         s_sub = (u[..., None] >= cdf[:, None, :-1]).sum(-1)
@@ -181,7 +175,14 @@ class GenerativeSource:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
+        """Restore :meth:`state_dict` (same device type: a CUDA generator state fits no CPU one)."""
+        try:
+            self.gen.set_state(state["gen"])
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"cannot restore the sampler's {self.device.type} generator from this checkpoint "
+                f"(saved on another device type?): {e}; resume on the device it was saved on"
+            ) from e
         if state.get("pool_g") is not None:
             self.pool_g = state["pool_g"].to(self.device)
             self.pool_l = state["pool_l"].to(self.device)

@@ -30,12 +30,8 @@ from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.neural.validation import Reference, build_reference, validation_metrics
 from sqtorch.tabular.counts import counts_of
 
-DEFAULT_DATA = dict(
-    state_dist="visited", uniform_frac=0.5, pool_size=256, epsilon=0.1, reset_prob=0.02
-)
-DEFAULT_EVAL = dict(
-    num_initial=16, rollouts=32, horizon=None, seed=12345, reference="auto", max_states=20_000
-)
+DEFAULT_DATA = dict(state_dist="visited", uniform_frac=0.5, pool_size=256, epsilon=0.1, reset_prob=0.02)
+DEFAULT_EVAL = dict(num_initial=16, rollouts=32, horizon=None, seed=12345, reference="auto", max_states=20_000)
 
 
 def q_scale_of(env: Any) -> float:
@@ -71,9 +67,7 @@ class SubsampleQModule(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         self.env = build_env(env)
         net_kw = dict(net or {})
-        self.net = DeepSetsQ(
-            self.env.G, self.env.L, self.env.A, q_scale=q_scale_of(self.env), **net_kw
-        )
+        self.net = DeepSetsQ(self.env.G, self.env.L, self.env.A, q_scale=q_scale_of(self.env), **net_kw)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
         self.data_cfg = {**DEFAULT_DATA, **(data or {})}
         self.eval_cfg = {**DEFAULT_EVAL, **(eval or {})}
@@ -135,9 +129,7 @@ class SubsampleQModule(pl.LightningModule):
             return nn.functional.mse_loss(pred, target)
         # Huber on the O(1) scale of the network output, so huber_delta does not depend on rewards
         s = self.net.q_scale
-        return (
-            nn.functional.huber_loss(pred / s, target / s, delta=self.hparams.huber_delta) * s * s
-        )
+        return nn.functional.huber_loss(pred / s, target / s, delta=self.hparams.huber_delta) * s * s
 
     def training_step(self, step_idx: Any, batch_idx: int) -> Tensor:
         """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`)."""
@@ -224,9 +216,7 @@ class SubsampleQModule(pl.LightningModule):
         """``eval/*`` metrics of the current greedy subsampled policy on the n-agent system."""
         env = self.env.to(self._run_device())
         policy = DeepSetsPolicy(self.net, self.hparams.k)
-        return validation_metrics(
-            env, policy, self.hparams.n, self.ensure_reference(), self.eval_kwargs()
-        )
+        return validation_metrics(env, policy, self.hparams.n, self.ensure_reference(), self.eval_kwargs())
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.log_dict(self.evaluate(), batch_size=1)

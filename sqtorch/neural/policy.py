@@ -39,9 +39,7 @@ class DeepSetsPolicy:
     def act(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
         """Greedy global action ``[B]`` (ties: lowest index), on the device of ``s_g``."""
         if s_sub.shape[-1] != self.k:
-            raise ValueError(
-                f"s_sub has {s_sub.shape[-1]} agents per row, this policy has k = {self.k}"
-            )
+            raise ValueError(f"s_sub has {s_sub.shape[-1]} agents per row, this policy has k = {self.k}")
         return self.q(s_g, s_sub).argmax(-1).to(s_g.device)
 
     @torch.no_grad()

@@ -133,17 +133,21 @@ def build_reference(
         return ref
     eval_kwargs = eval_kwargs or {}
     size_k, size_n = env.G * num_counts(k, env.L), env.G * num_counts(n, env.L)
-    if not with_tabular:
-        pass
-    elif size_k <= max_states:
-        _tabular_reference(env, n, k, ref, eval_kwargs)
-    else:
-        ref.notes.append(f"G*C(k+L-1,k) = {size_k} > eval.max_states = {max_states}: no tabular Q")
-    if size_n <= max_states:
-        seed, num_initial = int(eval_kwargs.get("seed", 0)), int(eval_kwargs.get("num_initial", 64))
-        _optimal_reference(env, n, ref, seed, num_initial)
-    else:
-        ref.notes.append(f"G*C(n+L-1,n) = {size_n} > eval.max_states = {max_states}: no exact gap")
+    try:  # a comparator is a metric: never let it stop training
+        if not with_tabular:
+            pass
+        elif size_k <= max_states:
+            _tabular_reference(env, n, k, ref, eval_kwargs)
+        else:
+            ref.notes.append(f"G*C(k+L-1,k) = {size_k} > eval.max_states = {max_states}: no tabular Q")
+        if size_n <= max_states:
+            seed = int(eval_kwargs.get("seed", 0))
+            _optimal_reference(env, n, ref, seed, int(eval_kwargs.get("num_initial", 64)))
+        else:
+            ref.notes.append(f"G*C(n+L-1,n) = {size_n} > eval.max_states = {max_states}: no exact gap")
+    except Exception as e:
+        warnings.warn(f"reference solutions unavailable: {e}", stacklevel=2)
+        ref.notes.append(f"reference failed: {e}")
     return ref
 
 
