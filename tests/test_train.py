@@ -216,3 +216,10 @@ def test_reference_metrics_when_exact_solutions_exist(make_cfg, tmp_path) -> Non
         return
     assert metrics[M.EVAL_GAP] >= -1e-9
     assert M.EVAL_GAP in _scalars(tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_experiment_presets_compose_and_validate(make_cfg, name) -> None:
+    cfg = make_cfg(f"experiment={name}")
+    validate_config(cfg)
+    assert cfg.algo.name in ("deepsets", "tabular") and 1 <= cfg.k <= cfg.n
