@@ -95,6 +95,18 @@ def build_module(cfg: DictConfig) -> Any:
     )
 
 
+def resolve_ckpt(path: str | None) -> str | None:
+    """``ckpt_path``: a checkpoint file, or a run dir (then its ``checkpoints/last.ckpt``)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.ckpt" if (p / "checkpoints").is_dir() else p / "last.ckpt"
+    if not p.is_file():
+        raise FileNotFoundError(f"ckpt_path = '{path}': no checkpoint file at {p}")
+    return str(p)
+
+
 def run_deepsets(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
     """Train the DeepSets Q-network with Lightning, evaluate it, write the run's artifacts."""
     import lightning.pytorch as pl
@@ -111,7 +123,7 @@ def run_deepsets(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[s
     trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks)
     try:
         t0 = time.perf_counter()
-        trainer.fit(module, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, ckpt_path=resolve_ckpt(cfg.get("ckpt_path")))
         wall = time.perf_counter() - t0
         trainer.save_checkpoint(out / "checkpoints" / "final.ckpt")
         metrics = module.evaluate()
