@@ -7,7 +7,8 @@ import pytest
 import torch
 from exact_small import exact_q_reference, exact_q_small
 
-from sqtorch.envs import make_env
+from sqtorch.envs import make_env, sample_initial_state
+from sqtorch.envs.simulator import make_generator
 from sqtorch.neural import metrics as M
 from sqtorch.neural.data import STATE_DISTS, GenerativeSource
 from sqtorch.neural.deepsets import POOLINGS, DeepSetsQ
@@ -112,9 +113,7 @@ def test_successors_follow_the_kernels() -> None:
     expected = env.P_l[1, 2][s_sub[0]].sum(0)
     torch.testing.assert_close(c_next[0].double().mean(0), expected, atol=0.03, rtol=0)
     batch = src.sample(32)
-    r = env.r_g[batch.s_g, batch.a_g] + env.r_l[
-        batch.s_g[:, None], batch.a_g[:, None], batch.s_sub
-    ].mean(1)
+    r = env.r_g[batch.s_g, batch.a_g] + env.r_l[batch.s_g[:, None], batch.a_g[:, None], batch.s_sub].mean(1)
     torch.testing.assert_close(batch.r, r)
 
 
@@ -124,10 +123,7 @@ def test_td_target_is_the_sampled_bellman_operator() -> None:
     b = src.sample(5)
     y = module.td_target(b.r, b.g_next, b.c_next)
     for i in range(5):
-        v = [
-            module.target_net.forward_counts(b.g_next[i, j : j + 1], b.c_next[i, j : j + 1]).max()
-            for j in range(3)
-        ]
+        v = [module.target_net.forward_counts(b.g_next[i, j : j + 1], b.c_next[i, j : j + 1]).max() for j in range(3)]
         expected = b.r[i] + module.env.gamma * torch.stack(v).mean()
         torch.testing.assert_close(y[i], expected.to(y.dtype))
 
@@ -224,3 +220,18 @@ def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     ret_tab, ci_tab = mc_return(env, tab, 10, **kw)
     ret_net, _ = mc_return(env, policy, 10, **kw)
     assert abs(ret_net - ret_tab) <= ci_tab
+    print(
+        f"Q rel err {((q_net - q_exact).abs().max() / scale).item():.4f}, "
+        f"MC return net {ret_net:.4f} tab {ret_tab:.4f} +- {ci_tab:.4f}"
+    )
+
+    try:  # exact gaps V* - V^pi on the n = 10 count MDP (SPEC §5), when the evaluator exists
+        from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
+    except ImportError:
+        return
+    s_g, s_l = sample_initial_state(env, 10, 64, make_generator(11))
+    v_star = value_at(optimal_value(env, 10), s_g, s_l)
+    gap_tab = (v_star - value_at(policy_value(env, 10, tab.greedy(), 4), s_g, s_l)).mean().item()
+    gap_net = (v_star - value_at(policy_value(env, 10, policy.greedy(), 4), s_g, s_l)).mean().item()
+    print(f"exact gap net {gap_net:.4f} tab {gap_tab:.4f}")
+    assert gap_net <= gap_tab + ci_tab
