@@ -104,7 +104,7 @@ class _Kill(pl.Callback):
 
 @pytest.mark.parametrize("state_dist", ["visited", "simplex"])
 def test_resume_from_checkpoint_equals_uninterrupted(make_cfg, tmp_path, state_dist) -> None:
-    common = ("debug=fast", "logger=none", f"algo.data.state_dist={state_dist}", "seed=3")
+    common = ("debug=fast", "trainer=cpu", "logger=none", f"algo.data.state_dist={state_dist}", "seed=3")
     full = run(make_cfg(*common, out=tmp_path / "full"))
     with pytest.raises(RuntimeError, match="killed"):
         run(make_cfg(*common, out=tmp_path / "killed"), extra_callbacks=[_Kill(27)])
@@ -155,7 +155,7 @@ def test_unknown_env_or_algo_group_is_a_clear_error(make_cfg) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_without_cuda_says_how_to_fall_back(make_cfg) -> None:
     with pytest.raises(ConfigError, match="trainer=cpu"):
-        validate_config(make_cfg("debug=fast", "trainer=gpu", "trainer.accelerator=gpu"))
+        validate_config(make_cfg("debug=fast", "trainer=gpu"))
     with pytest.raises(ConfigError, match="trainer=cpu"):
         validate_config(make_cfg("trainer=gpu"))
 
