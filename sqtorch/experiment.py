@@ -129,9 +129,9 @@ def run_deepsets(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[s
         metrics = module.evaluate()
         metrics.update(
             {
-                "train/wall_seconds": wall,
-                "train/parameters": num_parameters(module.net),
-                "train/global_step": trainer.global_step,
+                M.TRAIN_WALL_SECONDS: wall,
+                M.TRAIN_PARAMETERS: num_parameters(module.net),
+                M.TRAIN_GLOBAL_STEP: trainer.global_step,
                 M.TRAIN_SAMPLES: module.samples,
             }
         )
@@ -199,8 +199,8 @@ def run_tabular(cfg: DictConfig) -> dict[str, float]:
             M.TABULAR_TABLE_SIZE: res.qtable.q.numel(),
             M.TABULAR_LEARN_SECONDS: res.learn_seconds,
             M.TABULAR_BUILD_SECONDS: res.build_seconds,
-            "tabular/iterations": res.iterations,
-            "tabular/converged": float(res.converged),
+            M.TABULAR_ITERATIONS: res.iterations,
+            M.TABULAR_CONVERGED: float(res.converged),
             M.TABULAR_RESIDUAL: res.residuals[-1] if res.residuals else math.nan,
         }
         ref = build_reference(

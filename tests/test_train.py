@@ -66,6 +66,7 @@ def test_fast_run_leaves_artifacts_and_tensorboard_tags(make_cfg, tmp_path) -> N
     ):
         assert tag in tags, (tag, sorted(tags))
     assert "hp_metric" not in tags
+    assert set(tags) - {"epoch"} <= set(M.ALL_TAGS), set(tags) - set(M.ALL_TAGS)
     assert len(tags[M.EVAL_RETURN]) >= 2  # periodic validation + final
 
 
@@ -111,7 +112,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(make_cfg, tmp_path, state_d
     ckpt = tmp_path / "killed" / "checkpoints" / "step-20.ckpt"
     assert ckpt.exists()
     resumed = run(make_cfg(*common, f"ckpt_path='{ckpt}'", out=tmp_path / "killed"))
-    for key in (M.EVAL_RETURN, M.TRAIN_SAMPLES, "train/global_step"):
+    for key in (M.EVAL_RETURN, M.TRAIN_SAMPLES, M.TRAIN_GLOBAL_STEP):
         assert resumed[key] == full[key], key
     a = torch.load(tmp_path / "full/checkpoints/final.ckpt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "killed/checkpoints/final.ckpt", weights_only=False)["state_dict"]
@@ -171,6 +172,7 @@ def test_tabular_run(make_cfg, tmp_path) -> None:
     tags = _scalars(tmp_path)
     assert M.TABULAR_RESIDUAL in tags and len(tags[M.TABULAR_RESIDUAL]) >= 2
     assert M.EVAL_RETURN in tags and M.TABULAR_TABLE_SIZE in tags
+    assert set(tags) <= set(M.ALL_TAGS), set(tags) - set(M.ALL_TAGS)
 
 
 def test_multirun_isolates_jobs_and_survives_a_failing_job(tmp_path) -> None:

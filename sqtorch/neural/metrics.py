@@ -10,6 +10,9 @@ TRAIN_TD_LOSS = "train/td_loss"
 TRAIN_Q_MEAN = "train/q_mean"
 TRAIN_TARGET_MEAN = "train/target_mean"
 TRAIN_SAMPLES = "train/samples"
+TRAIN_WALL_SECONDS = "train/wall_seconds"
+TRAIN_PARAMETERS = "train/parameters"
+TRAIN_GLOBAL_STEP = "train/global_step"
 SAMPLES_PER_SECOND = "charts/samples_per_second"
 LEARNING_RATE = "charts/learning_rate"
 
@@ -25,6 +28,8 @@ TABULAR_ELAPSED = "tabular/elapsed_seconds"
 TABULAR_TABLE_SIZE = "tabular/table_entries"
 TABULAR_LEARN_SECONDS = "tabular/learn_seconds"
 TABULAR_BUILD_SECONDS = "tabular/build_seconds"
+TABULAR_ITERATIONS = "tabular/iterations"
+TABULAR_CONVERGED = "tabular/converged"
 
 #: The metric a Hydra sweeper optimizes and ``train`` returns (higher is better).
 OPTIMIZED_METRIC = EVAL_RETURN
@@ -37,6 +42,9 @@ ALL_TAGS = (
     TRAIN_Q_MEAN,
     TRAIN_TARGET_MEAN,
     TRAIN_SAMPLES,
+    TRAIN_WALL_SECONDS,
+    TRAIN_PARAMETERS,
+    TRAIN_GLOBAL_STEP,
     SAMPLES_PER_SECOND,
     LEARNING_RATE,
     EVAL_RETURN,
@@ -50,4 +58,6 @@ ALL_TAGS = (
     TABULAR_TABLE_SIZE,
     TABULAR_LEARN_SECONDS,
     TABULAR_BUILD_SECONDS,
+    TABULAR_ITERATIONS,
+    TABULAR_CONVERGED,
 )
