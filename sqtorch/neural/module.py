@@ -51,13 +51,13 @@ class SubsampleQModule(pl.LightningModule):
         net: dict | None = None,
         m: int = 8,
         batch_size: int = 256,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 0.0,
-        lr_schedule: str = "constant",
+        lr_schedule: str = "cosine",
         max_steps: int = 5000,
         loss: str = "huber",
         huber_delta: float = 1.0,
-        target_sync: int = 100,
+        target_sync: int = 20,
         tau: float | None = None,
         data: dict | None = None,
         eval: dict | None = None,  # noqa: A002 - config key
@@ -110,9 +110,6 @@ class SubsampleQModule(pl.LightningModule):
         return DataLoader([0], batch_size=None, num_workers=0)
 
     # ---- learning ------------------------------------------------------------------------
-    def q_values(self, net: nn.Module, s_g: Tensor, c: Tensor) -> Tensor:
-        return net.forward_counts(s_g, c)
-
     def _greedy_fn(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
         return self.net.forward_counts(s_g, counts_of(s_sub, self.env.L)).argmax(-1)
 
