@@ -25,6 +25,7 @@ from sqtorch.tabular.counts import all_counts, all_sorted_states, num_counts, ra
 from sqtorch.tabular.qtable import QTable
 
 GiB = 2**30
+DENSE_COALESCE_MAX = 1 << 25  # keys (count vector, partial next count) summed in a dense buffer
 
 
 @dataclass
@@ -75,6 +76,16 @@ def count_kernel(env: GlobalLocalMDP, k: int, max_memory_gib: float = 4.0) -> Co
     return CountKernel(k, N, env.P_g, block_of.reshape(env.G, env.A).to(env.device), M)
 
 
+def _coalesce(key: Tensor, value: Tensor, key_range: int) -> tuple[Tensor, Tensor]:
+    """Sum values with equal keys; returns sorted unique keys and their sums."""
+    if key_range <= DENSE_COALESCE_MAX:  # a dense accumulator beats sorting when it is small
+        total = torch.zeros(key_range, dtype=value.dtype).index_add_(0, key, value)
+        key = torch.nonzero(total).squeeze(1)  # zero-probability outcomes are never stored
+        return key, total[key]
+    key, inverse = torch.unique(key, return_inverse=True)
+    return key, torch.zeros(len(key), dtype=value.dtype).index_add_(0, inverse, value)
+
+
 def _kernel_block(P: Tensor, X: Tensor, k: int, L: int, N: int) -> Tensor:
     """Sparse ``[N, N]`` law of ``c'`` for one local kernel ``P [L, L]``, adding agents one by one."""
     row = torch.arange(N)  # which count vector each entry belongs to
@@ -86,9 +97,7 @@ def _kernel_block(P: Tensor, X: Tensor, k: int, L: int, N: int) -> Tensor:
         keep = p > 0
         e, y = keep.nonzero(as_tuple=True)
         n_next = num_counts(i + 1, L)
-        key = row[e] * n_next + succ[part[e], y]
-        key, inverse = torch.unique(key, return_inverse=True)  # coalesce equal (row, c')
-        prob = torch.zeros(len(key), dtype=torch.float64).index_add_(0, inverse, prob[e] * p[e, y])
+        key, prob = _coalesce(row[e] * n_next + succ[part[e], y], prob[e] * p[e, y], N * n_next)
         row, part = key // n_next, key % n_next
     crow = torch.zeros(N + 1, dtype=torch.int64)
     crow[1:] = torch.bincount(row, minlength=N).cumsum(0)

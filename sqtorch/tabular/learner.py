@@ -25,16 +25,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sqtorch.envs.alias import AliasTable
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.simulator import LookupSampler
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.counts import all_sorted_states, num_counts, rank_columns
 from sqtorch.tabular.exact import CountKernel, GiB, count_kernel
 from sqtorch.tabular.qtable import QTable
 
 T_ = TypeVar("T_")
-CHUNK_ROWS = 1 << 15  # count vectors per gather chunk (fits L2 with m = 10)
-SAMPLE_CHUNK_ROWS = 1 << 13  # count vectors per sampling chunk (k + 1 uniform columns of m)
+CHUNK_ROWS = 1 << 15  # table rows per gather chunk (fits L2 with m = 10)
+SAMPLE_CHUNK_ROWS = 1 << 13  # table rows per sampling chunk (k + 1 uniform columns of m)
 
 
 @dataclass
@@ -69,60 +69,62 @@ def _run(fn: Callable[[T_], None], tasks: list[T_], work: int) -> None:
         list(pool.map(fn, tasks))
 
 
-def _chunks(n_rows: int, size: int = CHUNK_ROWS) -> list[tuple[int, int]]:
+def _chunks(n_rows: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n_rows)) for s in range(0, n_rows, size)]
 
 
-def _block_seed(seed: int, block: int) -> int:
-    """Independent, reproducible seed for the samples of one (g, a) block."""
-    return int(np.random.SeedSequence([seed, block]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def _chunk_seed(seed: int, chunk: int) -> int:
+    """Independent, reproducible seed for the samples of one chunk of rows."""
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 @dataclass
 class SampledKernel:
-    """The m fixed next states of every ``(g, c, a)``: ``idx[g, a, c, j] = g'_j * N + rank(c'_j)``."""
+    """The m fixed next states of every ``(g, a, c)``: ``idx[g, a, c, j] = g'_j * N + rank(c'_j)``."""
 
     idx: Tensor  # int32 [G, A, N, m]
 
     def expected_next(self, V: Tensor) -> Tensor:
         """``(1/m) sum_j V(g'_j, c'_j)`` for ``V [G, N]`` -> ``[G, A, N]``."""
         G, A, N, m = self.idx.shape
-        v = V.reshape(-1)
-        idx = self.idx.view(G * A, N, m)
-        out = torch.empty(G * A, N, dtype=V.dtype, device=V.device)
+        v, idx = V.reshape(-1), self.idx.view(-1, m)
+        out = torch.empty(G * A * N, dtype=V.dtype, device=V.device)
 
-        def work(task: tuple[int, int, int]) -> None:
-            b, s, e = task
-            out[b, s:e] = v.index_select(0, idx[b, s:e].reshape(-1)).view(e - s, m).mean(-1)
+        def work(chunk: tuple[int, int]) -> None:
+            s, e = chunk
+            out[s:e] = v.index_select(0, idx[s:e].reshape(-1)).view(e - s, m).mean(-1)
 
-        _run(work, [(b, s, e) for b in range(G * A) for s, e in _chunks(N)], work=self.idx.numel())
+        _run(work, _chunks(G * A * N, CHUNK_ROWS), work=self.idx.numel())
         return out.view(G, A, N)
 
 
 def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int) -> SampledKernel:
-    """Draw the m next states of every ``(g, c, a)`` once (SPEC §2), vectorized over c and agents.
+    """Draw the m next states of every ``(g, a, c)`` once (SPEC §2), vectorized over c and agents.
 
-    Each of the k agents of c moves with an O(1) alias draw from ``P_l[g, a, x_i]``; the next
-    count vector is ranked straight from the k next-state columns (:func:`rank_columns`).
-    Every (g, a) block has its own generator, so the result does not depend on thread timing.
+    Row ``r = (g * A + a) * N + c`` of the table; each of the k agents of c moves with one
+    bucket-table draw from ``P_l[g, a, x_i]`` and the next count vector is ranked straight from
+    the k next-state columns (:func:`rank_columns`). Every chunk of rows has its own generator,
+    so the result does not depend on the number of threads.
     """
     G, A, L, N = env.G, env.A, env.L, num_counts(k, env.L)
     dev = env.device
     X = all_sorted_states(k, L, dev).T.contiguous()  # [k, N]: agent i's state in each c
-    alias_l = AliasTable.from_probs(env.P_l)  # rows (g, a, x)
-    alias_g = AliasTable.from_probs(env.P_g)  # rows (g, a)
-    idx = torch.empty(G, A, N, m, dtype=torch.int32, device=dev)
+    local, glob = LookupSampler.build(env.P_l), LookupSampler.build(env.P_g)  # rows (g, a, x), (g, a)
+    idx = torch.empty(G * A * N, m, dtype=torch.int32, device=dev)
+    chunks = _chunks(G * A * N, SAMPLE_CHUNK_ROWS)
 
-    def block(b: int) -> None:
-        gen = torch.Generator(device=dev).manual_seed(_block_seed(seed, b))
-        for s, e in _chunks(N, SAMPLE_CHUNK_ROWS):
-            u = torch.rand(k + 1, e - s, m, generator=gen, device=dev, dtype=torch.float64)
-            x_next = [alias_l.draw((b * L + X[i, s:e])[:, None], u[i]) for i in range(k)]
-            g_next = alias_g.draw(torch.full((1, 1), b, device=dev), u[k])
-            idx.view(G * A, N, m)[b, s:e] = (g_next * N + rank_columns(x_next, L)).to(torch.int32)
+    def work(chunk_id: int) -> None:
+        s, e = chunks[chunk_id]
+        gen = torch.Generator(device=dev).manual_seed(_chunk_seed(seed, chunk_id))
+        rows = torch.arange(s, e, device=dev)
+        ga, c = (rows // N)[:, None].expand(-1, m), rows % N
+        u = torch.rand(k + 1, e - s, m, generator=gen, device=dev, dtype=torch.float64)
+        x_next = [local.sample(ga * L + X[i, c][:, None], u[i]) for i in range(k)]
+        g_next = glob.sample(ga, u[k])
+        idx[s:e] = (g_next * N + rank_columns(x_next, L)).to(torch.int32)
 
-    _run(block, list(range(G * A)), work=idx.numel() * (k + 1))
-    return SampledKernel(idx)
+    _run(work, list(range(len(chunks))), work=idx.numel() * (k + 1))
+    return SampledKernel(idx.view(G, A, N, m))
 
 
 def table_memory_gib(G: int, A: int, N: int, m: int | str, dtype: torch.dtype) -> float:

@@ -47,8 +47,9 @@ class QTable:
         """``argmax_a Q(s_g, c(s_sub), a)`` for ``s_g [B]`` and sampled local states ``s_sub [B, k]``."""
         if s_sub.shape[-1] != self.k:
             raise ValueError(f"s_sub has {s_sub.shape[-1]} agents per row, this Q-table has k = {self.k}")
-        q = self.q.to(s_g.device)
-        return q[s_g, rank_states(s_sub, self.L)].argmax(-1)
+        if self.q.device != s_g.device:  # follow the caller's device once, not every step
+            self.q = self.q.to(s_g.device)
+        return self.q[s_g, rank_states(s_sub, self.L)].argmax(-1)
 
     def save(self, path: str | Path) -> None:
         torch.save({"q": self.q.cpu(), "k": self.k, "L": self.L, "env_name": self.env_name, "meta": self.meta}, path)
