@@ -6,6 +6,8 @@ on that device, so a seed fixes every rollout.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -54,12 +56,98 @@ def sample_initial_state(
     return s_g, s_l
 
 
+def _floyd_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Tensor:
+    """Floyd's algorithm: for ``j = n-k .. n-1`` draw ``t ~ U{0..j}``, keep ``t`` (``j`` if taken).
+
+    Exactly k uniform integers per row (independent of anything but ``(n, k, batch)``) and
+    ``O(k^2)`` work per row instead of ``O(n)``; the resulting set is a uniform k-subset.
+    """
+    out = torch.empty(batch, k, dtype=torch.int64, device=generator.device)
+    for i in range(k):  # positions in the subset (k of them), not agents
+        j = n - k + i
+        t = torch.randint(j + 1, (batch,), generator=generator, device=generator.device)
+        taken = (out[:, :i] == t[:, None]).any(1)
+        out[:, i] = torch.where(taken, j, t)
+    return out
+
+
 def sample_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Tensor:
-    """A fresh uniform k-subset of ``{0..n-1}`` without replacement per row: ``[batch, k]``."""
+    """A fresh uniform k-subset of ``{0..n-1}`` without replacement per row: ``[batch, k]``.
+
+    Order within a row is not uniform (only the set is): use it for counts, not positions.
+    ``k = n`` returns every agent without drawing; ``k^2 <= 4 n`` uses Floyd's algorithm
+    (k draws per row); otherwise the top-k of n uniform keys. The number of draws depends only
+    on ``(n, k, batch)``, which keeps common random numbers common across policies.
+    """
     if not 1 <= k <= n:
         raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
-    keys = torch.rand(batch, n, generator=generator, device=generator.device)
+    dev = generator.device
+    if k == n:
+        return torch.arange(n, device=dev).expand(batch, n).clone()
+    if k * k <= 4 * n:
+        return _floyd_subset(n, k, batch, generator)
+    keys = torch.rand(batch, n, generator=generator, device=dev)
     return keys.topk(k, dim=1, sorted=False).indices
+
+
+LOOKUP_ENTRIES = 1 << 18  # target size of a bucket table (rows x 2^bits): 256 KiB of uint8
+IMPURE = 255  # bucket marker: an outcome boundary lies inside, resolve by the exact CDF
+
+
+@dataclass(frozen=True)
+class LookupSampler:
+    """Exact inverse-CDF sampling through a bucket table (draws as :func:`sample_categorical`).
+
+    ``u in [0, 1)`` falls in bucket ``q = floor(u 2^bits)`` (exact in float64). For a bucket that
+    no CDF boundary cuts, ``table[row, q]`` is the outcome for every ``u`` in it; the few buckets
+    that a boundary cuts hold ``IMPURE`` and are resolved by comparing ``u`` with the CDF. One
+    uint8 gather per agent instead of ``K - 1`` comparisons; identical draws for identical ``u``.
+    """
+
+    table: Tensor  # [R * 2^bits] uint8
+    cdf_cols: Tensor  # [K, R] as from cdf_columns
+    bits: int
+
+    @classmethod
+    def build(cls, P: Tensor, entries: int = LOOKUP_ENTRIES) -> LookupSampler:
+        """Table for the rows of ``P [..., K]`` (``K <= 254``)."""
+        cdf_cols = cdf_columns(P)
+        K, R = cdf_cols.shape
+        if K >= IMPURE:
+            raise ValueError(f"LookupSampler supports at most {IMPURE - 1} outcomes, got {K}")
+        bits = max(4, min(16, (entries // max(R, 1)).bit_length() - 1))
+        edges = torch.arange(2**bits + 1, dtype=torch.float64, device=P.device) / 2**bits
+        inner = cdf_cols[:-1].T.contiguous()  # [R, K-1] boundaries, non-decreasing per row
+        lo = torch.searchsorted(inner, edges[:-1].expand(R, -1).contiguous(), right=True)
+        hi = torch.searchsorted(inner, edges[1:].expand(R, -1).contiguous(), right=False)
+        table = torch.where(hi > lo, IMPURE, lo).to(torch.uint8).reshape(-1)
+        return cls(table=table, cdf_cols=cdf_cols, bits=bits)
+
+    def sample(self, row: Tensor, u: Tensor) -> Tensor:
+        """Outcome index (int64) for rows ``row`` and uniforms ``u`` (same shape)."""
+        scale = 2**self.bits
+        idx = (u * scale).long().add_(row, alpha=scale)  # row * 2^bits + bucket, one fused pass
+        out = self.table.take(idx).long()
+        bad = torch.nonzero(out.view(-1) == IMPURE).squeeze(1)
+        if bad.numel():
+            flat = out.view(-1)
+            flat[bad] = sample_categorical(self.cdf_cols, row.reshape(-1)[bad], u.reshape(-1)[bad])
+        return out
+
+
+_SAMPLERS: dict[int, tuple[Tensor, LookupSampler]] = {}
+
+
+def lookup_sampler(P: Tensor) -> LookupSampler:
+    """Cached :class:`LookupSampler` of the transition tensor ``P`` (keyed by tensor identity)."""
+    hit = _SAMPLERS.get(id(P))
+    if hit is not None and hit[0] is P:
+        return hit[1]
+    if len(_SAMPLERS) >= 16:
+        _SAMPLERS.pop(next(iter(_SAMPLERS)))
+    sampler = LookupSampler.build(P)
+    _SAMPLERS[id(P)] = (P, sampler)
+    return sampler
 
 
 def step(
@@ -74,15 +162,21 @@ def step(
     """One transition of the full system: returns ``(s_g', s_l', r(s, a_g))``.
 
     ``s_g [B]``, ``s_l [B, n]``, ``a_g [B]``. Every local agent moves independently with
-    ``P_l[s_g, a_g, s_i]``; the global agent with ``P_g[s_g, a_g]``. Pass precomputed
-    ``cdf_columns(env.P_g)`` / ``cdf_columns(env.P_l)`` to skip rebuilding them every step.
+    ``P_l[s_g, a_g, s_i]``; the global agent with ``P_g[s_g, a_g]``. Exactly one float64 uniform
+    per local agent and one per row are drawn, whatever the actions (common random numbers).
+    Local moves use the cached bucket table of ``env.P_l`` (:class:`LookupSampler`, same draws
+    as inverse-CDF sampling); ``cdf_l`` is accepted for compatibility and used only if the
+    table cannot be built. Pass ``cdf_g = cdf_columns(env.P_g)`` to skip rebuilding it.
     """
     cdf_g = cdf_columns(env.P_g) if cdf_g is None else cdf_g
-    cdf_l = cdf_columns(env.P_l) if cdf_l is None else cdf_l
-    r = env.reward(s_g, s_l, a_g)
     ga = s_g * env.A + a_g  # [B]
+    row = s_l + (ga * env.L)[:, None]  # [B, n] row of (g, a, x) in P_l and r_l
+    r = env.r_g[s_g, a_g] + env.r_l.reshape(-1).take(row).mean(-1)  # SPEC §1, all n agents
     u_l = torch.rand(s_l.shape, generator=generator, device=s_l.device, dtype=torch.float64)
-    s_l_next = sample_categorical(cdf_l, ga[:, None] * env.L + s_l, u_l)
+    if env.L < IMPURE:
+        s_l_next = lookup_sampler(env.P_l).sample(row, u_l)
+    else:
+        s_l_next = sample_categorical(cdf_columns(env.P_l) if cdf_l is None else cdf_l, row, u_l)
     u_g = torch.rand(s_g.shape, generator=generator, device=s_g.device, dtype=torch.float64)
     s_g_next = sample_categorical(cdf_g, ga, u_g)
     return s_g_next, s_l_next, r

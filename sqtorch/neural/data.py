@@ -1,0 +1,197 @@
+"""Training data for neural SUBSAMPLE-Q: sampled Bellman targets from the generative model (§3).
+
+:class:`GenerativeSource` draws batches of ``(s_g, s_Delta, a_g)`` from a configurable state
+distribution and, for each item, ``m`` next states from the env kernels ``P_g`` and ``P_l``
+(every sampled agent moves independently). All tensors live on the device of the env it is given
+and come from one seeded ``torch.Generator`` there; its state (and the visited-state pool) is part
+of :meth:`GenerativeSource.state_dict`, so a resumed run draws exactly the batches an
+uninterrupted one would.
+
+State distributions (``state_dist``):
+
+* ``uniform``: ``s_g`` and every sampled ``s_i`` i.i.d. uniform.
+* ``simplex``: ``F ~ Dirichlet(1, .., 1)`` over local states, then ``s_i ~ F`` i.i.d. (covers
+  every empirical distribution, also concentrated ones that ``uniform`` never reaches for large k).
+* ``visited``: a pool of ``pool_size`` full n-agent systems is advanced one step per batch with the
+  current epsilon-greedy subsampled policy (Algorithm 2); items are a pool entry and a fresh uniform
+  k-subset of its agents. A fraction ``uniform_frac`` of each batch is drawn from ``simplex``.
+
+Lightning gets only :class:`StepDataset` (an infinite ``IterableDataset`` of step indices,
+``num_workers=0``): the batch itself is drawn inside ``training_step``. Drawing it in the data
+loader would let Lightning's one-batch prefetch advance the generator past the checkpoint, and a
+``visited`` batch must see the network of the current step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset
+
+from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.simulator import (
+    cdf_columns,
+    make_generator,
+    sample_categorical,
+    sample_initial_state,
+    sample_subset,
+    step,
+)
+from sqtorch.tabular.counts import counts_of
+
+STATE_DISTS = ("uniform", "simplex", "visited")
+Policy = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Batch:
+    """One training batch: current items and ``m`` sampled successors of each.
+
+    ``s_g [B]``, ``s_sub [B, k]``, ``a_g [B]``, ``r [B]`` (the subsampled reward ``r_Delta``),
+    ``g_next [B, m]``, ``c_next [B, m, L]`` (count vectors of the k successors).
+    """
+
+    s_g: Tensor
+    s_sub: Tensor
+    a_g: Tensor
+    r: Tensor
+    g_next: Tensor
+    c_next: Tensor
+
+
+class GenerativeSource:
+    """Seeded sampler of :class:`Batch` es on the env's device (SPEC §3)."""
+
+    def __init__(
+        self,
+        env: GlobalLocalMDP,
+        n: int,
+        k: int,
+        m: int,
+        state_dist: str = "visited",
+        uniform_frac: float = 0.5,
+        pool_size: int = 256,
+        epsilon: float = 0.1,
+        reset_prob: float = 0.02,
+        seed: int = 0,
+    ) -> None:
+        if state_dist not in STATE_DISTS:
+            raise ValueError(
+                f"state_dist = '{state_dist}' is unknown; allowed: {list(STATE_DISTS)}"
+            )
+        if not 1 <= k <= n:
+            raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
+        if m < 1:
+            raise ValueError(f"m = {m} is outside the allowed range m >= 1")
+        self.env, self.n, self.k, self.m = env, n, k, m
+        self.state_dist, self.uniform_frac = state_dist, float(uniform_frac)
+        self.epsilon, self.reset_prob = float(epsilon), float(reset_prob)
+        self.device = env.device
+        self.cdf_g, self.cdf_l = cdf_columns(env.P_g), cdf_columns(env.P_l)
+        self.gen = make_generator(seed, self.device)
+        self.pool_g: Tensor | None = None
+        self.pool_l: Tensor | None = None
+        if state_dist == "visited":
+            self.pool_g, self.pool_l = sample_initial_state(env, n, pool_size, self.gen)
+
+    # ---- state distributions -------------------------------------------------------------
+    def _uniform(self, B: int) -> tuple[Tensor, Tensor]:
+        s_g = torch.randint(self.env.G, (B,), generator=self.gen, device=self.device)
+        s_sub = torch.randint(self.env.L, (B, self.k), generator=self.gen, device=self.device)
+        return s_g, s_sub
+
+    def _simplex(self, B: int) -> tuple[Tensor, Tensor]:
+        s_g = torch.randint(self.env.G, (B,), generator=self.gen, device=self.device)
+        e = (
+            -torch.rand(B, self.env.L, generator=self.gen, device=self.device)
+            .clamp_min(1e-12)
+            .log()
+        )
+        cdf = (e / e.sum(-1, keepdim=True)).cumsum(-1)  # F ~ Dirichlet(1)
+        u = torch.rand(B, self.k, generator=self.gen, device=self.device)
+        s_sub = (u[..., None] >= cdf[:, None, :-1]).sum(-1)
+        return s_g, s_sub
+
+    def _visited(self, B: int) -> tuple[Tensor, Tensor]:
+        assert self.pool_g is not None and self.pool_l is not None
+        rows = torch.randint(len(self.pool_g), (B,), generator=self.gen, device=self.device)
+        idx = sample_subset(self.n, self.k, B, self.gen)
+        return self.pool_g[rows], self.pool_l[rows].gather(1, idx)
+
+    def sample_states(self, B: int) -> tuple[Tensor, Tensor]:
+        """``(s_g [B], s_sub [B, k])`` from the configured state distribution."""
+        if self.state_dist == "uniform":
+            return self._uniform(B)
+        if self.state_dist == "simplex":
+            return self._simplex(B)
+        n_uni = int(round(self.uniform_frac * B))
+        g1, x1 = self._visited(B - n_uni)
+        g2, x2 = self._simplex(n_uni)
+        return torch.cat([g1, g2]), torch.cat([x1, x2])
+
+    def advance_pool(self, policy: Policy) -> None:
+        """One epsilon-greedy step of every pooled n-agent system (``visited`` only)."""
+        if self.pool_g is None or self.pool_l is None:
+            return
+        R = len(self.pool_g)
+        idx = sample_subset(self.n, self.k, R, self.gen)
+        with torch.no_grad():
+            a = policy(self.pool_g, self.pool_l.gather(1, idx))
+        explore = torch.rand(R, generator=self.gen, device=self.device) < self.epsilon
+        a_rand = torch.randint(self.env.A, (R,), generator=self.gen, device=self.device)
+        a = torch.where(explore, a_rand, a)
+        g, s_l, _ = step(self.env, self.pool_g, self.pool_l, a, self.gen, self.cdf_g, self.cdf_l)
+        reset = torch.rand(R, generator=self.gen, device=self.device) < self.reset_prob
+        g0, l0 = sample_initial_state(self.env, self.n, R, self.gen)
+        self.pool_g = torch.where(reset, g0, g)
+        self.pool_l = torch.where(reset[:, None], l0, s_l)
+
+    # ---- successors ----------------------------------------------------------------------
+    def successors(self, s_g: Tensor, s_sub: Tensor, a_g: Tensor) -> tuple[Tensor, Tensor]:
+        """``m`` independent successors per item: ``g_next [B, m]``, ``c_next [B, m, L]``."""
+        B, env = len(s_g), self.env
+        ga = (s_g * env.A + a_g)[:, None].expand(B, self.m)
+        u_g = torch.rand(B, self.m, generator=self.gen, device=self.device, dtype=torch.float64)
+        g_next = sample_categorical(self.cdf_g, ga, u_g)
+        rows = ga[..., None] * env.L + s_sub[:, None, :]  # [B, m, k]
+        u_l = torch.rand(rows.shape, generator=self.gen, device=self.device, dtype=torch.float64)
+        x_next = sample_categorical(self.cdf_l, rows, u_l)
+        return g_next, counts_of(x_next, env.L)
+
+    def sample(self, B: int, policy: Policy | None = None) -> Batch:
+        """One batch; with ``visited`` and a ``policy`` the pool first moves one step."""
+        if policy is not None:
+            self.advance_pool(policy)
+        s_g, s_sub = self.sample_states(B)
+        a_g = torch.randint(self.env.A, (B,), generator=self.gen, device=self.device)
+        r = self.env.reward(s_g, s_sub, a_g)  # r_Delta: mean over the k sampled agents
+        g_next, c_next = self.successors(s_g, s_sub, a_g)
+        return Batch(s_g, s_sub, a_g, r, g_next, c_next)
+
+    # ---- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Generator state and visited pool (saved by ``on_save_checkpoint``)."""
+        return {
+            "gen": self.gen.get_state(),
+            "pool_g": None if self.pool_g is None else self.pool_g.cpu(),
+            "pool_l": None if self.pool_l is None else self.pool_l.cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        if state.get("pool_g") is not None:
+            self.pool_g = state["pool_g"].to(self.device)
+            self.pool_l = state["pool_l"].to(self.device)
+
+
+class StepDataset(IterableDataset):
+    """Infinite stream of step indices; the batch is drawn in ``training_step`` (see module doc)."""
+
+    def __iter__(self) -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1

@@ -1,0 +1,128 @@
+"""DeepSets Q-network ``Q_theta(s_g, {s_i}_{i in Delta}) in R^A`` (SPEC §3).
+
+``phi`` encodes each sampled agent from ``onehot(s_i)`` (optionally concatenated with
+``onehot(s_g)``); the encodings are pooled over Delta (mean by default, so Q depends on the sampled
+agents only through the empirical distribution ``F = c / k`` exactly like the tabular Q of SPEC §2,
+and one network can be evaluated at any k); ``rho(pooled, embed(s_g))`` gives one value per global
+action.
+
+Because the per-agent input is one-hot, ``phi`` takes only ``L`` (or ``G * L``) distinct values.
+:meth:`DeepSetsQ.forward_counts` therefore evaluates ``phi`` once per local state and pools with
+count weights: identical to the per-agent :meth:`DeepSetsQ.forward` (tested), but its cost does
+not grow with k.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+POOLINGS = ("mean", "sum", "max")
+
+
+def mlp(d_in: int, hidden: int, d_out: int, layers: int) -> nn.Sequential:
+    """``layers`` linear layers with ReLU between them (``layers >= 1``)."""
+    if layers < 1:
+        raise ValueError(f"layers = {layers} is outside the allowed range layers >= 1")
+    dims = [d_in] + [hidden] * (layers - 1) + [d_out]
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < layers - 1:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+class DeepSetsQ(nn.Module):
+    """Permutation-invariant Q-network over (global state, k sampled local states) (SPEC §3).
+
+    Args:
+        G, L, A: numbers of global states, local states and global actions.
+        hidden: width of ``phi`` and ``rho`` and size of the pooled encoding.
+        embed_dim: size of the learned embedding of ``s_g`` fed to ``rho``.
+        phi_layers, rho_layers: depth of the two MLPs.
+        pooling: ``"mean"`` (SPEC default), ``"sum"`` or ``"max"``.
+        global_in_phi: also feed ``onehot(s_g)`` to ``phi``.
+        q_scale, q_offset: the output is ``q_offset + q_scale * rho(...)`` so the network works
+            with O(1) numbers (set from the reward range and gamma by the LightningModule).
+    """
+
+    def __init__(
+        self,
+        G: int,
+        L: int,
+        A: int,
+        hidden: int = 64,
+        embed_dim: int = 16,
+        phi_layers: int = 2,
+        rho_layers: int = 2,
+        pooling: str = "mean",
+        global_in_phi: bool = True,
+        q_scale: float = 1.0,
+        q_offset: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling = '{pooling}' is unknown; allowed: {list(POOLINGS)}")
+        self.G, self.L, self.A = G, L, A
+        self.pooling = pooling
+        self.global_in_phi = global_in_phi
+        self.q_scale, self.q_offset = float(q_scale), float(q_offset)
+        self.phi = mlp(L + (G if global_in_phi else 0), hidden, hidden, phi_layers)
+        self.embed = nn.Embedding(G, embed_dim)
+        self.rho = mlp(hidden + embed_dim, hidden, A, rho_layers)
+
+    def _phi_input(self, s_g: Tensor, x: Tensor) -> Tensor:
+        """``onehot(x)`` (+ ``onehot(s_g)`` broadcast over x's trailing agent dim)."""
+        dtype = self.embed.weight.dtype
+        h = nn.functional.one_hot(x, self.L).to(dtype)
+        if self.global_in_phi:
+            g = nn.functional.one_hot(s_g, self.G).to(dtype)
+            g = g[:, None, :].expand(*x.shape, self.G)
+            h = torch.cat([h, g], dim=-1)
+        return h
+
+    def _head(self, s_g: Tensor, pooled: Tensor) -> Tensor:
+        out = self.rho(torch.cat([pooled, self.embed(s_g)], dim=-1))
+        return self.q_offset + self.q_scale * out
+
+    def forward(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
+        """Per-agent DeepSets: ``s_g [B]`` (int), ``s_sub [B, k]`` (int) -> ``Q [B, A]``."""
+        enc = self.phi(self._phi_input(s_g, s_sub))  # [B, k, d]
+        if self.pooling == "mean":
+            pooled = enc.mean(1)
+        elif self.pooling == "sum":
+            pooled = enc.sum(1)
+        else:
+            pooled = enc.max(1).values
+        return self._head(s_g, pooled)
+
+    def phi_table(self, s_g: Tensor) -> Tensor:
+        """``phi`` at every local state for each row's global state: ``[B, L, d]``."""
+        x = torch.arange(self.L, device=s_g.device)
+        if not self.global_in_phi:
+            return self.phi(self._phi_input(s_g[:1], x[None]))[0].expand(len(s_g), -1, -1)
+        g_all = torch.arange(self.G, device=s_g.device)
+        table = self.phi(self._phi_input(g_all, x[None].expand(self.G, -1)))  # [G, L, d]
+        return table[s_g]
+
+    def forward_counts(self, s_g: Tensor, c: Tensor) -> Tensor:
+        """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.
+
+        Mean pooling uses ``F = c / sum(c)`` (SPEC §3), sum pooling the counts, max pooling the
+        maximum over the local states present (``c_x > 0``).
+        """
+        table = self.phi_table(s_g)  # [B, L, d]
+        c = c.to(table.dtype)
+        if self.pooling == "max":
+            masked = table.masked_fill((c <= 0)[..., None], float("-inf"))
+            pooled = masked.max(1).values
+        else:
+            w = c / c.sum(-1, keepdim=True) if self.pooling == "mean" else c
+            pooled = torch.einsum("bl,bld->bd", w, table)
+        return self._head(s_g, pooled)
+
+
+def num_parameters(net: nn.Module) -> int:
+    """Number of trainable parameters (reported beside the tabular table size, SPEC §5)."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)

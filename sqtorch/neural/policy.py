@@ -1,0 +1,67 @@
+"""Greedy subsampled policy of a DeepSets Q-network (SPEC §2 Algorithm 2, §3).
+
+``act(s_g, s_sub) = argmax_a Q_theta(s_g, s_sub, a)`` with ties broken to the lowest action index
+(``torch.argmax`` returns the first maximum). The same object has ``.k`` so every evaluator that
+takes a tabular :class:`~sqtorch.tabular.qtable.QTable` also takes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sqtorch.neural.deepsets import DeepSetsQ
+from sqtorch.tabular.counts import all_counts, counts_of
+
+
+class DeepSetsPolicy:
+    """Greedy policy of ``net`` on k sampled agents; ``k`` may differ from the training k."""
+
+    def __init__(self, net: DeepSetsQ, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"k = {k} is outside the allowed range k >= 1")
+        self.net, self.k = net, int(k)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @torch.no_grad()
+    def q(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
+        """``Q [B, A]`` at ``s_g [B]`` and sampled local states ``s_sub [B, k]``."""
+        dev = self.device
+        c = counts_of(s_sub.to(dev), self.net.L)
+        return self.net.forward_counts(s_g.to(dev), c)
+
+    @torch.no_grad()
+    def act(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
+        """Greedy global action ``[B]`` (ties: lowest index), on the device of ``s_g``."""
+        if s_sub.shape[-1] != self.k:
+            raise ValueError(
+                f"s_sub has {s_sub.shape[-1]} agents per row, this policy has k = {self.k}"
+            )
+        return self.q(s_g, s_sub).argmax(-1).to(s_g.device)
+
+    @torch.no_grad()
+    def q_table(self) -> Tensor:
+        """The network as a table ``[G, C(k+L-1, k), A]`` in count-vector rank order (SPEC §2)."""
+        G, L = self.net.G, self.net.L
+        c = all_counts(self.k, L, self.device)  # [N, L]
+        N = c.shape[0]
+        s_g = torch.arange(G, device=self.device).repeat_interleave(N)
+        return self.net.forward_counts(s_g, c.repeat(G, 1)).reshape(G, N, -1).double()
+
+    def greedy(self) -> Tensor:
+        """Greedy action table ``[G, N]`` (ties: lowest index), like ``QTable.greedy``."""
+        return self.q_table().argmax(-1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, k: int | None = None) -> DeepSetsPolicy:
+        """Rebuild the network from a Lightning checkpoint alone (its saved hyperparameters)."""
+        from sqtorch.neural.module import SubsampleQModule
+
+        module = SubsampleQModule.load_from_checkpoint(str(path), map_location="cpu")
+        module.eval()
+        return cls(module.net, module.hparams.k if k is None else k)

@@ -1,0 +1,29 @@
+"""Shared fixtures: compose the Hydra config of ``conf/`` the way ``train.py`` does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg(*overrides, out=None)`` -> composed config writing into ``tmp_path``."""
+
+    def _make(*overrides: str, out: Path | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(
+                "config",
+                overrides=[f"paths.output_dir={out or tmp_path}", "threads=1", *overrides],
+            )
+
+    yield _make
+    GlobalHydra.instance().clear()
