@@ -105,7 +105,7 @@ def bench_exact(reps: int) -> tuple[float, float, float]:
     return min(times_k), min(times_v), total
 
 
-def bench_crn(reps: int) -> str:
+def bench_crn() -> str:
     """Paired (common-random-number) MC differences of exact_q policies vs exact differences."""
     env, n = make_env("queue"), 10
     K = count_kernel(env, n)
@@ -184,7 +184,7 @@ def main() -> None:
         for n in NS:
             rows.append(bench_case(name, k, n, args.horizon, args.reps))
             print({key: (f"{v:.3g}" if isinstance(v, float) else v) for key, v in rows[-1].items()})
-    text = render(rows, bench_exact(args.reps), bench_crn(args.reps), args)
+    text = render(rows, bench_exact(args.reps), bench_crn(), args)
     print(text)
     if args.out:
         with open(args.out, "a" if args.append else "w") as f:

@@ -168,6 +168,8 @@ def test_bad_input_raises_naming_the_field(queue):
         evaluate_mc(queue, pol, 10, num_initial=2, rollouts=2, num_threads=0)
     with pytest.raises(ValueError, match=r"num_initial = 0"):
         evaluate_mc(queue, pol, 10, num_initial=0, rollouts=2)
+    with pytest.raises(ValueError, match=r"a_g in \[3, 3\], outside \{0..2\}"):
+        evaluate_mc(queue, Constant(3), 10, num_initial=2, rollouts=2)
     s_g, s_l = initial_states(queue, 10, 2, seed=0)
     bad_l = s_l.clone()
     bad_l[1, 3] = queue.L

@@ -187,6 +187,18 @@ def check_policy(env: GlobalLocalMDP, policy: SubsampledPolicy, n: int) -> int:
     return int(k)
 
 
+def check_actions(env: GlobalLocalMDP, a_g: Tensor, batch: int) -> None:
+    """Raise ``ValueError`` unless ``a_g`` is ``[batch]`` integer actions in ``{0..A-1}``."""
+    if tuple(a_g.shape) != (batch,) or a_g.dtype.is_floating_point or a_g.dtype == torch.bool:
+        raise ValueError(
+            f"policy.act returned a_g of shape {tuple(a_g.shape)} and dtype {a_g.dtype}, "
+            f"expected [{batch}] integer actions"
+        )
+    lo, hi = int(a_g.min()), int(a_g.max())
+    if lo < 0 or hi >= env.A:
+        raise ValueError(f"policy.act returned a_g in [{lo}, {hi}], outside {{0..{env.A - 1}}}")
+
+
 def subsampled_states(s_l: Tensor, n: int, k: int, generator: torch.Generator) -> Tensor:
     """Local states of a fresh uniform k-subset of the n agents, per row: ``[B, k]`` (Alg. 2)."""
     idx = sample_subset(n, k, s_l.shape[0], generator)
@@ -213,6 +225,7 @@ def simulate_returns(
     discount = 1.0
     for _ in range(horizon):  # time steps
         a_g = policy.act(s_g, subsampled_states(s_l, n, k, gen_subset)).to(s_g.device)
+        check_actions(env, a_g, s_g.shape[0])
         s_g, s_l, r = step(env, s_g, s_l, a_g, gen_dynamics, cdf_g, cdf_l)
         ret += discount * r
         discount *= env.gamma
