@@ -17,12 +17,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
 from sqtorch.evaluation.study import REF_EXACT, fit_reference, reference_curve  # noqa: E402
 
-COLORS = {"tabular": "tab:blue", "deepsets": "tab:orange"}
-GAP_FLOOR = 1e-6  # gaps <= this are drawn on the floor of the log axis (exact 0 at k = n)
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+
+
+def gap_floor(rows: list[dict]) -> float:
+    """Where gaps <= 0 (exactly 0 at k = n) are drawn: a decade below the smallest positive gap."""
+    pos = [r[k] for r in rows for k in ("gap_exact", "gap_mc") if math.isfinite(r[k]) and r[k] > 0]
+    return 10 ** math.floor(math.log10(min(pos) / 3)) if pos else 1e-6
 
 
 def _groups(summary: list[dict]) -> dict[tuple[str, int], list[dict]]:
@@ -42,8 +48,11 @@ def _gap_key(rows: list[dict]) -> str:
 
 
 def fitted_c(rows: list[dict], n: int) -> float | None:
-    """``c`` of the reference line, fitted to the tabular gaps (exact where available)."""
-    ks, gaps, _ = _series(rows, "tabular", _gap_key(rows))
+    """``c`` of the reference line, fitted to the tabular gaps (m = exact if present; exact values if available)."""
+    tabular = sorted({r["algo"] for r in rows if r["algo"].startswith("tabular")}, key=lambda a: a != "tabular m=exact")
+    if not tabular:
+        return None
+    ks, gaps, _ = _series(rows, tabular[0], _gap_key(rows))
     return fit_reference(n, ks, gaps)
 
 
@@ -51,8 +60,9 @@ def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
     """Gap vs k, log y; returns the fitted reference constant c."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     exact = rows[0]["gap_reference"] == REF_EXACT
-    for algo in sorted({r["algo"] for r in rows}):
-        col = COLORS.get(algo)
+    floor = gap_floor(rows)
+    for i, algo in enumerate(sorted({r["algo"] for r in rows})):
+        col = COLORS[i % len(COLORS)]
         for key, style, label in (
             [("gap_exact", dict(marker="o", ls="-"), "exact"), ("gap_mc", dict(marker="o", ls=":", mfc="none"), "MC")]
             if exact
@@ -60,15 +70,16 @@ def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
         ):
             ks, y, ci = _series(rows, algo, key)
             y, ci = torch.tensor(y), torch.tensor(ci)
-            yv = y.clamp(min=GAP_FLOOR)
-            yerr = torch.stack([yv - (y - ci).clamp(min=GAP_FLOOR), (y + ci).clamp(min=GAP_FLOOR) - yv])
+            yv = y.clamp(min=floor)
+            yerr = torch.stack([yv - (y - ci).clamp(min=floor), (y + ci).clamp(min=floor) - yv])
             ax.errorbar(ks, yv, yerr=yerr, color=col, capsize=3, label=f"{algo} ({label})", **style)
     c = fitted_c(rows, n)
     if c is not None:
         k = torch.linspace(1, max(r["k"] for r in rows), 200, dtype=torch.float64)
         ax.plot(k, c * reference_curve(n, k), "k--", lw=1, label=f"{c:.3g}·sqrt((n-k+1)/(n·k))")
-    ax.axhline(GAP_FLOOR, color="0.7", lw=0.8)
-    ax.text(1, GAP_FLOOR * 1.3, "gap ≤ 1e-6 (0) drawn here", fontsize=7, color="0.4")
+    ax.axhline(floor, color="0.7", lw=0.8)
+    ax.text(1, floor * 1.15, f"gaps ≤ 0 (exactly 0 at k = n) drawn at {floor:g}", fontsize=7, color="0.4")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.set_xlabel("k (sampled local agents)")
     ax.set_ylabel("optimality gap  V* − V^π" if exact else "gap to best evaluated policy")
@@ -84,13 +95,14 @@ def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
 def plot_metric(rows: list[dict], env: str, n: int, key: str, ylabel: str, path: Path, log: bool,
                 v_star: float | None = None) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for algo in sorted({r["algo"] for r in rows}):
+    for i, algo in enumerate(sorted({r["algo"] for r in rows})):
         ks, y, ci = _series(rows, algo, key)
-        ax.errorbar(ks, y, yerr=ci, marker="o", capsize=3, color=COLORS.get(algo), label=algo)
+        ax.errorbar(ks, y, yerr=ci, marker="o", capsize=3, color=COLORS[i % len(COLORS)], label=algo)
     if v_star is not None and math.isfinite(v_star):
         ax.axhline(v_star, color="k", ls="--", lw=1, label="V* (exact)")
     if log:
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("k (sampled local agents)")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{env}, n = {n}: {ylabel} vs k")

@@ -41,7 +41,7 @@ class Run:
     """One trained policy and what it cost."""
 
     path: Path
-    algo: str
+    algo: str  # "deepsets" or "tabular m=<m>"
     env_name: str
     env_cfg: dict
     n: int
@@ -66,6 +66,7 @@ def load_run(path: Path) -> Run:
     cfg = OmegaConf.to_container(OmegaConf.load(path / CONFIG), resolve=True)
     metrics = json.loads((path / METRICS).read_text())
     algo = cfg["algo"]["name"]
+    label = f"tabular m={cfg['algo']['m']}" if algo == "tabular" else algo
     try:
         if algo == "tabular":
             from sqtorch.tabular.qtable import QTable
@@ -83,7 +84,7 @@ def load_run(path: Path) -> Run:
     except Exception as e:  # any load failure is fatal and reported in one line
         raise StudyError(f"{path}: the {algo} artifact does not load ({type(e).__name__}: {e})") from e
     env_name = cfg["env"].get("name") or cfg["env"].get("_target_", "?").rsplit(".", 1)[-1]
-    return Run(path, algo, env_name, cfg["env"], cfg["n"], cfg["k"], cfg["seed"], policy, seconds, size)
+    return Run(path, label, env_name, cfg["env"], cfg["n"], cfg["k"], cfg["seed"], policy, seconds, size)
 
 
 def is_complete(path: Path) -> str | None:
