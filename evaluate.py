@@ -1,7 +1,7 @@
 """Evaluate saved SUBSAMPLE-Q policies as k scales, or run a named study end to end (SPEC §5).
 
     python evaluate.py runs=logs/multirun/<date>            # every run in a (multi)run dir
-    python evaluate.py 'runs=[<dir>,<dir>]' env=queue       # several dirs, all must be queue runs
+    python evaluate.py 'runs=[<dir>,<dir>]' expect_env=queue      # several dirs, all must be queue runs
     python evaluate.py study=queue_k_scaling                # train the study's sweeps, then evaluate
 
 Outputs in the evaluation's run dir: results.csv, summary.json, PNG plots, report.md and
@@ -53,7 +53,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict:
     elif cfg.get("runs"):
         runs = cfg.runs
         roots = [Path(r) for r in (runs if OmegaConf.is_list(runs) else [runs])]
-        meta["title"], env = f"k-scaling of {', '.join(map(str, roots))}", cfg.get("env")
+        meta["title"], env = f"k-scaling of {', '.join(map(str, roots))}", cfg.get("expect_env")
     else:
         raise StudyError("give runs=<dir> (or runs=[<dir>,...]) or study=<name> (see conf/study/)")
     t0 = time.perf_counter()
