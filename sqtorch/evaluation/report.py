@@ -1,0 +1,171 @@
+"""Outputs of a k-scaling study: ``results.csv``, ``summary.json``, PNG plots, TensorBoard, ``report.md``.
+
+Plots (SPEC §5): optimality gap vs k on a log axis (tabular and neural, mean ± 95% CI over seeds,
+exact values solid, Monte Carlo hollow, with the fitted ``c sqrt((n-k+1)/(n k))`` reference of
+SPEC §2), learning time vs k (log axis) and return vs k (with ``V*``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import torch  # noqa: E402
+
+from sqtorch.evaluation.study import REF_EXACT, fit_reference, reference_curve  # noqa: E402
+
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+
+
+def gap_floor(rows: list[dict]) -> float:
+    """Where gaps <= 0 (exactly 0 at k = n) are drawn: a decade below the smallest positive gap."""
+    pos = [r[k] for r in rows for k in ("gap_exact", "gap_mc") if math.isfinite(r[k]) and r[k] > 0]
+    return 10 ** math.floor(math.log10(min(pos) / 3)) if pos else 1e-6
+
+
+def _groups(summary: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    by: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for s in summary:
+        by[(s["env"], s["n"])].append(s)
+    return by
+
+
+def _series(rows: list[dict], algo: str, key: str) -> tuple[list[int], list[float], list[float]]:
+    rs = sorted((r for r in rows if r["algo"] == algo), key=lambda r: r["k"])
+    return [r["k"] for r in rs], [r[key] for r in rs], [r.get(key + "_ci95", 0.0) for r in rs]
+
+
+def _gap_key(rows: list[dict]) -> str:
+    return "gap_exact" if rows[0]["gap_reference"] == REF_EXACT else "gap_mc"
+
+
+def fitted_c(rows: list[dict], n: int) -> float | None:
+    """``c`` of the reference line, fitted to the tabular gaps (m = exact if present; exact values if available)."""
+    tabular = sorted({r["algo"] for r in rows if r["algo"].startswith("tabular")}, key=lambda a: a != "tabular m=exact")
+    if not tabular:
+        return None
+    ks, gaps, _ = _series(rows, tabular[0], _gap_key(rows))
+    return fit_reference(n, ks, gaps)
+
+
+def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
+    """Gap vs k, log y; returns the fitted reference constant c."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    exact = rows[0]["gap_reference"] == REF_EXACT
+    floor = gap_floor(rows)
+    for i, algo in enumerate(sorted({r["algo"] for r in rows})):
+        col = COLORS[i % len(COLORS)]
+        for key, style, label in (
+            [("gap_exact", dict(marker="o", ls="-"), "exact"), ("gap_mc", dict(marker="o", ls=":", mfc="none"), "MC")]
+            if exact
+            else [("gap_mc", dict(marker="o", ls="-"), "MC")]
+        ):
+            ks, y, ci = _series(rows, algo, key)
+            y, ci = torch.tensor(y), torch.tensor(ci)
+            yv = y.clamp(min=floor)
+            yerr = torch.stack([yv - (y - ci).clamp(min=floor), (y + ci).clamp(min=floor) - yv])
+            ax.errorbar(ks, yv, yerr=yerr, color=col, capsize=3, label=f"{algo} ({label})", **style)
+    c = fitted_c(rows, n)
+    if c is not None:
+        k = torch.linspace(1, max(r["k"] for r in rows), 200, dtype=torch.float64)
+        ax.plot(k, c * reference_curve(n, k), "k--", lw=1, label=f"{c:.3g}·sqrt((n-k+1)/(n·k))")
+    ax.axhline(floor, color="0.7", lw=0.8)
+    ax.text(1, floor * 1.15, f"gaps ≤ 0 (exactly 0 at k = n) drawn at {floor:g}", fontsize=7, color="0.4")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_yscale("log")
+    ax.set_xlabel("k (sampled local agents)")
+    ax.set_ylabel("optimality gap  V* − V^π" if exact else "gap to best evaluated policy")
+    ax.set_title(f"{env}, n = {n}: gap vs k" + ("" if exact else " (V* not tractable)"))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return c
+
+
+def plot_metric(rows: list[dict], env: str, n: int, key: str, ylabel: str, path: Path, log: bool,
+                v_star: float | None = None) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, algo in enumerate(sorted({r["algo"] for r in rows})):
+        ks, y, ci = _series(rows, algo, key)
+        ax.errorbar(ks, y, yerr=ci, marker="o", capsize=3, color=COLORS[i % len(COLORS)], label=algo)
+    if v_star is not None and math.isfinite(v_star):
+        ax.axhline(v_star, color="k", ls="--", lw=1, label="V* (exact)")
+    if log:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("k (sampled local agents)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{env}, n = {n}: {ylabel} vs k")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, rows: list[dict], summary: list[dict], missing: list[dict], meta: dict) -> dict:
+    """Write every output of the study into ``out``; returns the ``summary.json`` content."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plots, fits = [], {}
+    for (env, n), srows in _groups(summary).items():
+        tag = f"{env}_n{n}"
+        v_star = next((r["v_star"] for r in rows if r["env"] == env and r["n"] == n), math.nan)
+        c = plot_gap(srows, env, n, out / f"gap_vs_k_{tag}.png")
+        plot_metric(srows, env, n, "learn_seconds", "learning time [s]", out / f"time_vs_k_{tag}.png", log=True)
+        plot_metric(srows, env, n, "mc_return", "return (Monte Carlo)", out / f"return_vs_k_{tag}.png",
+                    log=False, v_star=v_star)
+        fits[tag] = c
+        plots += [f"gap_vs_k_{tag}.png", f"time_vs_k_{tag}.png", f"return_vs_k_{tag}.png"]
+    result = dict(meta, fitted_c=fits, summary=summary, missing=missing, plots=plots)
+    (out / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    _tensorboard(out, summary)
+    _report_md(out, summary, missing, fits, plots, meta)
+    return result
+
+
+def _tensorboard(out: Path, summary: list[dict]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"))
+    try:
+        for s in summary:
+            pre = f"study/{s['env']}_n{s['n']}/{s['algo']}"
+            for key in ("gap_exact", "gap_mc", "mc_return", "learn_seconds"):
+                if math.isfinite(s[key]):
+                    writer.add_scalar(f"{pre}/{key}", s[key], global_step=s["k"])
+    finally:
+        writer.close()
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return "—" if not math.isfinite(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _report_md(out: Path, summary: list[dict], missing: list[dict], fits: dict, plots: list[str], meta: dict) -> None:
+    cols = ["env", "n", "algo", "k", "seeds", "gap_exact", "gap_mc", "gap_mc_ci95", "mc_return", "exact_return",
+            "learn_seconds", "size"]
+    lines = [f"# {meta.get('title', 'k-scaling study')}", ""]
+    lines += [f"Gap reference: {summary[0]['gap_reference']}. Evaluation: {meta.get('evaluation', '')}.", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(s[c]) for c in cols) + " |" for s in summary]
+    lines += [""] + [f"Fitted reference `c·sqrt((n−k+1)/(n·k))` for {t}: c = {_fmt(c)}" for t, c in fits.items()]
+    if missing:
+        lines += ["", "## Missing jobs", ""] + [f"- `{m['path']}`: {m['reason']}" for m in missing]
+    lines += [""] + [f"![{p}]({p})" for p in plots]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
