@@ -20,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from sqtorch.config import DTYPES, build_env, device_of, validate_config
 from sqtorch.neural import metrics as M
+from sqtorch.tabular.counts import num_counts
+
+PROGRESS_EVERY_S = 10.0  # a tabular run prints a progress line at most this often
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -167,9 +170,18 @@ def run_tabular(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     try:
 
+        last_print = [0.0]
+
         def on_iteration(it: int, residual: float, elapsed: float) -> None:
             if logger is not None:
                 logger.log_metrics({M.TABULAR_RESIDUAL: residual, M.TABULAR_ELAPSED: elapsed}, step=it)
+            if elapsed - last_print[0] >= PROGRESS_EVERY_S:  # progress lines on long runs only
+                last_print[0] = elapsed
+                print(f"[sqtorch] tabular iteration {it + 1}/{a.T}: residual {residual:.3g} "
+                      f"(tol {a.tol:g}), {elapsed:.0f} s", flush=True)
+
+        entries = env.G * num_counts(cfg.k, env.L) * env.A
+        print(f"[sqtorch] tabular: m = {a.m} next states for {entries:,} entries (G*N*A) ...", flush=True)
 
         res = learn(
             env,

@@ -14,7 +14,7 @@ from sqtorch.neural.data import STATE_DISTS, GenerativeSource
 from sqtorch.neural.deepsets import POOLINGS, DeepSetsQ
 from sqtorch.neural.module import SubsampleQModule
 from sqtorch.neural.policy import DeepSetsPolicy
-from sqtorch.neural.validation import mc_return
+from sqtorch.neural.validation import evaluate_return
 from sqtorch.tabular.counts import all_sorted_states, counts_of, rank_states
 from sqtorch.tabular.qtable import QTable
 
@@ -217,8 +217,8 @@ def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     assert (q_net[g, r].argmax(-1) == q_exact[g, r].argmax(-1)).double().mean().item() >= 0.9
 
     kw = dict(num_initial=16, rollouts=32, seed=7)
-    ret_tab, ci_tab = mc_return(env, tab, 10, **kw)
-    ret_net, _ = mc_return(env, policy, 10, **kw)
+    ret_tab, ci_tab = evaluate_return(env, tab, 10, **kw)
+    ret_net, _ = evaluate_return(env, policy, 10, **kw)
     assert abs(ret_net - ret_tab) <= ci_tab
     print(
         f"Q rel err {((q_net - q_exact).abs().max() / scale).item():.4f}, "

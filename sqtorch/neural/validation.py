@@ -1,84 +1,33 @@
 """Validation of a learned policy on the full n-agent system (SPEC §5), for training-time logging.
 
-:func:`evaluate_return` is the single place where the Monte Carlo evaluator is called: it uses
-``sqtorch.evaluation.execution.evaluate_mc`` when that module exists and otherwise the minimal
-:func:`mc_return` below (same contract: greedy subsampled policy, all n agents in the reward,
-``gamma^t`` discounting, fixed initial states, separate seeded generators for subsets and
-dynamics so policies evaluated with one seed share common random numbers).
+:func:`evaluate_return` is the single place training calls the Monte Carlo evaluator
+(:func:`sqtorch.evaluation.execution.evaluate_mc`: greedy subsampled policy, all n agents in the
+reward, ``gamma^t`` discounting, fixed initial states, common random numbers).
 
 :class:`Reference` holds what a run can be compared with: ``V*`` (exact count MDP at k = n,
-``sqtorch.evaluation.exact``) and the exact tabular Q at the same k (``sqtorch.tabular.exact``),
-each only when the module exists and the problem is small enough.
+:mod:`sqtorch.evaluation.exact`) and the exact tabular Q at the same k
+(:func:`sqtorch.tabular.exact.exact_q`), each only when the problem is small enough.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import (
-    cdf_columns,
-    make_generator,
-    sample_initial_state,
-    sample_subset,
-    step,
-)
+from sqtorch.envs.simulator import make_generator, sample_initial_state
+from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
+from sqtorch.evaluation.execution import SubsampledPolicy, evaluate_mc
 from sqtorch.neural import metrics as M
 from sqtorch.tabular.counts import num_counts
-
-
-class SubsampledPolicy(Protocol):
-    k: int
-
-    def act(self, s_g: Tensor, s_sub: Tensor) -> Tensor: ...
-
-
-def default_horizon(gamma: float, eps: float = 1e-4) -> int:
-    """Smallest H with ``gamma^H <= eps`` (SPEC §5)."""
-    return max(1, math.ceil(math.log(eps) / math.log(gamma)))
-
-
-@torch.no_grad()
-def mc_return(
-    env: GlobalLocalMDP,
-    policy: SubsampledPolicy,
-    n: int,
-    *,
-    num_initial: int = 64,
-    rollouts: int = 64,
-    horizon: int | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-) -> tuple[float, float]:
-    """Monte Carlo ``V^pi(s0)`` averaged over ``num_initial`` fixed initial states: (mean, ci95)."""
-    env = env.to(device) if device is not None else env
-    H = default_horizon(env.gamma) if horizon is None else int(horizon)
-    g_init, g_sub, g_dyn = (make_generator(seed + i, env.device) for i in range(3))
-    s_g0, s_l0 = sample_initial_state(env, n, num_initial, g_init)
-    s_g, s_l = s_g0.repeat_interleave(rollouts), s_l0.repeat_interleave(rollouts, 0)
-    cdf_g, cdf_l = cdf_columns(env.P_g), cdf_columns(env.P_l)
-    ret = torch.zeros(len(s_g), dtype=torch.float64, device=env.device)
-    for t in range(H):
-        idx = sample_subset(n, policy.k, len(s_g), g_sub)
-        a = policy.act(s_g, s_l.gather(1, idx))
-        s_g, s_l, r = step(env, s_g, s_l, a, g_dyn, cdf_g, cdf_l)
-        ret += env.gamma**t * r
-    ci = 1.96 * ret.std().item() / math.sqrt(len(ret)) if len(ret) > 1 else float("nan")
-    return ret.mean().item(), ci
+from sqtorch.tabular.exact import count_kernel, exact_q
 
 
 def evaluate_return(env: GlobalLocalMDP, policy: SubsampledPolicy, n: int, **kwargs: Any) -> tuple[float, float]:
     """(mean, ci95) of the policy's discounted return on the n-agent system (SPEC §5)."""
-    try:
-        from sqtorch.evaluation.execution import evaluate_mc  # type: ignore[import-not-found]
-    except ImportError:
-        return mc_return(env, policy, n, **kwargs)
     res = evaluate_mc(env, policy, n, **kwargs)
     return float(res.mean), float(res.ci95)
 
@@ -96,22 +45,11 @@ class Reference:
 
 
 def _tabular_reference(env: GlobalLocalMDP, n: int, k: int, ref: Reference, eval_kwargs: dict) -> None:
-    try:
-        from sqtorch.tabular.exact import exact_q
-    except ImportError:
-        ref.notes.append("sqtorch.tabular.exact not available: no tabular reference")
-        return
     ref.tabular = exact_q(env, k)
     ref.tabular_return = evaluate_return(env, ref.tabular, n, **eval_kwargs)
 
 
 def _optimal_reference(env: GlobalLocalMDP, n: int, ref: Reference, seed: int, num_initial: int) -> None:
-    try:
-        from sqtorch.evaluation.exact import optimal_value  # type: ignore[import-not-found]
-        from sqtorch.tabular.exact import count_kernel
-    except ImportError:
-        ref.notes.append("sqtorch.evaluation.exact not available: no exact gap")
-        return
     ref.kernel_n = count_kernel(env, n)
     ref.v_star = optimal_value(env, n, kernel=ref.kernel_n)
     ref.initial = sample_initial_state(env, n, num_initial, make_generator(seed, env.device))
@@ -127,7 +65,7 @@ def build_reference(
     eval_kwargs: dict | None = None,
     with_tabular: bool = True,
 ) -> Reference:
-    """Exact tabular Q at k and V* at n where the modules exist and ``G * C(.+L-1, .)`` is small."""
+    """Exact tabular Q at k and V* at n where ``G * C(.+L-1, .)`` is small."""
     ref = Reference()
     if mode == "none":
         return ref
@@ -155,15 +93,9 @@ def exact_gap(env: GlobalLocalMDP, n: int, greedy: Tensor, k: int, ref: Referenc
     """``mean_s0 V*(s0) - V^pi(s0)`` by exact policy evaluation on the count MDP (SPEC §5)."""
     if ref.v_star is None or ref.initial is None:
         return None
-    try:
-        from sqtorch.evaluation.exact import policy_value, value_at  # type: ignore[import-not-found]
-
-        v_pi = policy_value(env, n, greedy.to(env.device), k, kernel=ref.kernel_n)
-        s_g, s_l = ref.initial
-        return float((value_at(ref.v_star, s_g, s_l) - value_at(v_pi, s_g, s_l)).mean())
-    except Exception as e:  # interface of a sibling module: never kill training over a metric
-        warnings.warn(f"exact gap unavailable: {e}", stacklevel=2)
-        return None
+    v_pi = policy_value(env, n, greedy.to(env.device), k, kernel=ref.kernel_n)
+    s_g, s_l = ref.initial
+    return float((value_at(ref.v_star, s_g, s_l) - value_at(v_pi, s_g, s_l)).mean())
 
 
 def validation_metrics(env: GlobalLocalMDP, policy: Any, n: int, ref: Reference, eval_kwargs: dict) -> dict[str, float]:
