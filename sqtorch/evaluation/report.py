@@ -20,14 +20,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
-from sqtorch.evaluation.study import REF_EXACT, fit_reference, reference_curve  # noqa: E402
+from sqtorch.evaluation.study import REF_EXACT, ZERO_GAP, fit_reference, reference_curve  # noqa: E402
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 
 
 def gap_floor(rows: list[dict]) -> float:
-    """Where gaps <= 0 (exactly 0 at k = n) are drawn: a decade below the smallest positive gap."""
-    pos = [r[k] for r in rows for k in ("gap_exact", "gap_mc") if math.isfinite(r[k]) and r[k] > 0]
+    """Where zero gaps (exactly 0 at k = n) are drawn: a decade below the smallest non-zero gap."""
+    pos = [r[k] for r in rows for k in ("gap_exact", "gap_mc") if math.isfinite(r[k]) and r[k] > ZERO_GAP]
     return 10 ** math.floor(math.log10(min(pos) / 3)) if pos else 1e-6
 
 
@@ -58,34 +58,35 @@ def fitted_c(rows: list[dict], n: int) -> float | None:
 
 def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
     """Gap vs k, log y; returns the fitted reference constant c."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(9.6, 4.6))
     exact = rows[0]["gap_reference"] == REF_EXACT
     floor = gap_floor(rows)
     for i, algo in enumerate(sorted({r["algo"] for r in rows})):
         col = COLORS[i % len(COLORS)]
-        for key, style, label in (
-            [("gap_exact", dict(marker="o", ls="-"), "exact"), ("gap_mc", dict(marker="o", ls=":", mfc="none"), "MC")]
-            if exact
-            else [("gap_mc", dict(marker="o", ls="-"), "MC")]
-        ):
-            ks, y, ci = _series(rows, algo, key)
-            y, ci = torch.tensor(y), torch.tensor(ci)
-            yv = y.clamp(min=floor)
-            yerr = torch.stack([yv - (y - ci).clamp(min=floor), (y + ci).clamp(min=floor) - yv])
-            ax.errorbar(ks, yv, yerr=yerr, color=col, capsize=3, label=f"{algo} ({label})", **style)
+        ks, y, ci = _series(rows, algo, "gap_exact" if exact else "gap_mc")
+        y, ci = torch.tensor(y), torch.tensor(ci)
+        yv = y.clamp(min=floor)
+        yerr = torch.stack([yv - (y - ci).clamp(min=floor), (y + ci).clamp(min=floor) - yv])
+        label = f"{algo} ({'exact' if exact else 'Monte Carlo'}, mean ± 95% CI over seeds)"
+        ax.errorbar(ks, yv, yerr=yerr, color=col, marker="o", capsize=3, label=label)
+        if exact:  # the Monte Carlo estimate of the same gap, CIs in results.csv / report.md
+            ks, y_mc, _ = _series(rows, algo, "gap_mc")
+            ax.plot(ks, torch.tensor(y_mc).clamp(min=floor), ls="none", marker="o", mfc="none", color=col,
+                    alpha=0.6, label=f"{algo} (Monte Carlo)")
     c = fitted_c(rows, n)
     if c is not None:
         k = torch.linspace(1, max(r["k"] for r in rows), 200, dtype=torch.float64)
         ax.plot(k, c * reference_curve(n, k), "k--", lw=1, label=f"{c:.3g}·sqrt((n-k+1)/(n·k))")
     ax.axhline(floor, color="0.7", lw=0.8)
-    ax.text(1, floor * 1.15, f"gaps ≤ 0 (exactly 0 at k = n) drawn at {floor:g}", fontsize=7, color="0.4")
+    ax.text(1, floor * 1.15, f"gaps ≤ {ZERO_GAP:g} (exactly 0 at k = n) drawn at {floor:g}", fontsize=7,
+            color="0.4")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.set_xlabel("k (sampled local agents)")
     ax.set_ylabel("optimality gap  V* − V^π" if exact else "gap to best evaluated policy")
     ax.set_title(f"{env}, n = {n}: gap vs k" + ("" if exact else " (V* not tractable)"))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,6 +30,7 @@ from sqtorch.tabular.exact import count_kernel
 CONFIG, METRICS, QTABLE, CHECKPOINT = "config.yaml", "metrics.json", "qtable.pt", "checkpoints/final.ckpt"
 REF_EXACT, REF_BEST = "exact V*", "best evaluated policy (V* not tractable)"
 Z95 = 1.959963984540054
+ZERO_GAP = 1e-9  # exact gaps below this are zero up to float rounding
 
 
 class StudyError(ValueError):
@@ -184,8 +185,11 @@ def reference_curve(n: int, k: torch.Tensor) -> torch.Tensor:
 
 
 def fit_reference(n: int, ks: list[int], gaps: list[float]) -> float | None:
-    """Least-squares ``c`` (in log space) of ``gap ~ c sqrt((n-k+1)/(n k))`` over positive gaps."""
-    pts = [(k, g) for k, g in zip(ks, gaps, strict=True) if g > 0 and math.isfinite(g)]
+    """Least-squares ``c`` (in log space) of ``gap ~ c sqrt((n-k+1)/(n k))`` over non-zero gaps.
+
+    Gaps below ``ZERO_GAP`` (the exact gap at k = n is 0 up to float rounding) carry no rate.
+    """
+    pts = [(k, g) for k, g in zip(ks, gaps, strict=True) if g > ZERO_GAP and math.isfinite(g)]
     if not pts:
         return None
     k = torch.tensor([p[0] for p in pts], dtype=torch.float64)
