@@ -6,7 +6,7 @@ demand_response, with the pieces timed separately and against the previous simul
 loop over local states, top-k subsets). Timings are the minimum over repetitions, so load from
 other processes inflates them less. Also the time of exact V* for queue at n = 10.
 
-    PYTHONPATH=. python bench/execution.py --out bench/RESULTS-execution.md
+    PYTHONPATH=. python bench/execution.py   # prints a markdown section for bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=10, help="steps per timed loop")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (minimum is kept)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--out", default="bench/RESULTS-execution.md")
+    parser.add_argument("--out", default=None, help="also write the markdown section to this file")
     parser.add_argument("--append", action="store_true", help="append to --out instead of replacing")
     args = parser.parse_args()
     if args.threads:

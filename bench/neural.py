@@ -2,7 +2,7 @@
 
     python bench/neural.py                       # k = 4, 16, 64 on queue and demand_response
     python bench/neural.py --quick               # fewer steps
-    python bench/neural.py --out bench/RESULTS-neural.md
+    python bench/neural.py   # prints the table; --out FILE also writes it
 
 For each k it reports, on the device it ran on (CUDA when available, else CPU):
 
