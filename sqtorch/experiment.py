@@ -58,6 +58,15 @@ def _instantiate_logger(cfg: DictConfig) -> Any:
     return instantiate(cfg.logger)
 
 
+def _log_final(logger: Any, cfg: DictConfig, metrics: dict[str, float], step: int) -> None:
+    """Final metrics as scalars and, with the run's config, in the HPARAMS tab."""
+    if logger is None:
+        return
+    logger.log_metrics(metrics, step=step)
+    hp = {key: metrics[key] for key in M.HPARAM_METRICS if key in metrics}
+    logger.log_hyperparams(_flat_hparams(cfg), metrics=hp, step=step)
+
+
 def _finish(cfg: DictConfig, out: Path, metrics: dict[str, float], summary: str) -> dict[str, float]:
     metrics = {key: float(v) for key, v in metrics.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -138,10 +147,7 @@ def run_deepsets(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[s
                 M.TRAIN_SAMPLES: module.samples,
             }
         )
-        if logger is not None:
-            logger.log_metrics({key: metrics[key] for key in metrics}, step=trainer.global_step)
-            hp_metrics = {key: metrics[key] for key in M.HPARAM_METRICS if key in metrics}
-            logger.log_hyperparams(_flat_hparams(cfg), metrics=hp_metrics, step=trainer.global_step)
+        _log_final(logger, cfg, metrics, step=trainer.global_step)
     finally:
         if logger is not None:
             logger.finalize("success")
@@ -228,10 +234,7 @@ def run_tabular(cfg: DictConfig) -> dict[str, float]:
             gap = exact_gap(env, cfg.n, res.qtable.greedy(), cfg.k, ref)
             if gap is not None:
                 metrics[M.EVAL_GAP] = gap
-        if logger is not None:
-            logger.log_metrics(metrics, step=res.iterations)
-            hp = {key: metrics[key] for key in M.HPARAM_METRICS if key in metrics}
-            logger.log_hyperparams(_flat_hparams(cfg), metrics=hp, step=res.iterations)
+        _log_final(logger, cfg, metrics, step=res.iterations)
     finally:
         if logger is not None:
             logger.finalize("success")

@@ -20,14 +20,7 @@ from sqtorch.tabular.qtable import QTable
 
 QUEUE = {"_target_": "sqtorch.envs.queue"}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP barriers make 2 threads ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(pooling: str = "mean", **kw) -> DeepSetsQ:
