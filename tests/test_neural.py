@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from exact_small import exact_q_reference, exact_q_small
 
 from sqtorch.envs import make_env, sample_initial_state
 from sqtorch.envs.simulator import make_generator
@@ -16,6 +15,7 @@ from sqtorch.neural.module import SubsampleQModule
 from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.neural.validation import evaluate_return
 from sqtorch.tabular.counts import all_sorted_states, counts_of, rank_states
+from sqtorch.tabular.exact import exact_q
 from sqtorch.tabular.qtable import QTable
 
 QUEUE = {"_target_": "sqtorch.envs.queue"}
@@ -150,12 +150,6 @@ def test_metric_tag_constants() -> None:
     )
 
 
-def test_small_exact_reference_is_consistent() -> None:
-    env = make_env("queue")
-    q = exact_q_small(env, 2)
-    torch.testing.assert_close(exact_q_reference(env, 2), q, atol=1e-7, rtol=0)
-
-
 def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     """queue, n = 10, k = 4: after 1000 steps the DeepSets Q is within 3% (relative to max |Q|)
     of the exact tabular Q everywhere and at visited states, agrees with its greedy action at
@@ -184,7 +178,7 @@ def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     run(cfg)
     policy = DeepSetsPolicy.from_checkpoint(tmp_path / "checkpoints" / "final.ckpt")
     env = make_env("queue")
-    q_exact = exact_q_reference(env, 4)
+    q_exact = exact_q(env, 4).q
     q_net = policy.q_table()
     scale = q_exact.abs().max()
     assert ((q_net - q_exact).abs().max() / scale).item() < 0.03
