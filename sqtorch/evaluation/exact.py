@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.tabular.bellman import subsampled_reward
 from sqtorch.tabular.counts import all_counts, num_counts, rank_states
 from sqtorch.tabular.exact import CountKernel, count_kernel, kernel_size_bound
 
@@ -69,10 +70,9 @@ def n_kernel(env: GlobalLocalMDP, n: int, kernel: CountKernel | None, max_gib: f
     return kernel
 
 
-def count_rewards(env: GlobalLocalMDP, counts: Tensor) -> Tensor:
+def count_rewards(env: GlobalLocalMDP, n: int) -> Tensor:
     """``r(g, C, a) = r_g[g, a] + (1/n) sum_x C_x r_l[g, a, x]`` as ``[G, N, A]`` (SPEC §1)."""
-    F = counts.to(env.r_l.dtype) / counts[0].sum()
-    return env.r_g[:, None, :] + torch.einsum("nx,gax->gna", F, env.r_l)
+    return subsampled_reward(env, n).permute(0, 2, 1)
 
 
 def expected_next(K: CountKernel, V: Tensor) -> Tensor:
@@ -90,7 +90,7 @@ def _iterate(env: GlobalLocalMDP, K: CountKernel, backup, tol: float, max_iter: 
     A sweep has float64 rounding noise of about ``1e-14 ||V||``, so the tolerance actually used
     is ``max(tol, NOISE_FLOOR * ||V||_inf)`` (``1e-13 * ||V||``).
     """
-    R = count_rewards(env, all_counts(K.k, env.L, env.device))
+    R = count_rewards(env, K.k)
     V = torch.zeros(env.G, K.N, dtype=torch.float64, device=env.device)
     c = env.gamma / (1 - env.gamma)
     for _ in range(max_iter):  # contraction iterations
@@ -119,7 +119,7 @@ def optimal_q(
     check_tractable(env, n, max_states, max_gib)
     K = n_kernel(env, n, kernel, max_gib)
     V = _iterate(env, K, lambda Q: Q.max(-1).values, tol, _max_iter(env.gamma, tol))
-    return count_rewards(env, all_counts(n, env.L, env.device)) + env.gamma * expected_next(K, V)
+    return count_rewards(env, n) + env.gamma * expected_next(K, V)
 
 
 def optimal_value(
