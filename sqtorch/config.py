@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from sqtorch.envs import ENVS, make_env
 from sqtorch.envs.base import GlobalLocalMDP
@@ -26,14 +27,7 @@ class ConfigError(ValueError):
 
 def _plain(cfg: Any) -> Any:
     """OmegaConf node -> plain python containers (identity for plain data)."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return cfg
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
 def build_env(env_cfg: Mapping[str, Any]) -> GlobalLocalMDP:
