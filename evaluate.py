@@ -1,4 +1,4 @@
-"""Evaluate saved SUBSAMPLE-Q policies as k scales, or run a named study end to end (SPEC §5).
+"""Evaluate saved SUBSAMPLE-Q policies as k scales, or run a named study end to end (docs/model.md §5).
 
     python evaluate.py runs=logs/multirun/<date>            # every run in a (multi)run dir
     python evaluate.py 'runs=[<dir>,<dir>]' expect_env=queue      # several dirs, all must be queue runs
@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sqtorch.evaluation.report import write_outputs
-from sqtorch.evaluation.study import StudyError, collect, evaluate_runs, summarize
+from sqtorch.experiment.report import write_outputs
+from sqtorch.experiment.runs import StudyError, collect
+from sqtorch.experiment.study import evaluate_runs, summarize
+from sqtorch.runtime import torch_threads
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
 
@@ -43,8 +44,6 @@ def run_sweeps(study: DictConfig, out: Path) -> tuple[list[Path], dict[str, floa
 
 def evaluate(cfg: DictConfig, out: Path) -> dict:
     """Collect (or first train) the runs of ``cfg``, evaluate them, write the outputs into ``out``."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     meta: dict = {"evaluation": OmegaConf.to_container(cfg.eval, resolve=True)}
     study = cfg.get("study")
     if study is not None:
@@ -58,7 +57,8 @@ def evaluate(cfg: DictConfig, out: Path) -> dict:
         raise StudyError("give runs=<dir> (or runs=[<dir>,...]) or study=<name> (see conf/study/)")
     t0 = time.perf_counter()
     runs, missing = collect(roots, env=env)
-    rows = evaluate_runs(runs, **OmegaConf.to_container(cfg.eval, resolve=True))
+    with torch_threads(cfg.get("threads")):
+        rows = evaluate_runs(runs, **OmegaConf.to_container(cfg.eval, resolve=True))
     meta["evaluate_seconds"] = time.perf_counter() - t0
     result = write_outputs(out, rows, summarize(rows), missing, meta)
     print(f"[evaluate] {len(rows)} policies, {len(missing)} missing jobs -> {out}/report.md", flush=True)

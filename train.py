@@ -1,9 +1,9 @@
-"""Hydra entry point for tabular and DeepSets SUBSAMPLE-Q (SPEC §2, §3).
+"""Hydra entry point for tabular and DeepSets SUBSAMPLE-Q (docs/model.md §2, §3).
 
     python train.py env=queue k=8                  # DeepSets (algo=deepsets is the default)
     python train.py algo=tabular env=queue k=8     # tabular learn(...)
     python train.py -m k=2,4 seed=0,1 debug=fast   # sweep; one run dir per job
-    python train.py ... ckpt_path=<file.ckpt>      # resume a killed DeepSets run
+    python train.py ... ckpt_path=<run dir>        # resume a killed DeepSets run
 
 ``train(cfg)`` is a plain function (tests call it with a composed config); ``main`` is the Hydra
 wrapper that returns the validation metric to sweepers.
@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sqtorch.experiment import run
-from sqtorch.neural.metrics import OPTIMIZED_METRIC
+from sqtorch.metrics import OPTIMIZED_METRIC
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

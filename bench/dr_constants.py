@@ -1,4 +1,4 @@
-"""Choose the `demand_response` constants by exact computation (SPEC §4.1).
+"""Choose the `demand_response` constants by exact computation (docs/model.md §4.1).
 
 For each (alpha, beta, rho), at n = 3 with exact values (no sampling noise):
 - how many global states s_g have an optimal action that depends on the local count vector,
@@ -11,9 +11,9 @@ For each (alpha, beta, rho), at n = 3 with exact values (no sampling noise):
 from __future__ import annotations
 
 from sqtorch.envs import demand_response
-from sqtorch.evaluation.exact import optimal_q, policy_value, value_at
+from sqtorch.evaluation.exact import policy_value, value_at
 from sqtorch.evaluation.execution import initial_states
-from sqtorch.tabular import count_kernel, exact_q
+from sqtorch.tabular import count_kernel, optimal_q
 
 N_AGENTS = 3
 GRID = [(15.0, 1.0, 0.5)] + [(alpha, 0.1, rho) for alpha in (0.0, 2.0, 5.0) for rho in (0.5, 1.0, 2.0, 3.0)]
@@ -22,14 +22,14 @@ GRID = [(15.0, 1.0, 0.5)] + [(alpha, 0.1, rho) for alpha in (0.0, 2.0, 5.0) for 
 def row(alpha: float, beta: float, rho: float) -> dict:
     env = demand_response(alpha=alpha, beta=beta, rho=rho)
     kernel = count_kernel(env, N_AGENTS)
-    q_star = optimal_q(env, N_AGENTS, kernel=kernel)  # [G, N_n, A]
+    q_star = optimal_q(env, N_AGENTS, kernel=kernel).q  # [G, N_n, A]
     greedy = q_star.argmax(-1)
     dependent = int((greedy != greedy[:, :1]).any(-1).sum())  # s_g whose argmax varies with C
     s0 = initial_states(env, N_AGENTS, 64, seed=0)
     v_star = value_at(q_star.amax(-1), *s0, L=env.L).mean()
     gaps = {}
     for k in (1, 2):
-        v_pi = policy_value(env, N_AGENTS, exact_q(env, k).greedy(), k, kernel=kernel)
+        v_pi = policy_value(env, N_AGENTS, optimal_q(env, k).greedy(), k, kernel=kernel)
         gaps[k] = float(v_star - value_at(v_pi, *s0, L=env.L).mean())
     return dict(alpha=alpha, beta=beta, rho=rho, dependent=dependent, gap1=gaps[1], gap2=gaps[2])
 

@@ -1,4 +1,4 @@
-"""Benchmark of Algorithm 2 execution (SPEC §2, §5) and of exact V* (SPEC §5).
+"""Benchmark of Algorithm 2 execution (docs/model.md §2, §5) and of exact V* (docs/model.md §5).
 
 Agent-steps per second of the Monte Carlo evaluation loop (fresh k-subset, QTable greedy action,
 full n-agent transition and reward, batched rollouts) for n in {1e3, 1e4, 1e5} on queue and
@@ -32,7 +32,7 @@ from sqtorch.evaluation import compare_mc, initial_states
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import simulate_returns
 from sqtorch.tabular.counts import num_counts
-from sqtorch.tabular.exact import count_kernel, exact_q
+from sqtorch.tabular.exact import count_kernel, optimal_q
 from sqtorch.tabular.qtable import QTable
 
 CASES = (("queue", 8), ("demand_response", 4))  # demand_response at k = 8: 10.5M count vectors
@@ -106,11 +106,11 @@ def bench_exact(reps: int) -> tuple[float, float, float]:
 
 
 def bench_crn() -> str:
-    """Paired (common-random-number) MC differences of exact_q policies vs exact differences."""
+    """Paired (common-random-number) MC differences of optimal_q policies vs exact differences."""
     env, n = make_env("queue"), 10
     K = count_kernel(env, n)
     s_g, s_l = initial_states(env, n, 64, seed=0)  # the default initial states of evaluate_mc
-    tables = {k: exact_q(env, k, tol=1e-9) for k in (3, 5, 6)}
+    tables = {k: optimal_q(env, k, tol=1e-9) for k in (3, 5, 6)}
     exact = {
         k: float(value_at(policy_value(env, n, t.greedy(), k, kernel=K), s_g, s_l).mean())
         for k, t in tables.items()
@@ -129,7 +129,7 @@ def bench_crn() -> str:
         )
     return (
         "Common random numbers, queue defaults, n = 10, 64 initial states x 512 rollouts, "
-        "H = 88, pi_k = greedy of `exact_q(env, k)`; exact values by `policy_value`:\n\n"
+        "H = 88, pi_k = greedy of `optimal_q(env, k)`; exact values by `policy_value`:\n\n"
         + "\n".join(lines) + "\n\n"
     )
 

@@ -1,4 +1,4 @@
-"""Benchmark: DeepSets SUBSAMPLE-Q training throughput vs k (SPEC §3).
+"""Benchmark: DeepSets SUBSAMPLE-Q training throughput vs k (docs/model.md §3).
 
     python bench/neural.py                       # k = 4, 16, 64 on queue and demand_response
     python bench/neural.py --quick               # fewer steps
@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sqtorch.neural.data import DataConfig, GenerativeSource  # noqa: E402
 from sqtorch.neural.module import SubsampleQModule  # noqa: E402
 from sqtorch.tabular.counts import counts_of  # noqa: E402
 
@@ -40,11 +41,13 @@ def make_module(env: str, n: int, k: int, args: argparse.Namespace, max_steps: i
         ENVS[env],
         n=n,
         k=k,
-        m=args.m,
-        batch_size=args.batch_size,
-        max_steps=max_steps,
-        net={"hidden": args.hidden},
-        data={"state_dist": "visited", "pool_size": 256},
+        algo={
+            "m": args.m,
+            "batch_size": args.batch_size,
+            "max_steps": max_steps,
+            "net": {"hidden": args.hidden},
+            "data": {"state_dist": "visited", "pool_size": 256},
+        },
         eval={"reference": "none"},
     )
 
@@ -52,9 +55,7 @@ def make_module(env: str, n: int, k: int, args: argparse.Namespace, max_steps: i
 def raw_step_ms(env: str, n: int, k: int, args: argparse.Namespace, device: torch.device) -> float:
     """ms per optimizer step without Lightning."""
     module = make_module(env, n, k, args, args.steps).to(device)
-    from sqtorch.neural.data import GenerativeSource
-
-    module.source = GenerativeSource(module.env.to(device), n, k, args.m, "visited", seed=0)
+    module.source = GenerativeSource(module.env.to(device), n, k, args.m, DataConfig("visited"), seed=0)
     opt = torch.optim.Adam(module.net.parameters(), lr=1e-3)
     L = module.env.L
 

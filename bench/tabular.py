@@ -49,7 +49,7 @@ def run_one(env_name: str, k: int, m: int, T: int, seed: int) -> dict:
 
 
 def naive_tuple_learner(env_name: str, k: int, m: int, T: int, seed: int) -> float:
-    """The public script's way: a Python loop over the L^k tuple table (SPEC §6). Returns seconds."""
+    """The public script's way: a Python loop over the L^k tuple table (docs/model.md §6). Returns seconds."""
     from sqtorch.envs import make_env
 
     env = make_env(env_name)

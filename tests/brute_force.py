@@ -8,7 +8,7 @@ from sqtorch.envs.base import GlobalLocalMDP
 
 
 def joint_value_iteration(env: GlobalLocalMDP, n: int, tol: float = 1e-13) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q*(g, x_1..x_n, a) on the full joint MDP with L^n * G states (SPEC §1), by value iteration.
+    """Q*(g, x_1..x_n, a) on the full joint MDP with L^n * G states (docs/model.md §1), by value iteration.
 
     Returns ``(Q [G, L^n, A], tuples [L^n, n])`` with tuples in ``itertools.product`` order.
     """

@@ -1,4 +1,4 @@
-"""Exact V* and exact subsampled-policy values on the lumped count MDP (SPEC §2, §5)."""
+"""Exact V* and exact subsampled-policy values on the lumped count MDP (docs/model.md §2, §5)."""
 
 import itertools
 import math
@@ -9,14 +9,13 @@ import torch
 from sqtorch.envs import GlobalLocalMDP, make_env
 from sqtorch.evaluation import evaluate_mc, initial_states
 from sqtorch.evaluation.exact import (
-    optimal_q,
     optimal_value,
     policy_value,
     subsample_probs,
     value_at,
 )
 from sqtorch.tabular.counts import all_counts, counts_of, num_counts, rank, rank_states
-from sqtorch.tabular.exact import count_kernel, exact_q
+from sqtorch.tabular.exact import count_kernel, optimal_q
 
 
 def random_env(G=2, A=2, L=3, gamma=0.8, seed=0):
@@ -93,7 +92,7 @@ def test_hypergeometric_lumping_matches_enumeration():
 
 @pytest.fixture(scope="module")
 def queue_gaps():
-    """Exact gaps V* - V^{pi_k} of the queue defaults at n = 10, pi_k from exact_q at k."""
+    """Exact gaps V* - V^{pi_k} of the queue defaults at n = 10, pi_k from optimal_q at k."""
     env, n = make_env("queue"), 10
     K = count_kernel(env, n)
     V_star = optimal_value(env, n, kernel=K)
@@ -101,7 +100,7 @@ def queue_gaps():
     v_star = value_at(V_star, s_g, s_l)
     tables, values, gaps = {}, {}, []
     for k in range(1, n + 1):
-        tables[k] = exact_q(env, k, tol=1e-9)  # SUBSAMPLE-Q, m = exact
+        tables[k] = optimal_q(env, k, tol=1e-9)  # SUBSAMPLE-Q, m = exact
         values[k] = policy_value(env, n, tables[k].greedy(), k, kernel=K)
         gaps.append(float((v_star - value_at(values[k], s_g, s_l)).mean()))
     return env, tables, values, gaps
@@ -134,8 +133,7 @@ def _dr_gaps(name, n=3):
     s_g, s_l = initial_states(env, n, 64, seed=0)
     gaps = []
     for k in range(1, n + 1):
-        # k = n: the exact optimum on the shared kernel (equal to exact_q at k = n, tested above)
-        greedy = exact_q(env, k, tol=1e-9).greedy() if k < n else optimal_q(env, n, kernel=K).argmax(-1)
+        greedy = optimal_q(env, k, tol=1e-9, kernel=K if k == n else None).greedy()
         V = policy_value(env, n, greedy, k, kernel=K)
         gaps.append(float((value_at(V_star - V, s_g, s_l)).mean()))
     return gaps
@@ -150,12 +148,6 @@ def test_demand_response_gap_is_positive_at_k1():
     gaps = _dr_gaps("demand_response")
     print("demand_response n=3 exact gaps k=1..3:", gaps)
     assert gaps[0] > 0.1 and abs(gaps[-1]) < 1e-9
-
-
-def test_optimal_q_at_n_equals_exact_q():
-    """Exact optimum at k = n agrees with the tabular exact-expectation SUBSAMPLE-Q at k = n."""
-    env = make_env("queue")
-    assert torch.allclose(optimal_q(env, 6), exact_q(env, 6).q, atol=1e-9, rtol=0)
 
 
 def test_value_at_is_permutation_invariant_and_checks_states():

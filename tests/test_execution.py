@@ -1,4 +1,4 @@
-"""Algorithm 2 execution and Monte Carlo evaluation (SPEC §2, §5)."""
+"""Algorithm 2 execution and Monte Carlo evaluation (docs/model.md §2, §5)."""
 
 import collections
 import math

@@ -1,4 +1,4 @@
-"""DeepSets SUBSAMPLE-Q (SPEC §3): invariances, sampler, targets, metric names, and accuracy
+"""DeepSets SUBSAMPLE-Q (docs/model.md §3): invariances, sampler, targets, metric names, and accuracy
 against the exact tabular Q on `queue` (n = 10, k = 4)."""
 
 from __future__ import annotations
@@ -6,16 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sqtorch import metrics as M
 from sqtorch.envs import make_env, sample_initial_state
 from sqtorch.envs.simulator import make_generator
-from sqtorch.neural import metrics as M
-from sqtorch.neural.data import STATE_DISTS, GenerativeSource
+from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
+from sqtorch.evaluation.reference import evaluate_return
+from sqtorch.experiment import run
+from sqtorch.neural.data import STATE_DISTS, DataConfig, GenerativeSource
 from sqtorch.neural.deepsets import POOLINGS, DeepSetsQ
 from sqtorch.neural.module import SubsampleQModule
 from sqtorch.neural.policy import DeepSetsPolicy
-from sqtorch.neural.validation import evaluate_return
 from sqtorch.tabular.counts import all_sorted_states, counts_of, rank_states
-from sqtorch.tabular.exact import exact_q
+from sqtorch.tabular.exact import optimal_q
 from sqtorch.tabular.qtable import QTable
 
 QUEUE = {"_target_": "sqtorch.envs.queue"}
@@ -43,7 +45,7 @@ def test_permutation_invariance(pooling: str, global_in_phi: bool) -> None:
 
 
 def test_mean_pooling_depends_only_on_F() -> None:
-    """Mean pooling: Q(s_g, Delta) = Q(s_g, Delta twice): one net serves every k (SPEC §3)."""
+    """Mean pooling: Q(s_g, Delta) = Q(s_g, Delta twice): one net serves every k (docs/model.md §3)."""
     net = _net("mean")
     s_g = torch.tensor([0, 1, 3])
     s_sub = torch.tensor([[0, 1, 4], [2, 2, 3], [4, 4, 4]])
@@ -82,7 +84,7 @@ def test_q_table_is_the_network_in_rank_order() -> None:
 @pytest.mark.parametrize("dist", STATE_DISTS)
 def test_source_seeded_and_resumable(dist: str) -> None:
     env = make_env("queue")
-    a, b = (GenerativeSource(env, 10, 4, 3, dist, pool_size=8, seed=5) for _ in range(2))
+    a, b = (GenerativeSource(env, 10, 4, 3, DataConfig(dist, pool_size=8), seed=5) for _ in range(2))
     greedy = DeepSetsPolicy(_net().float(), 4).act
     a.sample(16, greedy)
     state = a.state_dict()
@@ -96,9 +98,9 @@ def test_source_seeded_and_resumable(dist: str) -> None:
 
 
 def test_successors_follow_the_kernels() -> None:
-    """g' from P_g (deterministic in queue) and E[c'] = sum_x c_x P_l[g, a, x] (SPEC §2)."""
+    """g' from P_g (deterministic in queue) and E[c'] = sum_x c_x P_l[g, a, x] (docs/model.md §2)."""
     env = make_env("queue")
-    src = GenerativeSource(env, 10, 4, 20_000, "uniform", seed=0)
+    src = GenerativeSource(env, 10, 4, 20_000, DataConfig("uniform"), seed=0)
     s_g, a_g = torch.tensor([1]), torch.tensor([2])
     s_sub = torch.tensor([[0, 2, 4, 4]])
     g_next, c_next = src.successors(s_g, s_sub, a_g)
@@ -111,8 +113,8 @@ def test_successors_follow_the_kernels() -> None:
 
 
 def test_td_target_is_the_sampled_bellman_operator() -> None:
-    module = SubsampleQModule(QUEUE, n=10, k=4, m=3, net={"hidden": 8, "embed_dim": 2})
-    src = GenerativeSource(module.env, 10, 4, 3, "simplex", seed=0)
+    module = SubsampleQModule(QUEUE, n=10, k=4, algo={"m": 3, "net": {"hidden": 8, "embed_dim": 2}})
+    src = GenerativeSource(module.env, 10, 4, 3, DataConfig("simplex"), seed=0)
     b = src.sample(5)
     y = module.td_target(b.r, b.g_next, b.c_next)
     for i in range(5):
@@ -124,7 +126,7 @@ def test_td_target_is_the_sampled_bellman_operator() -> None:
 def test_checkpoint_rebuilds_the_network(tmp_path) -> None:
     import lightning.pytorch as pl
 
-    module = SubsampleQModule(QUEUE, n=10, k=4, net={"hidden": 8, "embed_dim": 2, "pooling": "sum"})
+    module = SubsampleQModule(QUEUE, n=10, k=4, algo={"net": {"hidden": 8, "embed_dim": 2, "pooling": "sum"}})
     trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False)
     trainer.strategy.connect(module)
     path = tmp_path / "m.ckpt"
@@ -155,8 +157,6 @@ def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     of the exact tabular Q everywhere and at visited states, agrees with its greedy action at
     >= 90% of visited states, and its greedy policy's return (common random numbers) is within the
     95% CI of the tabular policy's return, i.e. its gap is within the CI of the tabular gap."""
-    from sqtorch.experiment import run
-
     cfg = make_cfg(
         "env=queue",
         "k=4",
@@ -178,23 +178,14 @@ def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     run(cfg)
     policy = DeepSetsPolicy.from_checkpoint(tmp_path / "checkpoints" / "final.ckpt")
     env = make_env("queue")
-    q_exact = exact_q(env, 4).q
+    q_exact = optimal_q(env, 4).q
     q_net = policy.q_table()
     scale = q_exact.abs().max()
     assert ((q_net - q_exact).abs().max() / scale).item() < 0.03
 
     tab = QTable(q_exact, 4, env.L)
     src = GenerativeSource(
-        env,
-        10,
-        4,
-        1,
-        "visited",
-        uniform_frac=0.0,
-        pool_size=256,
-        epsilon=0.0,
-        reset_prob=0.0,
-        seed=3,
+        env, 10, 4, 1, DataConfig("visited", uniform_frac=0.0, pool_size=256, epsilon=0.0, reset_prob=0.0), seed=3
     )
     for _ in range(30):
         src.advance_pool(tab.act)
@@ -212,10 +203,7 @@ def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
         f"MC return net {ret_net:.4f} tab {ret_tab:.4f} +- {ci_tab:.4f}"
     )
 
-    try:  # exact gaps V* - V^pi on the n = 10 count MDP (SPEC §5), when the evaluator exists
-        from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
-    except ImportError:
-        return
+    # exact gaps V* - V^pi on the n = 10 count MDP (docs/model.md §5)
     s_g, s_l = sample_initial_state(env, 10, 64, make_generator(11))
     v_star = value_at(optimal_value(env, 10), s_g, s_l)
     gap_tab = (v_star - value_at(policy_value(env, 10, tab.greedy(), 4), s_g, s_l)).mean().item()

@@ -5,7 +5,7 @@ import torch
 from brute_force import joint_value_iteration
 
 from sqtorch.envs import make_env
-from sqtorch.tabular import count_kernel, exact_q, learn, num_counts, rank_states, sample_kernel
+from sqtorch.tabular import count_kernel, exact_q, learn, num_counts, optimal_q, rank_states, sample_kernel
 
 
 def small_queue():
@@ -17,7 +17,7 @@ def test_count_compression_is_lossless(k):
     """Q over count vectors == Q over the uncompressed k-tuple table (same exact operator)."""
     env = small_queue()
     q_tuple, tuples = joint_value_iteration(env, k)
-    q_count = exact_q(env, k, tol=1e-13).q  # [G, N, A]
+    q_count = optimal_q(env, k, tol=1e-13).q  # [G, N, A]
     assert q_count.shape[1] == num_counts(k, env.L) < env.L**k or k == 1
     assert torch.allclose(q_count[:, rank_states(tuples, env.L)], q_tuple, rtol=0, atol=1e-10)
 
@@ -26,8 +26,17 @@ def test_count_compression_is_lossless(k):
 def test_exact_variant_at_k_equal_n_is_the_joint_optimum(name, n):
     env = make_env(name)
     q_joint, tuples = joint_value_iteration(env, n)  # L^n * G states
-    q_star = exact_q(env, n).q
+    q_star = optimal_q(env, n).q
     assert torch.allclose(q_star[:, rank_states(tuples, env.L)], q_joint, rtol=0, atol=1e-8)
+    q_learned = learn(env, n, m="exact", tol=1e-12).qtable.q  # the learner's exact variant, same solver
+    assert torch.allclose(q_learned[:, rank_states(tuples, env.L)], q_joint, rtol=0, atol=1e-8)
+
+
+def test_exact_q_is_a_deprecated_alias_of_optimal_q():
+    env = small_queue()
+    with pytest.warns(DeprecationWarning, match="optimal_q"):
+        old = exact_q(env, 2)
+    assert torch.equal(old.q, optimal_q(env, 2).q)
 
 
 def test_samples_follow_the_exact_next_count_law():
@@ -44,7 +53,7 @@ def test_samples_follow_the_exact_next_count_law():
 
 def test_m_sample_q_approaches_exact_like_one_over_sqrt_m():
     env = make_env("queue")
-    q_exact = exact_q(env, 3).q
+    q_exact = optimal_q(env, 3).q
     ms = [256, 1024, 4096]  # below ~256 the optimism bias of max over noisy samples dominates
     err = []
     for m in ms:

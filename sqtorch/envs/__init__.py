@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.demand_response import demand_response, demand_response_script
@@ -28,7 +30,39 @@ def make_env(name: str, **params) -> GlobalLocalMDP:
     return ENVS[name](**params)
 
 
+def build_env(cfg: Mapping[str, Any]) -> GlobalLocalMDP:
+    """An env from a plain config: ``{"_target_": "pkg.module.builder", **params}`` or ``{"name": ..., **params}``.
+
+    ``{"_target_": "sqtorch.envs.queue", "Q": 4}`` calls ``queue(Q=4)``; ``{"name": "queue"}`` goes
+    through :func:`make_env`. A custom env is a function returning a :class:`GlobalLocalMDP`
+    (docs/model.md §4.3). Errors are ``ValueError`` naming the bad key.
+    """
+    params = dict(cfg)
+    if "_target_" in params:
+        target = str(params.pop("_target_"))
+        module, _, attr = target.rpartition(".")
+        try:
+            builder = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"env._target_ = '{target}' cannot be imported: {e}") from e
+    elif "name" in params:
+        name = params.pop("name")
+        if name not in ENVS:
+            raise ValueError(f"env = '{name}' is unknown; allowed: {sorted(ENVS)}")
+        builder = ENVS[name]
+    else:
+        raise ValueError(f"env config needs '_target_' or 'name' (known names: {sorted(ENVS)})")
+    try:
+        env = builder(**params)
+    except TypeError as e:  # an unknown or missing keyword of the builder
+        raise ValueError(f"env: {e}") from e
+    if not isinstance(env, GlobalLocalMDP):
+        raise ValueError(f"env builder returned {type(env).__name__}, expected GlobalLocalMDP")
+    return env
+
+
 __all__ = [
+    "build_env",
     "ENVS",
     "GlobalLocalMDP",
     "demand_response",

@@ -1,4 +1,4 @@
-"""The global-local MDP of SPEC §1 as one validated dataclass of dense tensors.
+"""The global-local MDP of docs/model.md §1 as one validated dataclass of dense tensors.
 
 One global agent (state ``s_g`` in ``{0..G-1}``, action ``a_g`` in ``{0..A-1}``) and ``n``
 exchangeable local agents (state ``s_i`` in ``{0..L-1}``). Given ``(s_g, a_g)`` all agents move
@@ -20,27 +20,40 @@ from torch import Tensor
 PROB_TOL = 1e-9
 
 
+def _first_bad(mask: Tensor) -> tuple[int, ...]:
+    return tuple(torch.nonzero(mask)[0].tolist())
+
+
 def _check_stochastic(name: str, P: Tensor) -> None:
     """Raise ``ValueError`` naming ``name`` and the first bad index unless ``P`` is row-stochastic."""
     if not torch.isfinite(P).all():
-        idx = tuple(torch.nonzero(~torch.isfinite(P))[0].tolist())
-        raise ValueError(f"{name}{list(idx)} is not finite")
+        raise ValueError(f"{name}{list(_first_bad(~torch.isfinite(P)))} is not finite")
     if (P < 0).any():
-        idx = tuple(torch.nonzero(P < 0)[0].tolist())
+        idx = _first_bad(P < 0)
         raise ValueError(f"{name}{list(idx)} = {P[idx].item():.3g} is negative; probabilities must be >= 0")
     row_sums = P.sum(-1)
     bad = (row_sums - 1).abs() > PROB_TOL
     if bad.any():
-        idx = tuple(torch.nonzero(bad)[0].tolist())
+        idx = _first_bad(bad)
         raise ValueError(
             f"{name}{list(idx)} sums to {row_sums[idx].item():.12g}; every row must sum to 1 "
             f"(tolerance {PROB_TOL:g}; build probabilities in float64, float32 rounding alone is ~1e-8)"
         )
 
 
+def check_states(name: str, s: Tensor, size: int) -> None:
+    """Raise ``ValueError`` naming ``name[first bad index]`` unless ``s`` holds integer states in ``{0..size-1}``."""
+    if s.dtype.is_floating_point or s.dtype.is_complex or s.dtype == torch.bool:
+        raise ValueError(f"{name} has dtype {s.dtype}, expected integer state indices")
+    bad = (s < 0) | (s >= size)
+    if bad.any():
+        idx = _first_bad(bad)
+        raise ValueError(f"{name}{list(idx)} = {int(s[idx])} is outside the state space {{0..{size - 1}}}")
+
+
 def _check_finite(name: str, r: Tensor) -> None:
     if not torch.isfinite(r).all():
-        idx = tuple(torch.nonzero(~torch.isfinite(r))[0].tolist())
+        idx = _first_bad(~torch.isfinite(r))
         raise ValueError(f"{name}{list(idx)} = {r[idx].item()} is not finite (NaN or inf reward)")
 
 
@@ -51,7 +64,7 @@ def _check_shape(name: str, t: Tensor, shape: tuple[int, ...], meaning: str) -> 
 
 @dataclass(frozen=True)
 class GlobalLocalMDP:
-    """The tuple ``(P_g, P_l, r_g, r_l, gamma)`` of SPEC §1, validated on construction.
+    """The tuple ``(P_g, P_l, r_g, r_l, gamma)`` of docs/model.md §1, validated on construction.
 
     Shapes: ``P_g [G, A, G]``, ``P_l [G, A, L, L]``, ``r_g [G, A]``, ``r_l [G, A, L]``.
     Tensors are stored as float64; ``to(device)`` moves them.
@@ -127,7 +140,7 @@ class GlobalLocalMDP:
         )
 
     def reward(self, s_g: Tensor, s_l: Tensor, a_g: Tensor) -> Tensor:
-        """Full-system reward ``r_g[g, a] + (1/n) sum_i r_l[g, a, s_i]`` (SPEC §1), batched.
+        """Full-system reward ``r_g[g, a] + (1/n) sum_i r_l[g, a, s_i]`` (docs/model.md §1), batched.
 
         ``s_g [B]``, ``s_l [B, n]``, ``a_g [B]`` -> ``[B]`` float64.
         """

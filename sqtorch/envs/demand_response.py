@@ -1,4 +1,4 @@
-"""Demand response (SPEC §4.1): dynamics of the paper's public script.
+"""Demand response (docs/model.md §4.1): dynamics of the paper's public script.
 
 Global state: capacity signal ``s_g in {1..5}`` (index ``s_g - 1``); action ``a_g in {-1, 0, +1}``
 with ``s_g' = clip(s_g + a_g, 1, 5)``. Local state ``(x, y)``: current and desired consumption in
@@ -8,7 +8,7 @@ Rewards: ``r_g = alpha / s_g - beta 1{a_g = -1}`` and ``r_l = x - rho 1{x > s_g}
 
 Two presets: ``demand_response_script`` (the script's ``alpha=15, beta=1, rho=0.5``, under which the
 optimal policy ignores the local agents) and ``demand_response`` (``alpha=2, beta=0.1, rho=1``,
-where the optimal action depends on the local distribution; see README for the exact gaps).
+where the optimal action depends on the local distribution; see docs/results.md for the exact gaps).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ACTIONS = (-1, 0, 1)
 def demand_response(
     alpha: float = 2.0, beta: float = 0.1, rho: float = 1.0, gamma: float = 0.9
 ) -> GlobalLocalMDP:
-    """Demand response with constants that give the local agents a real say (SPEC §4.1)."""
+    """Demand response with constants that give the local agents a real say (docs/model.md §4.1)."""
     K = LEVELS
     s = torch.arange(1, K + 1)  # s_g values
     a = torch.tensor(ACTIONS)

@@ -1,4 +1,4 @@
-"""`queue`: capacity control of n parallel queues (SPEC §4.2).
+"""`queue`: capacity control of n parallel queues (docs/model.md §4.2).
 
 Local state: queue length ``x in {0..Q}``. Global state: service level ``g in {0..G-1}`` with
 service probability ``mu_g = mu_min + g (mu_max - mu_min) / (G - 1)``. Action
@@ -34,7 +34,7 @@ def queue(
     s: float = 0.1,
     gamma: float = 0.9,
 ) -> GlobalLocalMDP:
-    """Build the queueing MDP of SPEC §4.2 (defaults are the spec's)."""
+    """Build the queueing MDP of docs/model.md §4.2 (defaults are the spec's)."""
     if Q < 1:
         raise ValueError(f"Q = {Q} is outside the allowed range Q >= 1 (queue capacity)")
     if G < 2:

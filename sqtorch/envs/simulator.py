@@ -1,4 +1,4 @@
-"""Vectorized simulator of the full n-agent system (SPEC §1): a batch of B rollouts x n agents.
+"""Vectorized simulator of the full n-agent system (docs/model.md §1): a batch of B rollouts x n agents.
 
 Everything follows the device of the env tensors and draws from an explicit ``torch.Generator``
 on that device, so a seed fixes every rollout.
@@ -171,7 +171,7 @@ def step(
     cdf_g = cdf_columns(env.P_g) if cdf_g is None else cdf_g
     ga = s_g * env.A + a_g  # [B]
     row = s_l + (ga * env.L)[:, None]  # [B, n] row of (g, a, x) in P_l and r_l
-    r = env.r_g[s_g, a_g] + env.r_l.reshape(-1).take(row).mean(-1)  # SPEC §1, all n agents
+    r = env.r_g[s_g, a_g] + env.r_l.reshape(-1).take(row).mean(-1)  # docs/model.md §1, all n agents
     u_l = torch.rand(s_l.shape, generator=generator, device=s_l.device, dtype=torch.float64)
     if env.L < IMPURE:
         s_l_next = lookup_sampler(env.P_l).sample(row, u_l)

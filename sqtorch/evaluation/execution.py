@@ -1,12 +1,12 @@
 """Execution of a subsampled policy on the full n-agent system and its Monte Carlo value.
 
-SPEC §2 (Algorithm 2): at **every** step draw a fresh uniform k-subset of the n agents, give the
+docs/model.md §2 (Algorithm 2): at **every** step draw a fresh uniform k-subset of the n agents, give the
 policy the global state ``s_g`` and the sampled local states ``s_sub [B, k]``, apply its action
-``a_g`` and let all n agents transition. SPEC §5: ``V^pi(s0)`` by batched Monte Carlo over
+``a_g`` and let all n agents transition. docs/model.md §5: ``V^pi(s0)`` by batched Monte Carlo over
 (initial states x rollouts) x agents, horizon ``H`` with ``gamma^H <= 1e-4``, reward over all n
 agents discounted by ``gamma^t``, mean and 95% CI.
 
-Common random numbers (SPEC §5): subsets and dynamics come from two separate generators whose
+Common random numbers (docs/model.md §5): subsets and dynamics come from two separate generators whose
 seeds derive from ``seed``; the initial states from a third, fixed ``initial_seed``. The number
 of uniforms each generator consumes per step depends only on ``(batch, n, k)``, never on the
 actions taken, so two policies evaluated with the same seed see identical subset draws and
@@ -16,16 +16,13 @@ identical dynamics noise, and their paired difference (:func:`compare_mc`) has a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.base import GlobalLocalMDP, check_states
 from sqtorch.envs.simulator import (
     cdf_columns,
     make_generator,
@@ -33,9 +30,9 @@ from sqtorch.envs.simulator import (
     sample_subset,
     step,
 )
+from sqtorch.runtime import Z95, check_int, derive_seed, torch_threads
 
-TAIL_TOL = 1e-4  # SPEC §5: smallest H with gamma^H <= 1e-4
-Z95 = 1.959963984540054
+TAIL_TOL = 1e-4  # docs/model.md §5: smallest H with gamma^H <= 1e-4
 MAX_BATCH_ELEMS = 1 << 22  # agent entries per simulated chunk (bounds memory at large n)
 
 STREAM_SUBSET = 1
@@ -57,7 +54,7 @@ class SubsampledPolicy(Protocol):
 
 @dataclass
 class EvalResult:
-    """Monte Carlo value of a policy averaged over a fixed set of initial states (SPEC §5).
+    """Monte Carlo value of a policy averaged over a fixed set of initial states (docs/model.md §5).
 
     ``ci95`` is the half-width of the 95% interval of ``mean``; the initial states are a fixed
     set, so the variance is the stratified one, ``sum_i s_i^2 / R / I^2`` over initial states i.
@@ -91,7 +88,7 @@ class EvalResult:
 
 @dataclass
 class PairedResult:
-    """``V^{pi_a} - V^{pi_b}`` from paired (common-random-number) rollouts (SPEC §5)."""
+    """``V^{pi_a} - V^{pi_b}`` from paired (common-random-number) rollouts (docs/model.md §5)."""
 
     mean_diff: float
     ci95: float
@@ -110,7 +107,7 @@ class PairedResult:
 
 
 def horizon_for(gamma: float, tail: float = TAIL_TOL) -> int:
-    """Smallest ``H >= 1`` with ``gamma^H <= tail`` (SPEC §5)."""
+    """Smallest ``H >= 1`` with ``gamma^H <= tail`` (docs/model.md §5)."""
     H = max(1, math.ceil(math.log(tail) / math.log(gamma)))
     while gamma**H > tail:
         H += 1
@@ -119,40 +116,12 @@ def horizon_for(gamma: float, tail: float = TAIL_TOL) -> int:
     return H
 
 
-def stream_seed(seed: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for stream ``stream`` of ``seed`` (independent generators)."""
-    state = np.random.SeedSequence([int(seed), int(stream)]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
-
-
-@contextmanager
-def torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(num_threads)`` (``None``: leave it), then restore.
-
-    On a CPU shared with other busy processes one thread can be several times faster than two
-    (see bench/RESULTS-execution.md).
-    """
-    before = torch.get_num_threads()
-    if num_threads is not None:
-        _check_int("num_threads", num_threads, 1, "torch CPU threads")
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _check_int(name: str, value: int, lo: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} = {value!r} is outside the allowed range {name} >= {lo} ({what})")
-
-
 def initial_states(
     env: GlobalLocalMDP, n: int, num_initial: int, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """The fixed set of uniform initial states ``(s_g [I], s_l [I, n])`` for ``seed`` (SPEC §5)."""
-    _check_int("n", n, 1, "number of local agents")
-    _check_int("num_initial", num_initial, 1, "number of initial states")
+    """The fixed set of uniform initial states ``(s_g [I], s_l [I, n])`` for ``seed`` (docs/model.md §5)."""
+    check_int("n", n, 1, "number of local agents")
+    check_int("num_initial", num_initial, 1, "number of initial states")
     gen = make_generator(seed, env.device)
     return sample_initial_state(env, n, num_initial, gen)
 
@@ -163,23 +132,16 @@ def check_initial_states(env: GlobalLocalMDP, n: int, s_g: Tensor, s_l: Tensor) 
         raise ValueError(f"s_g has shape {tuple(s_g.shape)}, expected [I] (one global state a row)")
     if tuple(s_l.shape) != (s_g.shape[0], n):
         raise ValueError(f"s_l has shape {tuple(s_l.shape)}, expected [I, n] = {(s_g.shape[0], n)}")
-    for name, s, size in (("s_g", s_g, env.G), ("s_l", s_l, env.L)):
-        if s.dtype.is_floating_point or s.dtype == torch.bool:
-            raise ValueError(f"{name} has dtype {s.dtype}, expected an integer state index")
-        bad = (s < 0) | (s >= size)
-        if bad.any():
-            idx = tuple(torch.nonzero(bad)[0].tolist())
-            raise ValueError(
-                f"{name}{list(idx)} = {int(s[idx])} is outside the state space {{0..{size - 1}}}"
-            )
+    check_states("s_g", s_g, env.G)
+    check_states("s_l", s_l, env.L)
 
 
 def check_policy(env: GlobalLocalMDP, policy: SubsampledPolicy, n: int) -> int:
-    """Validate ``policy`` against ``env`` and n; returns its k (SPEC §2: ``1 <= k <= n``)."""
+    """Validate ``policy`` against ``env`` and n; returns its k (docs/model.md §2: ``1 <= k <= n``)."""
     k = getattr(policy, "k", None)
     if not callable(getattr(policy, "act", None)) or k is None:
         raise ValueError("policy must have an attribute k and a method act(s_g, s_sub) -> a_g")
-    _check_int("k", k, 1, "subsample size")
+    check_int("k", k, 1, "subsample size")
     if k > n:
         raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n} at execution")
     if callable(getattr(policy, "check_env", None)):
@@ -232,7 +194,7 @@ def simulate_returns(
     return ret
 
 
-def _stratified_ci(x: Tensor) -> tuple[float, float, list[float]]:
+def stratified_ci(x: Tensor) -> tuple[float, float, list[float]]:
     """Mean, 95% CI half-width and per-row means of ``x [I, R]`` (rows = fixed strata)."""
     I, R = x.shape
     per = x.mean(1)
@@ -243,45 +205,6 @@ def _stratified_ci(x: Tensor) -> tuple[float, float, list[float]]:
     else:
         se = float("nan")
     return float(per.mean()), Z95 * se, per.tolist()
-
-
-def mc_returns(
-    env: GlobalLocalMDP,
-    policy: SubsampledPolicy,
-    n: int,
-    *,
-    num_initial: int = 64,
-    rollouts: int = 512,
-    horizon: int | None = None,
-    seed: int = 0,
-    initial_seed: int = 0,
-    s0: tuple[Tensor, Tensor] | None = None,
-    device: torch.device | str | None = None,
-    max_batch_elems: int = MAX_BATCH_ELEMS,
-) -> tuple[Tensor, int]:
-    """Discounted returns ``[I, R]`` and the horizon used (see :func:`evaluate_mc`)."""
-    _check_int("n", n, 1, "number of local agents")
-    _check_int("rollouts", rollouts, 1, "rollouts per initial state")
-    horizon = horizon_for(env.gamma) if horizon is None else horizon
-    _check_int("horizon", horizon, 1, "number of simulated steps H")
-    env = env.to(device) if device is not None else env
-    check_policy(env, policy, n)
-    if s0 is None:
-        s_g0, s_l0 = initial_states(env, n, num_initial, initial_seed)
-    else:
-        s_g0, s_l0 = (torch.as_tensor(s, device=env.device) for s in s0)
-        check_initial_states(env, n, s_g0, s_l0)
-    I = s_g0.shape[0]
-    gen_subset = make_generator(stream_seed(seed, STREAM_SUBSET), env.device)
-    gen_dynamics = make_generator(stream_seed(seed, STREAM_DYNAMICS), env.device)
-    rows = torch.arange(I * rollouts, device=env.device) // rollouts  # initial state of each row
-    chunk = max(1, max_batch_elems // n)
-    out = []
-    for start in range(0, I * rollouts, chunk):  # memory chunks, independent of the policy
-        r = rows[start : start + chunk]
-        ret = simulate_returns(env, policy, s_g0[r], s_l0[r], horizon, gen_subset, gen_dynamics)
-        out.append(ret)
-    return torch.cat(out).reshape(I, rollouts), horizon
 
 
 def evaluate_mc(
@@ -300,7 +223,7 @@ def evaluate_mc(
     keep_returns: bool = False,
     num_threads: int | None = None,
 ) -> EvalResult:
-    """Monte Carlo ``V^pi(s0)`` of a subsampled policy on the full n-agent system (SPEC §5).
+    """Monte Carlo ``V^pi(s0)`` of a subsampled policy on the full n-agent system (docs/model.md §5).
 
     ``num_initial`` uniform initial states from ``initial_seed`` (or explicit ``s0 = (s_g [I],
     s_l [I, n])``), ``rollouts`` rollouts each, ``horizon`` steps (default: smallest H with
@@ -311,13 +234,29 @@ def evaluate_mc(
     with ``num_threads`` torch CPU threads if given. ``keep_returns`` keeps the ``[I, R]``
     discounted returns in the result (for paired comparisons).
     """
-    with torch_threads(num_threads):
-        returns, H = mc_returns(
-            env, policy, n, num_initial=num_initial, rollouts=rollouts, horizon=horizon,
-            seed=seed, initial_seed=initial_seed, s0=s0, device=device,
-            max_batch_elems=max_batch_elems,
-        )
-    mean, ci95, per = _stratified_ci(returns)
+    check_int("n", n, 1, "number of local agents")
+    check_int("rollouts", rollouts, 1, "rollouts per initial state")
+    H = horizon_for(env.gamma) if horizon is None else horizon
+    check_int("horizon", H, 1, "number of simulated steps H")
+    env = env.to(device) if device is not None else env
+    check_policy(env, policy, n)
+    if s0 is None:
+        s_g0, s_l0 = initial_states(env, n, num_initial, initial_seed)
+    else:
+        s_g0, s_l0 = (torch.as_tensor(s, device=env.device) for s in s0)
+        check_initial_states(env, n, s_g0, s_l0)
+    I = s_g0.shape[0]
+    gen_subset = make_generator(derive_seed(seed, STREAM_SUBSET), env.device)
+    gen_dynamics = make_generator(derive_seed(seed, STREAM_DYNAMICS), env.device)
+    rows = torch.arange(I * rollouts, device=env.device) // rollouts  # initial state of each row
+    chunk = max(1, max_batch_elems // n)
+    out = []
+    for start in range(0, I * rollouts, chunk):  # memory chunks, independent of the policy
+        r = rows[start : start + chunk]
+        with torch_threads(num_threads):
+            out.append(simulate_returns(env, policy, s_g0[r], s_l0[r], H, gen_subset, gen_dynamics))
+    returns = torch.cat(out).reshape(I, rollouts)
+    mean, ci95, per = stratified_ci(returns)
     return EvalResult(
         mean=mean, ci95=ci95, per_initial=per, n=n, k=int(policy.k), horizon=H,
         num_initial=returns.shape[0], rollouts=rollouts, seed=seed,
@@ -332,7 +271,7 @@ def compare_mc(
     n: int,
     **kwargs,
 ) -> PairedResult:
-    """``V^{pi_a} - V^{pi_b}`` with a CI from the paired per-rollout differences (SPEC §5).
+    """``V^{pi_a} - V^{pi_b}`` with a CI from the paired per-rollout differences (docs/model.md §5).
 
     Both policies run with the same seeds (common random numbers), so the noise shared by the
     two rollouts of a pair cancels. ``kwargs`` are those of :func:`evaluate_mc`.
@@ -340,5 +279,5 @@ def compare_mc(
     kwargs["keep_returns"] = True
     ra = evaluate_mc(env, policy_a, n, **kwargs)
     rb = evaluate_mc(env, policy_b, n, **kwargs)
-    mean, ci95, per = _stratified_ci(ra.returns - rb.returns)
+    mean, ci95, per = stratified_ci(ra.returns - rb.returns)
     return PairedResult(mean_diff=mean, ci95=ci95, per_initial=per, a=ra, b=rb)

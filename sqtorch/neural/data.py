@@ -40,10 +40,34 @@ from sqtorch.envs.simulator import (
     sample_subset,
     step,
 )
+from sqtorch.runtime import check_int
 from sqtorch.tabular.counts import counts_of
 
 STATE_DISTS = ("uniform", "simplex", "visited")
 Policy = Callable[[Tensor, Tensor], Tensor]
+
+
+def _check_unit(name: str, x: float) -> None:
+    if not 0.0 <= float(x) <= 1.0:  # NaN fails too
+        raise ValueError(f"{name} = {x} is outside the allowed range [0, 1]")
+
+
+@dataclass
+class DataConfig:
+    """Where training items come from (``algo.data.*``; see the module docstring)."""
+
+    state_dist: str = "visited"  # uniform | simplex | visited
+    uniform_frac: float = 0.5  # visited: fraction of each batch drawn from `simplex`
+    pool_size: int = 256  # visited: parallel n-agent systems
+    epsilon: float = 0.1  # visited: exploration of the pool's policy
+    reset_prob: float = 0.02  # visited: per-step probability that a pooled system restarts
+
+    def __post_init__(self) -> None:
+        if self.state_dist not in STATE_DISTS:
+            raise ValueError(f"algo.data.state_dist = '{self.state_dist}' is unknown; allowed: {list(STATE_DISTS)}")
+        check_int("algo.data.pool_size", self.pool_size, 1, "parallel n-agent systems")
+        for key in ("uniform_frac", "epsilon", "reset_prob"):
+            _check_unit(f"algo.data.{key}", getattr(self, key))
 
 
 @dataclass
@@ -63,7 +87,7 @@ class Batch:
 
 
 class GenerativeSource:
-    """Seeded sampler of :class:`Batch` es on the env's device (SPEC §3)."""
+    """Seeded sampler of :class:`Batch` es on the env's device (docs/model.md §3)."""
 
     def __init__(
         self,
@@ -71,29 +95,22 @@ class GenerativeSource:
         n: int,
         k: int,
         m: int,
-        state_dist: str = "visited",
-        uniform_frac: float = 0.5,
-        pool_size: int = 256,
-        epsilon: float = 0.1,
-        reset_prob: float = 0.02,
+        data: DataConfig | None = None,
         seed: int = 0,
     ) -> None:
-        if state_dist not in STATE_DISTS:
-            raise ValueError(f"state_dist = '{state_dist}' is unknown; allowed: {list(STATE_DISTS)}")
-        if not 1 <= k <= n:
+        d = data if data is not None else DataConfig()
+        if not 1 <= check_int("k", k, 1, "sampled agents") <= n:
             raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
-        if m < 1:
-            raise ValueError(f"m = {m} is outside the allowed range m >= 1")
-        self.env, self.n, self.k, self.m = env, n, k, m
-        self.state_dist, self.uniform_frac = state_dist, float(uniform_frac)
-        self.epsilon, self.reset_prob = float(epsilon), float(reset_prob)
+        self.env, self.n, self.k, self.m = env, n, k, check_int("m", m, 1, "next-state samples per item")
+        self.state_dist, self.uniform_frac = d.state_dist, float(d.uniform_frac)
+        self.epsilon, self.reset_prob = float(d.epsilon), float(d.reset_prob)
         self.device = env.device
         self.cdf_g, self.cdf_l = cdf_columns(env.P_g), cdf_columns(env.P_l)
         self.gen = make_generator(seed, self.device)
         self.pool_g: Tensor | None = None
         self.pool_l: Tensor | None = None
-        if state_dist == "visited":
-            self.pool_g, self.pool_l = sample_initial_state(env, n, pool_size, self.gen)
+        if d.state_dist == "visited":
+            self.pool_g, self.pool_l = sample_initial_state(env, n, d.pool_size, self.gen)
 
     # ---- state distributions -------------------------------------------------------------
     def _uniform(self, B: int) -> tuple[Tensor, Tensor]:

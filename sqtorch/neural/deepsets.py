@@ -1,8 +1,8 @@
-"""DeepSets Q-network ``Q_theta(s_g, {s_i}_{i in Delta}) in R^A`` (SPEC §3).
+"""DeepSets Q-network ``Q_theta(s_g, {s_i}_{i in Delta}) in R^A`` (docs/model.md §3).
 
 ``phi`` encodes each sampled agent from ``onehot(s_i)`` (optionally concatenated with
 ``onehot(s_g)``); the encodings are pooled over Delta (mean by default, so Q depends on the sampled
-agents only through the empirical distribution ``F = c / k`` exactly like the tabular Q of SPEC §2,
+agents only through the empirical distribution ``F = c / k`` exactly like the tabular Q of docs/model.md §2,
 and one network can be evaluated at any k); ``rho(pooled, embed(s_g))`` gives one value per global
 action.
 
@@ -14,10 +14,39 @@ not grow with k.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.runtime import check_int
+
 POOLINGS = ("mean", "sum", "max")
+
+
+@dataclass
+class NetConfig:
+    """DeepSets architecture (``algo.net.*``; docs/model.md §3)."""
+
+    hidden: int = 64  # width of phi and rho; size of the pooled encoding
+    embed_dim: int = 16  # embedding of s_g fed to rho
+    phi_layers: int = 2
+    rho_layers: int = 2
+    pooling: str = "mean"  # mean (one net for every k) | sum | max
+    global_in_phi: bool = True  # phi sees onehot(s_g) as well as onehot(s_i)
+
+    def __post_init__(self) -> None:
+        for key in ("hidden", "embed_dim", "phi_layers", "rho_layers"):
+            check_int(f"algo.net.{key}", getattr(self, key), 1, "a positive integer")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"algo.net.pooling = '{self.pooling}' is unknown; allowed: {list(POOLINGS)}")
+
+
+def q_scale_of(env: GlobalLocalMDP) -> float:
+    """``max |r| / (1 - gamma)``: the size of any Q value, used to keep network outputs O(1)."""
+    r_max = float(env.r_g.abs().max() + env.r_l.abs().max())
+    return max(r_max, 1e-6) / (1.0 - env.gamma)
 
 
 def mlp(d_in: int, hidden: int, d_out: int, layers: int) -> nn.Sequential:
@@ -34,15 +63,11 @@ def mlp(d_in: int, hidden: int, d_out: int, layers: int) -> nn.Sequential:
 
 
 class DeepSetsQ(nn.Module):
-    """Permutation-invariant Q-network over (global state, k sampled local states) (SPEC §3).
+    """Permutation-invariant Q-network over (global state, k sampled local states) (docs/model.md §3).
 
     Args:
         G, L, A: numbers of global states, local states and global actions.
-        hidden: width of ``phi`` and ``rho`` and size of the pooled encoding.
-        embed_dim: size of the learned embedding of ``s_g`` fed to ``rho``.
-        phi_layers, rho_layers: depth of the two MLPs.
-        pooling: ``"mean"`` (SPEC default), ``"sum"`` or ``"max"``.
-        global_in_phi: also feed ``onehot(s_g)`` to ``phi``.
+        net: the architecture (:class:`NetConfig`); or its fields as keyword arguments.
         q_scale, q_offset: the output is ``q_offset + q_scale * rho(...)`` so the network works
             with O(1) numbers (set from the reward range and gamma by the LightningModule).
     """
@@ -52,25 +77,20 @@ class DeepSetsQ(nn.Module):
         G: int,
         L: int,
         A: int,
-        hidden: int = 64,
-        embed_dim: int = 16,
-        phi_layers: int = 2,
-        rho_layers: int = 2,
-        pooling: str = "mean",
-        global_in_phi: bool = True,
+        net: NetConfig | None = None,
         q_scale: float = 1.0,
         q_offset: float = 0.0,
+        **net_fields: object,
     ) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling = '{pooling}' is unknown; allowed: {list(POOLINGS)}")
+        cfg = net if net is not None else NetConfig(**net_fields)  # type: ignore[arg-type]
         self.G, self.L, self.A = G, L, A
-        self.pooling = pooling
-        self.global_in_phi = global_in_phi
+        self.pooling = cfg.pooling
+        self.global_in_phi = cfg.global_in_phi
         self.q_scale, self.q_offset = float(q_scale), float(q_offset)
-        self.phi = mlp(L + (G if global_in_phi else 0), hidden, hidden, phi_layers)
-        self.embed = nn.Embedding(G, embed_dim)
-        self.rho = mlp(hidden + embed_dim, hidden, A, rho_layers)
+        self.phi = mlp(L + (G if cfg.global_in_phi else 0), cfg.hidden, cfg.hidden, cfg.phi_layers)
+        self.embed = nn.Embedding(G, cfg.embed_dim)
+        self.rho = mlp(cfg.hidden + cfg.embed_dim, cfg.hidden, A, cfg.rho_layers)
 
     def _phi_input(self, s_g: Tensor, x: Tensor) -> Tensor:
         """``onehot(x)`` (+ ``onehot(s_g)`` broadcast over x's trailing agent dim)."""
@@ -109,7 +129,7 @@ class DeepSetsQ(nn.Module):
     def forward_counts(self, s_g: Tensor, c: Tensor) -> Tensor:
         """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.
 
-        Mean pooling uses ``F = c / sum(c)`` (SPEC §3), sum pooling the counts, max pooling the
+        Mean pooling uses ``F = c / sum(c)`` (docs/model.md §3), sum pooling the counts, max pooling the
         maximum over the local states present (``c_x > 0``).
         """
         table = self.phi_table(s_g)  # [B, L, d]
@@ -124,5 +144,5 @@ class DeepSetsQ(nn.Module):
 
 
 def num_parameters(net: nn.Module) -> int:
-    """Number of trainable parameters (reported beside the tabular table size, SPEC §5)."""
+    """Number of trainable parameters (reported beside the tabular table size, docs/model.md §5)."""
     return sum(p.numel() for p in net.parameters() if p.requires_grad)

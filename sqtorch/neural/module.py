@@ -1,20 +1,24 @@
-"""LightningModule for neural SUBSAMPLE-Q: fitted-Q / DQN on sampled Bellman targets (SPEC §3).
+"""LightningModule for neural SUBSAMPLE-Q: fitted-Q / DQN on sampled Bellman targets (docs/model.md §3).
 
 Each optimizer step draws a :class:`~sqtorch.neural.data.Batch` of ``(s_g, s_Delta, a_g)`` with
 ``m`` successors per item from the env kernels and regresses ``Q_theta(s_g, s_Delta, a_g)`` on
 
     y = r_Delta(s_g, s_Delta, a_g) + gamma * (1/m) sum_j max_a' Q_target(g'_j, c'_j, a')
 
-the sampled version of the Bellman operator of SPEC §2, with a target network synced every
+the sampled version of the Bellman operator of docs/model.md §2, with a target network synced every
 ``target_sync`` steps (or Polyak-averaged with ``tau``), Huber or MSE loss, Adam and gradient
-clipping (the Trainer's ``gradient_clip_val``). ``save_hyperparameters()`` stores everything needed
-to rebuild the network, so ``SubsampleQModule.load_from_checkpoint(path)`` needs no other input.
+clipping (the Trainer's ``gradient_clip_val``). The hyper-parameters (env config, n, k, the
+:class:`~sqtorch.neural.config.DeepSetsConfig` and the :class:`~sqtorch.evaluation.reference.
+ValidationConfig` as plain dicts) are stored in every checkpoint, so
+``SubsampleQModule.load_from_checkpoint(path)`` needs no other input, and
+:meth:`sqtorch.neural.policy.DeepSetsPolicy.from_checkpoint` rebuilds the network without this module.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,55 +26,44 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from sqtorch.config import build_env
-from sqtorch.neural import metrics as M
+from sqtorch import metrics as M
+from sqtorch.envs import build_env
+from sqtorch.evaluation.reference import Reference, ValidationConfig, build_reference, validation_metrics
+from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.neural.data import GenerativeSource, StepDataset
-from sqtorch.neural.deepsets import DeepSetsQ
+from sqtorch.neural.deepsets import DeepSetsQ, q_scale_of
 from sqtorch.neural.policy import DeepSetsPolicy
-from sqtorch.neural.validation import Reference, build_reference, validation_metrics
+from sqtorch.runtime import check_int
 from sqtorch.tabular.counts import counts_of
-
-DEFAULT_DATA = dict(state_dist="visited", uniform_frac=0.5, pool_size=256, epsilon=0.1, reset_prob=0.02)
-DEFAULT_EVAL = dict(num_initial=16, rollouts=32, horizon=None, seed=12345, reference="auto", max_states=20_000)
-
-
-def q_scale_of(env: Any) -> float:
-    """``max |r| / (1 - gamma)``: the size of any Q value, used to keep network outputs O(1)."""
-    r_max = float(env.r_g.abs().max() + env.r_l.abs().max())
-    return max(r_max, 1e-6) / (1.0 - env.gamma)
 
 
 class SubsampleQModule(pl.LightningModule):
-    """DeepSets Q-learning from a generative model (SPEC §3); args mirror conf/algo/deepsets."""
+    """DeepSets Q-learning from a generative model (docs/model.md §3).
+
+    ``env`` is an env config (:func:`sqtorch.envs.build_env`), ``algo`` a :class:`DeepSetsConfig`
+    (or a dict of its fields), ``eval`` a :class:`ValidationConfig` (or a dict).
+    """
 
     def __init__(
         self,
         env: dict,
         n: int,
         k: int,
-        net: dict | None = None,
-        m: int = 8,
-        batch_size: int = 256,
-        lr: float = 3e-3,
-        weight_decay: float = 0.0,
-        lr_schedule: str = "cosine",
-        max_steps: int = 5000,
-        loss: str = "huber",
-        huber_delta: float = 1.0,
-        target_sync: int = 20,
-        tau: float | None = None,
-        data: dict | None = None,
-        eval: dict | None = None,  # noqa: A002 - config key
+        algo: DeepSetsConfig | dict | None = None,
+        eval: ValidationConfig | dict | None = None,  # noqa: A002 - config key
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.algo = algo if isinstance(algo, DeepSetsConfig) else DeepSetsConfig(**(algo or {}))
+        self.eval_cfg = eval if isinstance(eval, ValidationConfig) else ValidationConfig(**(eval or {}))
+        n = check_int("n", n, 1, "local agents")
+        if not 1 <= check_int("k", k, 1, "sampled agents") <= n:
+            raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
+        hparams = dict(env=dict(env), n=n, k=int(k), algo=asdict(self.algo), eval=asdict(self.eval_cfg))
+        self.save_hyperparameters({**hparams, "seed": check_int("seed", seed, 0, "a seed")}, logger=False)
         self.env = build_env(env)
-        net_kw = dict(net or {})
-        self.net = DeepSetsQ(self.env.G, self.env.L, self.env.A, q_scale=q_scale_of(self.env), **net_kw)
+        self.net = DeepSetsQ(self.env.G, self.env.L, self.env.A, self.algo.net, q_scale=q_scale_of(self.env))
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
-        self.data_cfg = {**DEFAULT_DATA, **(data or {})}
-        self.eval_cfg = {**DEFAULT_EVAL, **(eval or {})}
         self.source: GenerativeSource | None = None
         self.reference: Reference | None = None
         self.samples = 0
@@ -85,20 +78,8 @@ class SubsampleQModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Build the sampler on the device the strategy will use (before checkpoint restore)."""
         if self.source is None:
-            env = self.env.to(self._run_device())
-            h, d = self.hparams, self.data_cfg
-            self.source = GenerativeSource(
-                env,
-                h.n,
-                h.k,
-                h.m,
-                d["state_dist"],
-                d["uniform_frac"],
-                d["pool_size"],
-                d["epsilon"],
-                d["reset_prob"],
-                seed=h.seed,
-            )
+            h, env = self.hparams, self.env.to(self._run_device())
+            self.source = GenerativeSource(env, h.n, h.k, self.algo.m, self.algo.data, h.seed)
         if self._pending_source_state is not None:
             self.source.load_state_dict(self._pending_source_state)
             self._pending_source_state = None
@@ -122,24 +103,24 @@ class SubsampleQModule(pl.LightningModule):
         return r.to(v_next.dtype) + self.env.gamma * v_next
 
     def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        if self.hparams.loss == "mse":
+        if self.algo.loss == "mse":
             return nn.functional.mse_loss(pred, target)
         # Huber on the O(1) scale of the network output, so huber_delta does not depend on rewards
         s = self.net.q_scale
-        return nn.functional.huber_loss(pred / s, target / s, delta=self.hparams.huber_delta) * s * s
+        return nn.functional.huber_loss(pred / s, target / s, delta=self.algo.huber_delta) * s * s
 
     def training_step(self, step_idx: Any, batch_idx: int) -> Tensor:
         """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`)."""
         assert self.source is not None
-        h = self.hparams
+        batch_size = self.algo.batch_size
         self.update_target()
         policy = self._greedy_fn if self.source.state_dist == "visited" else None
-        b = self.source.sample(h.batch_size, policy)
+        b = self.source.sample(batch_size, policy)
         q = self.net.forward_counts(b.s_g, counts_of(b.s_sub, self.env.L))
         pred = q.gather(1, b.a_g[:, None])[:, 0]
         target = self.td_target(b.r, b.g_next, b.c_next)
         loss = self._loss(pred, target)
-        self.samples += h.batch_size
+        self.samples += batch_size
         if self._logging_step():
             self._log_step(loss, q, target)
         return loss
@@ -168,52 +149,35 @@ class SubsampleQModule(pl.LightningModule):
         Done at the start of ``training_step`` (not in ``on_train_batch_end``, which runs after
         the checkpoint callback) so a checkpoint never misses a pending sync.
         """
-        h = self.hparams
-        if h.tau is not None:
+        a = self.algo
+        if a.tau is not None:
             with torch.no_grad():
                 for p_t, p in zip(self.target_net.parameters(), self.net.parameters(), strict=True):
-                    p_t.lerp_(p, float(h.tau))
-        elif self.global_step % h.target_sync == 0:
+                    p_t.lerp_(p, float(a.tau))
+        elif self.global_step % a.target_sync == 0:
             self.target_net.load_state_dict(self.net.state_dict())
 
     def configure_optimizers(self) -> Any:
-        h = self.hparams
-        opt = torch.optim.Adam(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        if h.lr_schedule == "constant":
+        o = self.algo.optim
+        opt = torch.optim.Adam(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        if o.lr_schedule == "constant":
             return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(h.max_steps, 1))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.algo.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- validation ----------------------------------------------------------------------
-    def eval_kwargs(self) -> dict:
-        e = self.eval_cfg
-        return dict(
-            num_initial=e["num_initial"],
-            rollouts=e["rollouts"],
-            horizon=e["horizon"],
-            seed=e["seed"],
-            device=self._run_device(),
-        )
-
     def ensure_reference(self) -> Reference:
-        """Exact tabular Q at k / V* at n when available and small (built once)."""
+        """Exact tabular Q at k / V* at n when tractable (built once, on the run's device)."""
         if self.reference is None:
             env = self.env.to(self._run_device())
-            self.reference = build_reference(
-                env,
-                self.hparams.n,
-                self.hparams.k,
-                mode=self.eval_cfg["reference"],
-                max_states=self.eval_cfg["max_states"],
-                eval_kwargs=self.eval_kwargs(),
-            )
+            self.reference = build_reference(env, self.hparams.n, self.hparams.k, self.eval_cfg)
         return self.reference
 
     def evaluate(self) -> dict[str, float]:
         """``eval/*`` metrics of the current greedy subsampled policy on the n-agent system."""
         env = self.env.to(self._run_device())
         policy = DeepSetsPolicy(self.net, self.hparams.k)
-        return validation_metrics(env, policy, self.hparams.n, self.ensure_reference(), self.eval_kwargs())
+        return validation_metrics(env, policy, self.hparams.n, self.ensure_reference(), self.eval_cfg)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.log_dict(self.evaluate(), batch_size=1)

@@ -1,4 +1,4 @@
-"""Greedy subsampled policy of a DeepSets Q-network (SPEC §2 Algorithm 2, §3).
+"""Greedy subsampled policy of a DeepSets Q-network (docs/model.md §2 Algorithm 2, §3).
 
 ``act(s_g, s_sub) = argmax_a Q_theta(s_g, s_sub, a)`` with ties broken to the lowest action index
 (``torch.argmax`` returns the first maximum). The same object has ``.k`` so every evaluator that
@@ -12,8 +12,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sqtorch.neural.deepsets import DeepSetsQ
+from sqtorch.envs import build_env
+from sqtorch.neural.deepsets import DeepSetsQ, NetConfig, q_scale_of
 from sqtorch.tabular.counts import all_counts, counts_of
+
+NET_PREFIX = "net."  # the online network's weights in a checkpoint's state_dict
 
 
 class DeepSetsPolicy:
@@ -44,7 +47,7 @@ class DeepSetsPolicy:
 
     @torch.no_grad()
     def q_table(self) -> Tensor:
-        """The network as a table ``[G, C(k+L-1, k), A]`` in count-vector rank order (SPEC §2)."""
+        """The network as a table ``[G, C(k+L-1, k), A]`` in count-vector rank order (docs/model.md §2)."""
         G, L = self.net.G, self.net.L
         c = all_counts(self.k, L, self.device)  # [N, L]
         N = c.shape[0]
@@ -57,9 +60,15 @@ class DeepSetsPolicy:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, k: int | None = None) -> DeepSetsPolicy:
-        """Rebuild the network from a Lightning checkpoint alone (its saved hyperparameters)."""
-        from sqtorch.neural.module import SubsampleQModule
+        """Rebuild the network from a Lightning checkpoint alone: its hyper-parameters and weights.
 
-        module = SubsampleQModule.load_from_checkpoint(str(path), map_location="cpu")
-        module.eval()
-        return cls(module.net, module.hparams.k if k is None else k)
+        Loads with ``weights_only=True`` (no code from the file runs); ``k`` defaults to the
+        training k (mean pooling: any k works).
+        """
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        hp = ckpt["hyper_parameters"]
+        env = build_env(hp["env"])
+        net = DeepSetsQ(env.G, env.L, env.A, NetConfig(**hp["algo"]["net"]), q_scale=q_scale_of(env))
+        weights = {key[len(NET_PREFIX) :]: w for key, w in ckpt["state_dict"].items() if key.startswith(NET_PREFIX)}
+        net.load_state_dict(weights)
+        return cls(net.eval(), hp["k"] if k is None else k)

@@ -1,4 +1,4 @@
-"""Exact next-count distributions and the exact-expectation Bellman operator (SPEC §2, m = exact).
+"""Exact next-count distributions, the exact-expectation Bellman operator and Q* (docs/model.md §2).
 
 Given ``(g, a)``, the k sampled agents move independently, so the next count vector is
 ``c' = sum_x Multinomial(c_x, P_l[g, a, x])``. We build its distribution exactly by adding the
@@ -8,11 +8,13 @@ kernel ``b`` (``(g, a)`` pairs with identical ``P_l[g, a]`` share one matrix). T
 
     E[V(g', c') | g, c, a] = sum_g' P_g[g, a, g'] (M_{b(g,a)} V[g', :]^T)[c]
 
-At k = n this is the lumped n-agent MDP, so value iteration on it gives the exact optimum Q*.
+At k = n this is the lumped n-agent MDP, so value iteration on it gives the exact optimum Q*
+(:func:`optimal_q`); :func:`check_tractable` is the one size rule for every exact computation.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -20,17 +22,21 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.tabular.bellman import subsampled_reward, value_iteration
+from sqtorch.runtime import GiB
+from sqtorch.tabular.bellman import FixedPoint, greedy_backup, subsampled_reward, value_iteration
 from sqtorch.tabular.counts import all_counts, all_sorted_states, num_counts, rank
 from sqtorch.tabular.qtable import QTable
 
-GiB = 2**30
+DEFAULT_TOL = 1e-12
+DEFAULT_MAX_STATES = 200_000  # G * C(n+L-1, L-1) lumped states
+DEFAULT_MAX_GIB = 4.0  # bound on the exact kernel's memory
+KERNEL_BYTES = 24  # per stored transition: int64 key + float64 value + int64 index
 DENSE_COALESCE_MAX = 1 << 25  # keys (count vector, partial next count) summed in a dense buffer
 
 
 @dataclass
 class CountKernel:
-    """Exact transition law of count vectors of k agents (SPEC §2)."""
+    """Exact transition law of count vectors of k agents (docs/model.md §2)."""
 
     k: int
     N: int
@@ -39,10 +45,11 @@ class CountKernel:
     M: list[Tensor]  # per distinct local kernel: sparse CSR [N, N], rows sum to 1
 
     def expected_next(self, V: Tensor) -> Tensor:
-        """``E[V(g', c') | g, c, a]`` for ``V [G, N]`` -> ``[G, A, N]``."""
-        W = torch.stack([M @ V.T for M in self.M])  # [B, N, G']: sum_c' M[c, c'] V[g', c']
+        """``E[V(g', c') | g, c, a]`` for ``V [G, N]`` -> ``[G, A, N]`` (float64 sums, V's dtype out)."""
+        Vt = V.T.to(torch.float64)
+        W = torch.stack([M @ Vt for M in self.M])  # [B, N, G']: sum_c' M[c, c'] V[g', c']
         W = W[self.block_of]  # [G, A, N, G']
-        return torch.einsum("gah,ganh->gan", self.P_g.to(V.dtype), W)
+        return torch.einsum("gah,ganh->gan", self.P_g, W).to(V.dtype)
 
 
 def _successor(i: int, L: int) -> Tensor:
@@ -59,11 +66,45 @@ def kernel_size_bound(env: GlobalLocalMDP, k: int) -> int:
     return blocks * N * min(N, support**k)
 
 
-def count_kernel(env: GlobalLocalMDP, k: int, max_memory_gib: float = 4.0) -> CountKernel:
+def kernel_gib(env: GlobalLocalMDP, k: int) -> float:
+    """Upper bound on the GiB that :func:`count_kernel` allocates at k agents."""
+    return kernel_size_bound(env, k) * KERNEL_BYTES / GiB
+
+
+def check_tractable(
+    env: GlobalLocalMDP, n: int, max_states: int = DEFAULT_MAX_STATES, max_gib: float = DEFAULT_MAX_GIB
+) -> None:
+    """The size rule of every exact computation: ``G * C(n+L-1, L-1) <= max_states`` and kernel ``<= max_gib``.
+
+    Raises ``ValueError`` with the sizes otherwise.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n = {n!r} is outside the allowed range n >= 1 (number of local agents)")
+    if not max_gib > 0 or not max_states >= 1:
+        raise ValueError(f"max_states = {max_states}, max_gib = {max_gib}: both must be positive numbers")
+    states, gib = env.G * num_counts(n, env.L), kernel_gib(env, n)
+    if states > max_states or gib > max_gib:
+        raise ValueError(
+            f"the n-count MDP of env '{env.name}' at n = {n} is not tractable: G * C(n+L-1, L-1) = {states:,} "
+            f"states, kernel up to {gib:.3g} GiB (limits max_states = {max_states:,}, max_gib = {max_gib:g}); "
+            f"use Monte Carlo (evaluate_mc) or the sampled learner (m = an integer) instead"
+        )
+
+
+def is_tractable(env: GlobalLocalMDP, n: int, max_states: int = DEFAULT_MAX_STATES) -> bool:
+    """Whether :func:`check_tractable` passes."""
+    try:
+        check_tractable(env, n, max_states)
+    except ValueError:
+        return False
+    return True
+
+
+def count_kernel(env: GlobalLocalMDP, k: int, max_memory_gib: float = DEFAULT_MAX_GIB) -> CountKernel:
     """Exact next-count distributions for every ``(g, c, a)`` (sparse, vectorized over c)."""
-    if k < 1:
-        raise ValueError(f"k = {k} is outside the allowed range k >= 1")
-    need = kernel_size_bound(env, k) * 24 / GiB  # int64 key + float64 value + int64 index
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k = {k!r} is outside the allowed range k >= 1")
+    need = kernel_gib(env, k)
     if need > max_memory_gib:
         raise ValueError(
             f"the exact count kernel at k = {k}, L = {env.L} may need up to {need:.1f} GiB, more "
@@ -106,10 +147,56 @@ def _kernel_block(P: Tensor, X: Tensor, k: int, L: int, N: int) -> Tensor:
         return torch.sparse_csr_tensor(crow, part, prob, size=(N, N), check_invariants=False)
 
 
-def exact_q(env: GlobalLocalMDP, k: int, tol: float = 1e-12, T: int = 100_000) -> QTable:
-    """Exact-expectation SUBSAMPLE-Q at k; at k = n it is the optimal Q* of the n-agent problem."""
-    kernel = count_kernel(env, k)
-    q, _, converged = value_iteration(kernel, subsampled_reward(env, k), env.gamma, T, tol)
-    if not converged:
-        raise RuntimeError(f"exact value iteration did not reach tol = {tol} in T = {T} iterations")
-    return QTable(q=q.permute(0, 2, 1).contiguous(), k=k, L=env.L, env_name=env.name, meta=dict(m="exact"))
+def max_sweeps(gamma: float, tol: float) -> int:
+    """Sweeps after which ``gamma^t`` times a generous value scale (1e6) is below ``tol``."""
+    return int(math.log(tol * (1 - gamma) / 1e6) / math.log(gamma)) + 10
+
+
+def kernel_at(env: GlobalLocalMDP, n: int, kernel: CountKernel | None, max_gib: float) -> CountKernel:
+    """``kernel`` if it is the n-count kernel of ``env``, else a new one (``ValueError`` if it is for another n)."""
+    if kernel is None:
+        return count_kernel(env, n, max_memory_gib=max_gib)
+    if kernel.k != n or kernel.N != num_counts(n, env.L):
+        raise ValueError(f"kernel is for k = {kernel.k} agents, expected the n-count kernel (n = {n})")
+    return kernel
+
+
+def solve_optimal(
+    env: GlobalLocalMDP,
+    n: int,
+    tol: float = DEFAULT_TOL,
+    max_states: int = DEFAULT_MAX_STATES,
+    max_gib: float = DEFAULT_MAX_GIB,
+    kernel: CountKernel | None = None,
+) -> FixedPoint:
+    """Exact value iteration on the n-count MDP: ``Q*`` as ``[G, A, N]`` and ``V*`` as ``[G, N]``."""
+    check_tractable(env, n, max_states, max_gib)
+    K = kernel_at(env, n, kernel, max_gib)
+    fp = value_iteration(K, subsampled_reward(env, n), env.gamma, max_sweeps(env.gamma, tol), tol, greedy_backup)
+    if not fp.converged:
+        raise RuntimeError(f"value iteration did not reach tol = {tol:g} in {len(fp.residuals)} sweeps")
+    return fp
+
+
+def optimal_q(
+    env: GlobalLocalMDP,
+    n: int,
+    tol: float = DEFAULT_TOL,
+    max_states: int = DEFAULT_MAX_STATES,
+    max_gib: float = DEFAULT_MAX_GIB,
+    kernel: CountKernel | None = None,
+) -> QTable:
+    """The exact optimal ``Q*(g, C, a)`` of the n-agent problem, lumped on count vectors (docs/model.md §2).
+
+    Also the exact-expectation SUBSAMPLE-Q table at k = n agents: ``optimal_q(env, k)`` is ``Q_k``
+    of the paper with ``m = infinity``, a policy for any system of ``>= k`` agents.
+    """
+    fp = solve_optimal(env, n, tol, max_states, max_gib, kernel)
+    meta = dict(m="exact", gamma=env.gamma, env_params=dict(env.params))
+    return QTable(q=fp.q.permute(0, 2, 1).contiguous(), k=n, L=env.L, env_name=env.name, meta=meta)
+
+
+def exact_q(env: GlobalLocalMDP, k: int, tol: float = DEFAULT_TOL) -> QTable:
+    """Deprecated alias of :func:`optimal_q` (renamed in 0.2, removed in 0.3)."""
+    warnings.warn("exact_q(env, k) is deprecated; use optimal_q(env, k)", DeprecationWarning, stacklevel=2)
+    return optimal_q(env, k, tol)

@@ -1,4 +1,4 @@
-"""SUBSAMPLE-Q learning (SPEC §2, Algorithm 1): value iteration of the empirical Bellman operator
+"""SUBSAMPLE-Q learning (docs/model.md §2, Algorithm 1): value iteration of the empirical Bellman operator
 
     (T^ Q)(g, c, a) = r_Delta(g, c, a) + (gamma / m) sum_j max_a' Q(g'_j, c'_j, a')
 
@@ -28,9 +28,10 @@ from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.simulator import LookupSampler
+from sqtorch.runtime import GiB
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.counts import all_sorted_states, num_counts, rank_columns
-from sqtorch.tabular.exact import CountKernel, GiB, count_kernel
+from sqtorch.tabular.exact import CountKernel, count_kernel
 from sqtorch.tabular.qtable import QTable
 
 T_ = TypeVar("T_")
@@ -118,7 +119,7 @@ class SampledKernel:
 
 
 def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int = 1) -> SampledKernel:
-    """Draw the m next states of every ``(g, a, c)`` once (SPEC §2), vectorized over c and agents.
+    """Draw the m next states of every ``(g, a, c)`` once (docs/model.md §2), vectorized over c and agents.
 
     Row ``r = (g * A + a) * N + c`` of the table; each of the k agents of c moves with one
     bucket-table draw from ``P_l[g, a, x_i]`` and the next count vector is ranked straight from
@@ -178,9 +179,10 @@ def learn(
     max_memory_gib: float = 8.0,
     on_iteration: Callable[[int, float, float], None] | None = None,
 ) -> LearnResult:
-    """Learn ``Q^est_{k,m}`` by iterating the empirical Bellman operator from Q = 0 (SPEC §2).
+    """Learn ``Q^est_{k,m}`` by iterating the empirical Bellman operator from Q = 0 (docs/model.md §2).
 
-    Stops when ``||Q_{t+1} - Q_t||_inf < tol`` or after T iterations. ``on_iteration(t, residual,
+    Stops when the fixed point is known to within ``tol`` (MacQueen-Porteus bounds,
+    :func:`sqtorch.tabular.bellman.value_iteration`) or after T iterations. ``on_iteration(t, residual,
     elapsed_seconds)`` is called after every iteration (for logging). The table size is checked
     against ``max_memory_gib`` before anything is allocated.
     """
@@ -201,7 +203,8 @@ def learn(
             kernel = sample_kernel(env, k, m, seed, workers)
         r = subsampled_reward(env, k).to(dtype)
         build_seconds = time.perf_counter() - t0
-        q, residuals, converged = value_iteration(kernel, r, env.gamma, T, tol, on_iteration)
+        fp = value_iteration(kernel, r, env.gamma, T, tol, on_iteration=on_iteration)
+    q, residuals, converged = fp.q, fp.residuals, fp.converged
     qtable = QTable(
         q=q.permute(0, 2, 1).contiguous(),
         k=k,

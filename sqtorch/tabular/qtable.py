@@ -1,4 +1,4 @@
-"""The learned table ``Q[g, rank(c), a]`` and its greedy subsampled policy (SPEC §2, Algorithm 2)."""
+"""The learned table ``Q[g, rank(c), a]`` and its greedy subsampled policy (docs/model.md §2, Algorithm 2)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
 """Outputs of a k-scaling study: ``results.csv``, ``summary.json``, PNG plots, TensorBoard, ``report.md``.
 
-Plots (SPEC §5): optimality gap vs k on a log axis (tabular and neural, mean ± 95% CI over seeds,
+Plots (docs/model.md §5): optimality gap vs k on a log axis (tabular and neural, mean ± 95% CI over seeds,
 exact values solid, Monte Carlo hollow, with the fitted ``c sqrt((n-k+1)/(n k))`` reference of
-SPEC §2), learning time vs k (log axis) and return vs k (with ``V*``).
+docs/model.md §2), learning time vs k (log axis) and return vs k (with ``V*``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -20,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
-from sqtorch.evaluation.study import REF_EXACT, ZERO_GAP, fit_reference, reference_curve  # noqa: E402
+from sqtorch.experiment.study import REF_EXACT, ZERO_GAP, fit_reference, reference_curve  # noqa: E402
+from sqtorch.runtime import atomic_write, write_text_atomic  # noqa: E402
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 
@@ -89,9 +91,14 @@ def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return c
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    """Save the figure as a PNG, whole or not at all."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
 
 
 def plot_metric(rows: list[dict], env: str, n: int, key: str, ylabel: str, path: Path, log: bool,
@@ -111,17 +118,17 @@ def plot_metric(rows: list[dict], env: str, n: int, key: str, ylabel: str, path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_outputs(out: Path, rows: list[dict], summary: list[dict], missing: list[dict], meta: dict) -> dict:
     """Write every output of the study into ``out``; returns the ``summary.json`` content."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    table = io.StringIO()
+    w = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(out / "results.csv", table.getvalue())
     plots, fits = [], {}
     for (env, n), srows in _groups(summary).items():
         tag = f"{env}_n{n}"
@@ -133,9 +140,9 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], missing: lis
         fits[tag] = c
         plots += [f"gap_vs_k_{tag}.png", f"time_vs_k_{tag}.png", f"return_vs_k_{tag}.png"]
     result = dict(meta, fitted_c=fits, summary=summary, missing=missing, plots=plots)
-    (out / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     _tensorboard(out, summary)
     _report_md(out, summary, missing, fits, plots, meta)
+    write_text_atomic(out / "summary.json", json.dumps(result, indent=2, sort_keys=True) + "\n")  # last
     return result
 
 
@@ -170,4 +177,4 @@ def _report_md(out: Path, summary: list[dict], missing: list[dict], fits: dict, 
     if missing:
         lines += ["", "## Missing jobs", ""] + [f"- `{m['path']}`: {m['reason']}" for m in missing]
     lines += [""] + [f"![{p}]({p})" for p in plots]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")

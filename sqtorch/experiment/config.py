@@ -1,0 +1,111 @@
+"""From a composed Hydra config to typed settings, validated before anything is written.
+
+The algorithm and evaluation settings are dataclasses that live beside the code that uses them
+(:class:`~sqtorch.neural.config.DeepSetsConfig`, :class:`~sqtorch.tabular.config.TabularConfig`,
+:class:`~sqtorch.evaluation.reference.ValidationConfig`); :func:`register_configs` makes them the
+Hydra config groups ``algo/deepsets``, ``algo/tabular`` and ``eval/default``, so each default is
+written once, overrides are type-checked when Hydra composes, and unknown keys are refused.
+:func:`validate_config` then checks every range and builds the env, and raises :class:`ConfigError`
+with a message that names the key, the bad value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sqtorch.envs import build_env
+from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.evaluation.reference import ValidationConfig
+from sqtorch.neural.config import DeepSetsConfig
+from sqtorch.runtime import check_int
+from sqtorch.tabular.config import TabularConfig
+
+ALGOS: dict[str, type] = {"deepsets": DeepSetsConfig, "tabular": TabularConfig}
+DEVICES = ("auto", "cpu", "gpu", "cuda")
+RUN_ID = f"p{os.getpid()}-{secrets.token_hex(2)}"  # unique per process: run dirs never collide
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; raised before anything is trained or written."""
+
+
+def register_configs() -> None:
+    """Register the typed config groups ``algo/{deepsets,tabular}``, ``eval/default`` and ``${sqtorch.run_id:}``."""
+    if not OmegaConf.has_resolver("sqtorch.run_id"):
+        OmegaConf.register_new_resolver("sqtorch.run_id", lambda: RUN_ID)
+    cs = ConfigStore.instance()
+    for name, node in ALGOS.items():
+        cs.store(group="algo", name=name, node=node)
+    cs.store(group="eval", name="default", node=ValidationConfig)
+
+
+@dataclass
+class RunSpec:
+    """A validated run: typed settings and the env they describe."""
+
+    algo: DeepSetsConfig | TabularConfig
+    eval: ValidationConfig
+    env: GlobalLocalMDP
+    env_cfg: dict
+    n: int
+    k: int
+    seed: int
+    threads: int | None
+    device: torch.device
+
+
+def device_of(accelerator: Any) -> torch.device:
+    """The torch device of ``trainer.accelerator``: only the CPU and CUDA are supported."""
+    acc = str(accelerator).lower()
+    if acc not in DEVICES:
+        raise ConfigError(f"trainer.accelerator = '{accelerator}' is not supported; allowed: {list(DEVICES)}")
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator = '{accelerator}' but no CUDA GPU is available "
+            "(torch.cuda.is_available() is False); run with trainer=cpu (or trainer=default, "
+            "which picks the GPU when there is one and the CPU otherwise)"
+        )
+    return torch.device("cuda" if acc != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def _typed(node: Any, cls: type, key: str) -> Any:
+    """``node`` as an instance of the dataclass ``cls`` (runs its range checks)."""
+    try:
+        if OmegaConf.is_config(node):
+            node = OmegaConf.to_container(node, resolve=True)
+        return cls(**node)
+    except (ValueError, TypeError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{key}: {e}" if not str(e).startswith(key) else str(e)) from e
+
+
+def validate_config(cfg: DictConfig) -> RunSpec:
+    """Every check that can fail before training: ranges of every key, ``1 <= k <= n``, the env, the device."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    name = (c.get("algo") or {}).get("name")
+    if name not in ALGOS:
+        raise ConfigError(f"algo = '{name}' is unknown; allowed: {list(ALGOS)} (e.g. algo=tabular)")
+    algo = _typed(c["algo"], ALGOS[name], "algo")
+    ev = _typed(c.get("eval") or {}, ValidationConfig, "eval")
+    try:
+        n = check_int("n", c.get("n"), 1, "number of local agents")
+        k = check_int("k", c.get("k"), 1, "sampled local agents")
+        seed = check_int("seed", c.get("seed"), 0, "a seed")
+        threads = None if c.get("threads") is None else check_int("threads", c["threads"], 1, "torch CPU threads")
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if k > n:
+        raise ConfigError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
+    try:
+        env = build_env(c["env"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    device = device_of((c.get("trainer") or {}).get("accelerator", "auto"))
+    return RunSpec(algo, ev, env, c["env"], n, k, seed, threads, device)

@@ -1,0 +1,76 @@
+"""Settings of neural SUBSAMPLE-Q (``algo=deepsets``): the one place their defaults live.
+
+Hydra composes ``algo`` from :class:`DeepSetsConfig` (registered by :mod:`sqtorch.experiment.
+config`), the LightningModule takes it as is, and ``__post_init__`` checks every range, so a bad
+value fails before anything is trained or written (docs/model.md §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqtorch.neural.data import DataConfig
+from sqtorch.neural.deepsets import NetConfig
+from sqtorch.runtime import check_int
+
+LOSSES = ("huber", "mse")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _check_positive(name: str, x: float | None, allow_none: bool = False) -> None:
+    if x is None and allow_none:
+        return
+    if x is None or not float(x) > 0 or float(x) == float("inf"):  # NaN fails too
+        raise ValueError(f"{name} = {x} is outside the allowed range: a finite number > 0{' or null' * allow_none}")
+
+
+@dataclass
+class OptimConfig:
+    """Adam and its schedule (``algo.optim.*``)."""
+
+    lr: float = 3.0e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = 10.0  # gradient-norm clipping (null: off)
+    lr_schedule: str = "cosine"  # constant | cosine (over max_steps)
+
+    def __post_init__(self) -> None:
+        _check_positive("algo.optim.lr", self.lr)
+        if not 0.0 <= float(self.weight_decay) < float("inf"):
+            raise ValueError(f"algo.optim.weight_decay = {self.weight_decay} is outside the allowed range >= 0")
+        _check_positive("algo.optim.grad_clip", self.grad_clip, allow_none=True)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"algo.optim.lr_schedule = '{self.lr_schedule}' is unknown; allowed: {list(LR_SCHEDULES)}")
+
+
+@dataclass
+class DeepSetsConfig:
+    """Neural SUBSAMPLE-Q: DeepSets Q-network on fitted-Q targets from the generative model."""
+
+    name: str = "deepsets"
+    net: NetConfig = field(default_factory=NetConfig)
+    m: int = 8  # next-state samples per item
+    batch_size: int = 256
+    max_steps: int = 5000  # optimizer steps
+    loss: str = "huber"  # huber | mse
+    huber_delta: float = 1.0  # on the scaled output (Q / (max|r| / (1 - gamma)))
+    target_sync: int = 20  # hard target-network copy every N steps (ignored when tau is set)
+    tau: float | None = None  # Polyak factor of a soft target update, e.g. 0.01
+    checkpoint_every: int = 500  # optimizer steps between checkpoints
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if self.name != "deepsets":
+            raise ValueError(f"algo.name = '{self.name}' does not match DeepSetsConfig (expected 'deepsets')")
+        for key in ("m", "batch_size", "max_steps", "target_sync", "checkpoint_every"):
+            check_int(f"algo.{key}", getattr(self, key), 1, "a positive integer")
+        if self.loss not in LOSSES:
+            raise ValueError(f"algo.loss = '{self.loss}' is unknown; allowed: {list(LOSSES)}")
+        _check_positive("algo.huber_delta", self.huber_delta)
+        if self.tau is not None and not 0.0 < float(self.tau) <= 1.0:
+            raise ValueError(f"algo.tau = {self.tau} is outside the allowed range 0 < tau <= 1 (or null)")
+        # nested dicts (a checkpoint's hyper-parameters, plain-Python callers) become configs
+        for key, cls in (("net", NetConfig), ("optim", OptimConfig), ("data", DataConfig)):
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                setattr(self, key, cls(**value))

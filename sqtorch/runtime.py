@@ -1,0 +1,69 @@
+"""Process-level helpers shared by every layer: torch threads, seed streams, units, statistics."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+GiB = float(1 << 30)
+Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+
+
+def check_int(name: str, value: object, lo: int, what: str) -> int:
+    """``int(value)`` if it is an integer (numpy integers too, bools not) ``>= lo``, else ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} = {value!r} is outside the allowed range {name} >= {lo} ({what})")
+    return int(value)
+
+
+def derive_seed(seed: int, *stream: int) -> int:
+    """A well-mixed non-negative 63-bit seed for ``stream`` of ``seed`` (independent generators)."""
+    state = np.random.SeedSequence([int(seed), *map(int, stream)]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[int]:
+    """Run the block with ``num_threads`` torch CPU threads (``None``: unchanged), then restore.
+
+    Yields the thread count that was set before, so a caller may run its own pool of that size
+    while torch ops stay single-threaded (``torch_threads(1)``). On a CPU shared with other busy
+    processes one thread can be several times faster than two (bench/RESULTS.md).
+    """
+    before = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(check_int("num_threads", num_threads, 1, "torch CPU threads"))
+    try:
+        yield before
+    finally:
+        torch.set_num_threads(before)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Create ``path`` whole or not at all: ``write(f)`` into a temporary file beside it, fsync, rename.
+
+    A kill at any instant leaves the previous version of ``path`` (or none), never a torn file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """:func:`atomic_write` of a UTF-8 text file."""
+    atomic_write(path, lambda f: f.write(text.encode()))
