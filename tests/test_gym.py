@@ -18,7 +18,7 @@ from gymnasium.vector import AutoresetMode  # noqa: E402
 
 from sqtorch.envs import make_env  # noqa: E402
 from sqtorch.envs.gym import GlobalLocalEnv, GlobalLocalVectorEnv, count_features  # noqa: E402
-from sqtorch.tabular.counts import counts_of, rank_states  # noqa: E402
+from sqtorch.tabular.counts import counts_of, num_counts, rank_states  # noqa: E402
 
 
 def rollout(env, actions, seed):
@@ -259,6 +259,9 @@ def test_sb3_artifact_exact_gap(one_thread, tmp_path, queue_n4, algo, obs, k, kw
     gap = v_star - v_pi
     print(f"{algo}/{obs}: exact gap on queue n = {n}: {gap:.4f} (V* = {v_star:.4f})")
     assert -1e-9 <= gap < 50
+    with pytest.raises(ValueError, match=r"has \(G, L, A\) = \(5, 25, 3\)"):
+        policy.check_env(make_env("demand_response"))
+    assert SB3Policy.load(path.with_suffix(".json"), k=3).greedy().shape == (env.G, num_counts(3, env.L))
     if obs == "subsample":  # same policy through the Monte Carlo evaluator (paper Algorithm 2)
         mc = evaluate_mc(env, policy, n, s0=s0, rollouts=16, seed=0)
         assert abs(mc.mean - v_pi) < 3 * mc.ci95
@@ -267,3 +270,41 @@ def test_sb3_artifact_exact_gap(one_thread, tmp_path, queue_n4, algo, obs, k, kw
 def test_count_features_normalize():
     x = count_features(torch.tensor([1, 0]), torch.tensor([[2, 0, 2], [0, 3, 0]]), G=2)
     assert torch.equal(x, torch.tensor([[0, 1, 0.5, 0, 0.5], [1, 0, 0, 1, 0]]))
+
+
+def test_sb3_env_records_round_trip(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from dataclasses import replace
+
+    from sqtorch.baselines.sb3 import _env_record, _load_env_record, mdp_from_cfg
+
+    preset = make_env("queue", Q=3, lam=0.4)
+    rec = _env_record(preset, tmp_path / "a")
+    assert rec == {"name": "queue", **preset.params} and not (tmp_path / "a.mdp.pt").exists()
+    custom = replace(make_env("queue", Q=2), name="mine")
+    rec = _env_record(custom, tmp_path / "b")
+    assert rec == {"tensors": "b.mdp.pt", "name": "mine"}
+    back = _load_env_record(rec, tmp_path)
+    assert torch.equal(back.P_l, custom.P_l) and back.gamma == custom.gamma
+    built = mdp_from_cfg({"_target_": "sqtorch.envs.queue", "Q": 2})
+    assert torch.equal(built.P_l, custom.P_l)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(algo="a2c"), r"algo = 'a2c' is not supported; allowed: \['dqn', 'ppo'\]"),
+        (dict(obs="agents"), r"obs = 'agents' is not supported for baselines"),
+        (dict(obs="subsample"), "needs k"),
+        (dict(env_or_cfg={"Q": 2}), "env config needs 'name'"),
+        (dict(total_timesteps=0), "total_timesteps = 0 is outside"),
+    ],
+)
+def test_train_sb3_bad_arguments_are_named(tmp_path, kwargs, match):
+    pytest.importorskip("stable_baselines3")
+    from sqtorch.baselines.sb3 import train_sb3
+
+    args = {"algo": "dqn", "env_or_cfg": "queue", "n": 4, "total_timesteps": 10, "out_dir": tmp_path, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        train_sb3(**args)
+    assert list(tmp_path.iterdir()) == []
