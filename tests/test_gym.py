@@ -91,9 +91,15 @@ def test_bad_arguments_are_named(kwargs, match):
         GlobalLocalEnv(**{"mdp": "queue", "n": 6, **kwargs})
 
 
-def test_bad_action_is_named(one_thread):
+def test_bad_action_and_reset_state_are_named(one_thread):
     env = GlobalLocalEnv("queue", n=3)
     env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"expected one state \(scalar / \[n\] = \[3\]\)"):
+        env.reset(options={"s_g": 0, "s_l": [0, 1]})
+    with pytest.raises(ValueError, match=r"options\['s_l'\] has values outside the state space \{0..4\}"):
+        env.reset(options={"s_g": 0, "s_l": [0, 1, 5]})
+    env.reset(options={"s_g": 2, "s_l": [0, 1, 4]})
+    assert int(env.state[0]) == 2 and env.state[1].tolist() == [0, 1, 4]
     with pytest.raises(ValueError, match=r"action = 3 is outside the allowed range \{0..2\}"):
         env.step(3)
 

@@ -181,7 +181,13 @@ class _Core:
             raise ValueError("reset options must give both 's_g' and 's_l' (or neither)")
         dev = self.mdp.device
         s_g = torch.as_tensor(np.asarray(options["s_g"]), dtype=torch.int64, device=dev).reshape(-1)
-        s_l = torch.as_tensor(np.asarray(options["s_l"]), dtype=torch.int64, device=dev).reshape(-1, self.n)
+        s_l = torch.as_tensor(np.asarray(options["s_l"]), dtype=torch.int64, device=dev)
+        if s_g.numel() not in (1, count) or s_l.shape[-1:] != (self.n,) or s_l.numel() not in (self.n, count * self.n):
+            raise ValueError(
+                f"options['s_g'] / ['s_l'] have shapes {tuple(s_g.shape)} / {tuple(s_l.shape)}, expected "
+                f"one state (scalar / [n] = [{self.n}]) or one per reset row ([{count}] / [{count}, {self.n}])"
+            )
+        s_l = s_l.reshape(-1, self.n)
         s_g, s_l = s_g.expand(count).clone(), s_l.expand(count, self.n).clone()
         for name, s, size in (("s_g", s_g, self.mdp.G), ("s_l", s_l, self.mdp.L)):
             if (s < 0).any() or (s >= size).any():
