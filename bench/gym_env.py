@@ -1,4 +1,4 @@
-"""Throughput of the Gymnasium interface (sqtorch.envs.gym) beside the raw torch simulator.
+"""Throughput of the Gymnasium interface (sqtorch.gym) beside the raw torch simulator.
 
 Env steps per second (one env step = one global action and all n local transitions) of:
 ``sqtorch.envs.simulator.step`` on a batch of B systems (torch tensors in, torch tensors out), the
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from sqtorch.envs import make_env
-from sqtorch.envs.gym import GlobalLocalEnv, GlobalLocalVectorEnv
 from sqtorch.envs.simulator import cdf_columns, make_generator, sample_initial_state, step
+from sqtorch.gym import GlobalLocalEnv, GlobalLocalVectorEnv
 
 CASES = (("queue", None), ("queue", 8), ("demand_response", None), ("demand_response", 8))  # (env, k)
 NS = (10, 1000)

@@ -1,4 +1,4 @@
-"""Gymnasium env / vector env (sqtorch.envs.gym) and the SB3 baselines (sqtorch.baselines.sb3)."""
+"""Gymnasium env / vector env (sqtorch.gym) and the SB3 baselines (sqtorch.baselines.sb3)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from gymnasium.utils.env_checker import check_env  # noqa: E402
 from gymnasium.vector import AutoresetMode  # noqa: E402
 
 from sqtorch.envs import make_env  # noqa: E402
-from sqtorch.envs.gym import GlobalLocalEnv, GlobalLocalVectorEnv, count_features  # noqa: E402
+from sqtorch.gym import GlobalLocalEnv, GlobalLocalVectorEnv, count_features  # noqa: E402
 from sqtorch.tabular.counts import counts_of, num_counts, rank_states  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def test_registered_ids_and_kwargs(one_thread):
     env = gymnasium.make("sqtorch/Queue-v0", n=3, Q=6, lam=0.3)
     assert env.unwrapped.mdp.L == 7 and env.unwrapped.mdp.params["lam"] == 0.3
     assert env.observation_space.shape == (4 + 7,)
-    env = gymnasium.make("sqtorch.envs.gym:sqtorch/DemandResponseScript-v0", n=2)
+    env = gymnasium.make("sqtorch.gym:sqtorch/DemandResponseScript-v0", n=2)
     assert env.unwrapped.mdp.name == "demand_response_script"
     env = gymnasium.make("sqtorch/GlobalLocal-v0", mdp=make_env("queue", Q=2), n=2)
     assert env.unwrapped.mdp.L == 3

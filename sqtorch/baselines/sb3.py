@@ -1,6 +1,6 @@
 """Stable-Baselines3 DQN / PPO baselines on the Gymnasium env (docs/model.md §5).
 
-The baselines learn from interaction with the n-agent simulator (``sqtorch.envs.gym``), not from
+The baselines learn from interaction with the n-agent simulator (``sqtorch.gym``), not from
 the generative model of SUBSAMPLE-Q (Anand & Qu, arXiv 2403.00222, docs/model.md §2). Two inputs:
 
 - ``obs="counts"``: ``[onehot(s_g), C / n]``, the lossless count lumping of all n agents; the
@@ -43,8 +43,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from sqtorch.envs import ENVS, GlobalLocalMDP, make_env
-from sqtorch.envs.gym import GlobalLocalEnv, count_features, preset_params
-from sqtorch.evaluation.execution import horizon_for, torch_threads
+from sqtorch.evaluation.execution import horizon_for
+from sqtorch.gym import GlobalLocalEnv, count_features, preset_params
+from sqtorch.runtime import torch_threads
 from sqtorch.tabular.counts import all_counts, counts_of, num_counts
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"dqn": DQN, "ppo": PPO}

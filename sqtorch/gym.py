@@ -30,8 +30,8 @@ Registered ids (on import of this module): ``sqtorch/Queue-v0``, ``sqtorch/Deman
 ``sqtorch/DemandResponseScript-v0`` (every constant of the preset is a kwarg, e.g.
 ``gymnasium.make("sqtorch/Queue-v0", n=100, Q=6, lam=0.3, obs="subsample", k=5)``) and
 ``sqtorch/GlobalLocal-v0`` (pass ``mdp=`` a :class:`~sqtorch.envs.base.GlobalLocalMDP`).
-Gymnasium 1.x has no plugin discovery, so import ``sqtorch.envs.gym`` first, or name the module
-in the id: ``gymnasium.make("sqtorch.envs.gym:sqtorch/Queue-v0")``. ``gymnasium.make_vec(id,
+Gymnasium 1.x has no plugin discovery, so import ``sqtorch.gym`` first, or name the module
+in the id: ``gymnasium.make("sqtorch.gym:sqtorch/Queue-v0")``. ``gymnasium.make_vec(id,
 num_envs=B)`` builds the batched :class:`GlobalLocalVectorEnv`.
 """
 
@@ -51,7 +51,7 @@ try:
     from gymnasium.vector.utils import batch_space
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "sqtorch.envs.gym needs gymnasium>=1.0: pip install -e '.[gym]' (or '.[baselines]')"
+        "sqtorch.gym needs gymnasium>=1.0: pip install -e '.[gym]' (or '.[baselines]')"
     ) from e
 
 from sqtorch.envs import ENVS, GlobalLocalMDP, make_env
@@ -68,8 +68,8 @@ PRESET_IDS: dict[str, str] = {
     "sqtorch/DemandResponseScript-v0": "demand_response_script",
 }
 GENERIC_ID = "sqtorch/GlobalLocal-v0"
-ENTRY_POINT = "sqtorch.envs.gym:GlobalLocalEnv"
-VECTOR_ENTRY_POINT = "sqtorch.envs.gym:GlobalLocalVectorEnv"
+ENTRY_POINT = "sqtorch.gym:GlobalLocalEnv"
+VECTOR_ENTRY_POINT = "sqtorch.gym:GlobalLocalVectorEnv"
 
 
 def preset_params(name: str) -> dict[str, Any]:
