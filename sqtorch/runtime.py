@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,3 +68,48 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """:func:`atomic_write` of a UTF-8 text file."""
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class Interrupted(BaseException):
+    """A run stopped by SIGTERM/SIGINT after saving its state; the process should exit ``128 + signum``.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that a Hydra sweep stops instead of
+    starting its remaining jobs on a machine that is being taken away.
+    """
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        self.signum = int(signum)
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}{': ' + detail if detail else ''}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class SignalFlag:
+    """Records SIGTERM / SIGINT instead of dying, so a loop can stop at a safe point (see :func:`catch_signals`)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def check(self, detail: str = "") -> None:
+        """Raise :class:`Interrupted` if a signal has arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum, detail)
+
+
+@contextmanager
+def catch_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[SignalFlag]:
+    """Within the block, SIGTERM and SIGINT set a :class:`SignalFlag` instead of ending the process."""
+    flag = SignalFlag()
+    previous = {s: signal.getsignal(s) for s in signums}
+    for s in signums:
+        signal.signal(s, flag)
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.reference import ValidationConfig
+from sqtorch.neural.checkpoint import check_compatible, latest_checkpoint
 from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.runtime import check_int
 from sqtorch.tabular.config import TabularConfig
@@ -60,6 +61,7 @@ class RunSpec:
     seed: int
     threads: int | None
     device: torch.device
+    ckpt_path: str | None = None  # the checkpoint a DeepSets run resumes from (validated)
 
 
 def device_of(accelerator: Any) -> torch.device:
@@ -87,8 +89,11 @@ def _typed(node: Any, cls: type, key: str) -> Any:
 
 
 def validate_config(cfg: DictConfig) -> RunSpec:
-    """Every check that can fail before training: ranges of every key, ``1 <= k <= n``, the env, the device."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+    """Every check that can fail before training: ranges of every key, ``1 <= k <= n``, the env, the device,
+    the checkpoint to resume from. Needs no Hydra run (``paths`` and ``hydra`` are not resolved)."""
+    c = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+         for key in cfg if key not in ("paths", "hydra", "trainer", "callbacks", "logger")}
+    c["trainer"] = {"accelerator": OmegaConf.select(cfg, "trainer.accelerator", default="auto")}
     name = (c.get("algo") or {}).get("name")
     if name not in ALGOS:
         raise ConfigError(f"algo = '{name}' is unknown; allowed: {list(ALGOS)} (e.g. algo=tabular)")
@@ -107,5 +112,20 @@ def validate_config(cfg: DictConfig) -> RunSpec:
         env = build_env(c["env"])
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    device = device_of((c.get("trainer") or {}).get("accelerator", "auto"))
-    return RunSpec(algo, ev, env, c["env"], n, k, seed, threads, device)
+    device = device_of(c["trainer"]["accelerator"])
+    ckpt = _resume_from(c.get("ckpt_path"), algo, c, n, k)
+    return RunSpec(algo, ev, env, c["env"], n, k, seed, threads, device, ckpt)
+
+
+def _resume_from(ckpt_path: Any, algo: Any, c: dict, n: int, k: int) -> str | None:
+    """The checkpoint file of ``ckpt_path`` (a file or a run dir: highest step), checked against the run."""
+    if ckpt_path is None:
+        return None
+    if not isinstance(algo, DeepSetsConfig):
+        raise ConfigError("ckpt_path is for algo=deepsets; a tabular run is deterministic: rerun the same command")
+    try:
+        path = latest_checkpoint(str(ckpt_path))
+        check_compatible(path, c["env"], n, k, c["algo"]["net"])
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    return str(path)

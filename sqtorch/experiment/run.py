@@ -22,6 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from sqtorch import metrics as M
@@ -29,12 +30,29 @@ from sqtorch.evaluation.reference import build_reference, evaluate_return, exact
 from sqtorch.experiment.config import RunSpec, validate_config
 from sqtorch.neural.deepsets import num_parameters
 from sqtorch.neural.module import SubsampleQModule
-from sqtorch.runtime import torch_threads, write_text_atomic
+from sqtorch.runtime import SignalFlag, catch_signals, torch_threads, write_text_atomic
 from sqtorch.tabular.counts import num_counts
 from sqtorch.tabular.learner import learn
 
 PROGRESS_EVERY_S = 10.0  # a tabular run prints a progress line at most this often
 CONFIG, METRICS, QTABLE, FINAL_CKPT = "config.yaml", "metrics.json", "qtable.pt", "checkpoints/final.ckpt"
+LAST_CKPT = "checkpoints/last.ckpt"
+
+
+class StopOnSignal(pl.Callback):
+    """After the optimizer step in which SIGTERM/SIGINT arrived: save ``last.ckpt`` and stop training.
+
+    The checkpoint is taken at a step boundary, exactly like the periodic ones, so resuming from it
+    gives the same weights as an uninterrupted run (docs/training.md, "When things go wrong").
+    """
+
+    def __init__(self, flag: SignalFlag, path: Path) -> None:
+        self.flag, self.path = flag, path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.flag.signum is not None and not trainer.should_stop:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -86,35 +104,35 @@ def _finish(
     return metrics
 
 
-def resolve_ckpt(path: str | None) -> str | None:
-    """``ckpt_path``: a checkpoint file, or a run dir (then its ``checkpoints/last.ckpt``)."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoints" / "last.ckpt" if (p / "checkpoints").is_dir() else p / "last.ckpt"
-    if not p.is_file():
-        raise FileNotFoundError(f"ckpt_path = '{path}': no checkpoint file at {p}")
-    return str(p)
-
-
 # ---- DeepSets ------------------------------------------------------------------------------------
-def run_deepsets(cfg: DictConfig, spec: RunSpec, out: Path, extra_callbacks: list | None = None) -> dict[str, float]:
+def run_deepsets(
+    cfg: DictConfig, spec: RunSpec, out: Path, flag: SignalFlag, extra_callbacks: list | None = None
+) -> dict[str, float]:
     """Train the DeepSets Q-network with Lightning, evaluate it, write the run's artifacts."""
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     module = SubsampleQModule(spec.env_cfg, spec.n, spec.k, spec.algo, spec.eval, spec.seed)
     with _logging(cfg) as logger:
-        return _fit(cfg, spec, out, module, logger, extra_callbacks)
+        return _fit(cfg, spec, out, module, logger, flag, extra_callbacks)
 
 
 def _fit(
-    cfg: DictConfig, spec: RunSpec, out: Path, module: SubsampleQModule, logger: Any, extra_callbacks: list | None
+    cfg: DictConfig,
+    spec: RunSpec,
+    out: Path,
+    module: SubsampleQModule,
+    logger: Any,
+    flag: SignalFlag,
+    extra_callbacks: list | None,
 ) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += list(extra_callbacks or [])
+    callbacks += [StopOnSignal(flag, out / LAST_CKPT), *(extra_callbacks or [])]
     trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks)
     t0 = time.perf_counter()
-    trainer.fit(module, ckpt_path=resolve_ckpt(cfg.get("ckpt_path")))
+    try:
+        trainer.fit(module, ckpt_path=spec.ckpt_path, weights_only=True)  # no code from the file runs
+    except SIGTERMException:  # Lightning's own SIGTERM exit (status 0): ours, with the checkpoint, follows
+        pass
+    flag.check(f"checkpoint {out / LAST_CKPT}; resume with ckpt_path={out}")
     wall = time.perf_counter() - t0
     trainer.save_checkpoint(out / FINAL_CKPT)
     metrics = module.evaluate()
@@ -133,17 +151,18 @@ def _fit(
 
 
 # ---- tabular -------------------------------------------------------------------------------------
-def run_tabular(cfg: DictConfig, spec: RunSpec, out: Path) -> dict[str, float]:
+def run_tabular(cfg: DictConfig, spec: RunSpec, out: Path, flag: SignalFlag) -> dict[str, float]:
     """Tabular SUBSAMPLE-Q (``learn``), logging the Bellman error bound per sweep (docs/model.md §2)."""
     with _logging(cfg) as logger:
-        return _learn(cfg, spec, out, logger)
+        return _learn(cfg, spec, out, logger, flag)
 
 
-def _learn(cfg: DictConfig, spec: RunSpec, out: Path, logger: Any) -> dict[str, float]:
+def _learn(cfg: DictConfig, spec: RunSpec, out: Path, logger: Any, flag: SignalFlag) -> dict[str, float]:
     a, env = spec.algo, spec.env.to(spec.device)
     last_print = [0.0]
 
     def on_iteration(it: int, residual: float, elapsed: float) -> None:
+        flag.check("the tabular learner is deterministic: rerunning the same command gives the same Q-table")
         if logger is not None:
             logger.log_metrics({M.TABULAR_RESIDUAL: residual, M.TABULAR_ELAPSED: elapsed}, step=it)
         if elapsed - last_print[0] >= PROGRESS_EVERY_S:  # progress lines on long runs only
@@ -181,8 +200,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-    with torch_threads(spec.threads):
+    with torch_threads(spec.threads), catch_signals() as flag:
         torch.manual_seed(spec.seed)
         if spec.algo.name == "tabular":
-            return run_tabular(cfg, spec, out)
-        return run_deepsets(cfg, spec, out, extra_callbacks)
+            return run_tabular(cfg, spec, out, flag)
+        return run_deepsets(cfg, spec, out, flag, extra_callbacks)

@@ -13,7 +13,10 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs import build_env
+from sqtorch.envs.base import check_states
+from sqtorch.neural.checkpoint import load_checkpoint
 from sqtorch.neural.deepsets import DeepSetsQ, NetConfig, q_scale_of
+from sqtorch.runtime import check_int
 from sqtorch.tabular.counts import all_counts, counts_of
 
 NET_PREFIX = "net."  # the online network's weights in a checkpoint's state_dict
@@ -23,9 +26,7 @@ class DeepSetsPolicy:
     """Greedy policy of ``net`` on k sampled agents; ``k`` may differ from the training k."""
 
     def __init__(self, net: DeepSetsQ, k: int) -> None:
-        if k < 1:
-            raise ValueError(f"k = {k} is outside the allowed range k >= 1")
-        self.net, self.k = net, int(k)
+        self.net, self.k = net, check_int("k", k, 1, "sampled agents the policy acts on")
 
     @property
     def device(self) -> torch.device:
@@ -43,6 +44,9 @@ class DeepSetsPolicy:
         """Greedy global action ``[B]`` (ties: lowest index), on the device of ``s_g``."""
         if s_sub.shape[-1] != self.k:
             raise ValueError(f"s_sub has {s_sub.shape[-1]} agents per row, this policy has k = {self.k}")
+        if s_g.device.type == "cpu":  # on CUDA the check would stall every step on a host sync
+            check_states("s_g", s_g, self.net.G)
+            check_states("s_sub", s_sub, self.net.L)
         return self.q(s_g, s_sub).argmax(-1).to(s_g.device)
 
     @torch.no_grad()
@@ -65,10 +69,14 @@ class DeepSetsPolicy:
         Loads with ``weights_only=True`` (no code from the file runs); ``k`` defaults to the
         training k (mean pooling: any k works).
         """
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(path)
         hp = ckpt["hyper_parameters"]
         env = build_env(hp["env"])
         net = DeepSetsQ(env.G, env.L, env.A, NetConfig(**hp["algo"]["net"]), q_scale=q_scale_of(env))
         weights = {key[len(NET_PREFIX) :]: w for key, w in ckpt["state_dict"].items() if key.startswith(NET_PREFIX)}
-        net.load_state_dict(weights)
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as e:  # missing keys or size mismatch: a foreign or edited file
+            msg = " ".join(str(e).split())[:300]
+            raise ValueError(f"{path}: weights do not fit the network its hyper-parameters describe ({msg})") from e
         return cls(net.eval(), hp["k"] if k is None else k)

@@ -8,8 +8,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.base import GlobalLocalMDP, check_states
+from sqtorch.runtime import atomic_write
 from sqtorch.tabular.counts import num_counts, rank_states
+
+FORMAT_KEYS = ("q", "k", "L", "env_name", "meta")
 
 
 @dataclass
@@ -47,14 +50,37 @@ class QTable:
         """``argmax_a Q(s_g, c(s_sub), a)`` for ``s_g [B]`` and sampled local states ``s_sub [B, k]``."""
         if s_sub.shape[-1] != self.k:
             raise ValueError(f"s_sub has {s_sub.shape[-1]} agents per row, this Q-table has k = {self.k}")
+        if s_g.device.type == "cpu":  # on CUDA the check would stall every step on a host sync
+            check_states("s_g", s_g, self.G)
+            check_states("s_sub", s_sub, self.L)
         if self.q.device != s_g.device:  # follow the caller's device once, not every step
             self.q = self.q.to(s_g.device)
         return self.q[s_g, rank_states(s_sub, self.L)].argmax(-1)
 
     def save(self, path: str | Path) -> None:
-        torch.save({"q": self.q.cpu(), "k": self.k, "L": self.L, "env_name": self.env_name, "meta": self.meta}, path)
+        """Write the table to ``path``, whole or not at all (a kill leaves the previous file)."""
+        state = {"q": self.q.cpu(), "k": self.k, "L": self.L, "env_name": self.env_name, "meta": self.meta}
+        atomic_write(path, lambda f: torch.save(state, f))
 
     @classmethod
     def load(cls, path: str | Path) -> QTable:
-        d = torch.load(path, map_location="cpu", weights_only=False)
-        return cls(q=d["q"], k=d["k"], L=d["L"], env_name=d["env_name"], meta=d["meta"])
+        """Read a table saved by :meth:`save` (``weights_only=True``: no code from the file runs).
+
+        Checks that the stored k, L and shape agree; any problem is a ``ValueError`` naming the file.
+        """
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torn, foreign or malicious file: all one clear error
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"{path}: not a readable Q-table ({type(e).__name__}: {first})") from e
+        if not isinstance(d, dict) or any(key not in d for key in FORMAT_KEYS):
+            raise ValueError(f"{path}: not a sqtorch Q-table (needs keys {list(FORMAT_KEYS)})")
+        q, k, L = d["q"], d["k"], d["L"]
+        sizes_ok = isinstance(k, int) and isinstance(L, int) and k >= 1 and L >= 1
+        if not isinstance(q, Tensor) or q.dim() != 3 or not sizes_ok:
+            raise ValueError(f"{path}: not a sqtorch Q-table (q must be [G, N, A], k and L positive integers)")
+        if q.shape[1] != num_counts(k, L):
+            raise ValueError(
+                f"{path}: q has {q.shape[1]} count vectors but k = {k}, L = {L} needs C(k+L-1, k) = {num_counts(k, L)}"
+            )
+        return cls(q=q, k=k, L=L, env_name=str(d["env_name"]), meta=dict(d["meta"]))
