@@ -27,6 +27,10 @@ def multirun(tmp_path_factory) -> Path:
     p = run("train.py", "-m", "algo=tabular", "env=queue", "n=4", "k=1,9,2", "seed=0", "debug=fast",
             f"hydra.sweep.dir={d}")
     assert "k = 9 is outside the allowed range 1 <= k <= n = 4" in p.stdout + p.stderr
+    assert not list(d.glob("1_*"))  # a job with a bad value leaves no directory
+    killed = d / "3_k=3,seed=0"  # a job killed before it finished: config and checkpoints, no metrics.json
+    shutil.copytree(next(d.glob("2_*")), killed)
+    (killed / "metrics.json").unlink()
     return d
 
 
@@ -44,7 +48,7 @@ def test_missing_job_is_reported_and_the_rest_evaluated(multirun, tmp_path):
         assert abs(float(r["mc_return"]) - float(r["exact_return"])) <= 2 * float(r["mc_ci95"]) + 1e-9
         assert float(r["gap_exact"]) >= -1e-9
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
-    assert len(summary["missing"]) == 1 and "k=9" in summary["missing"][0]["path"]
+    assert len(summary["missing"]) == 1 and "k=3" in summary["missing"][0]["path"]
     for png in summary["plots"]:
         assert (tmp_path / "ev" / png).stat().st_size > 5000
     assert "Missing jobs" in (tmp_path / "ev" / "report.md").read_text()

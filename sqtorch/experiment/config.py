@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,22 @@ from sqtorch.tabular.config import TabularConfig
 
 ALGOS: dict[str, type] = {"deepsets": DeepSetsConfig, "tabular": TabularConfig}
 DEVICES = ("auto", "cpu", "gpu", "cuda")
-RUN_ID = f"p{os.getpid()}-{secrets.token_hex(2)}"  # unique per process: run dirs never collide
+
+
+def run_name() -> str:
+    """This process's run dir name: ``<time>_p<pid>-<random>``, so that runs never share a directory.
+
+    Under Slurm it is ``slurm-<job id>[_<array task>]`` instead, the same after a requeue, so a
+    requeued job finds its own directory and Lightning resumes it from its ``hpc_ckpt_*.ckpt``.
+    """
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (f"_{task}" if os.environ.get("SLURM_ARRAY_JOB_ID") and task else "")
+    return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_p{os.getpid()}-{secrets.token_hex(2)}"
+
+
+RUN_NAME = run_name()  # computed once per process
 
 
 class ConfigError(ValueError):
@@ -39,9 +55,9 @@ class ConfigError(ValueError):
 
 
 def register_configs() -> None:
-    """Register the typed config groups ``algo/{deepsets,tabular}``, ``eval/default`` and ``${sqtorch.run_id:}``."""
-    if not OmegaConf.has_resolver("sqtorch.run_id"):
-        OmegaConf.register_new_resolver("sqtorch.run_id", lambda: RUN_ID)
+    """Register the typed config groups ``algo/{deepsets,tabular}``, ``eval/default`` and ``${sqtorch.run_name:}``."""
+    if not OmegaConf.has_resolver("sqtorch.run_name"):
+        OmegaConf.register_new_resolver("sqtorch.run_name", lambda: RUN_NAME)
     cs = ConfigStore.instance()
     for name, node in ALGOS.items():
         cs.store(group="algo", name=name, node=node)

@@ -136,6 +136,7 @@ def _fit(
     wall = time.perf_counter() - t0
     trainer.save_checkpoint(out / FINAL_CKPT)
     metrics = module.evaluate()
+    flag.check(f"after training, before the final metrics; resume with ckpt_path={out}")
     metrics.update(
         {
             M.TRAIN_WALL_SECONDS: wall,
@@ -176,6 +177,7 @@ def _learn(cfg: DictConfig, spec: RunSpec, out: Path, logger: Any, flag: SignalF
                 max_memory_gib=a.max_memory_gib, on_iteration=on_iteration)
     res.qtable.save(out / QTABLE)
     mean, ci = evaluate_return(env, res.qtable, spec.n, **spec.eval.mc_kwargs())
+    flag.check("after learning, before the final metrics; rerun the same command")
     metrics = {
         M.EVAL_RETURN: mean,
         M.EVAL_RETURN_CI: ci,
