@@ -106,6 +106,7 @@ def queue_gaps():
     return env, tables, values, gaps
 
 
+@pytest.mark.slow
 def test_queue_gap_is_non_increasing_in_k_and_zero_at_n(queue_gaps):
     _, _, _, gaps = queue_gaps
     print("queue n=10 exact gaps k=1..10:", [f"{x:.6g}" for x in gaps])
@@ -115,6 +116,7 @@ def test_queue_gap_is_non_increasing_in_k_and_zero_at_n(queue_gaps):
     assert abs(gaps[-1]) < 1e-9
 
 
+@pytest.mark.slow
 def test_monte_carlo_agrees_with_exact_value(queue_gaps):
     env, tables, values, _ = queue_gaps
     n, k = 10, 3

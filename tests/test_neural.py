@@ -152,6 +152,7 @@ def test_metric_tag_constants() -> None:
     )
 
 
+@pytest.mark.slow
 def test_trained_net_matches_exact_q_on_queue(make_cfg, tmp_path) -> None:
     """queue, n = 10, k = 4: after 1000 steps the DeepSets Q is within 3% (relative to max |Q|)
     of the exact tabular Q everywhere and at visited states, agrees with its greedy action at

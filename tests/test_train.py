@@ -98,6 +98,7 @@ class _Kill(pl.Callback):
 
 
 @pytest.mark.parametrize("state_dist", ["visited", "simplex"])
+@pytest.mark.slow
 def test_resume_from_checkpoint_equals_uninterrupted(make_cfg, tmp_path, state_dist) -> None:
     common = ("debug=fast", "trainer=cpu", "logger=none", f"algo.data.state_dist={state_dist}", "seed=3")
     full = run(make_cfg(*common, out=tmp_path / "full"))
@@ -166,6 +167,7 @@ def test_tabular_run(make_cfg, tmp_path) -> None:
     assert set(tags) <= set(M.ALL_TAGS), set(tags) - set(M.ALL_TAGS)
 
 
+@pytest.mark.slow
 def test_multirun_isolates_jobs_and_survives_a_failing_job(tmp_path) -> None:
     """`train.py -m k=2,4,11 seed=0,1 debug=fast`: k = 11 > n fails, the other four finish,
     each in its own dir named by its overrides with its own TensorBoard run and metrics.json."""

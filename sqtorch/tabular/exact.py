@@ -80,8 +80,8 @@ def check_tractable(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n = {n!r} is outside the allowed range n >= 1 (number of local agents)")
-    if not max_gib > 0 or not max_states >= 1:
-        raise ValueError(f"max_states = {max_states}, max_gib = {max_gib}: both must be positive numbers")
+    if not 0 < max_gib < math.inf or isinstance(max_states, bool) or not isinstance(max_states, int) or max_states < 1:
+        raise ValueError(f"max_states = {max_states!r}, max_gib = {max_gib}: need an integer >= 1 and a number > 0")
     states, gib = env.G * num_counts(n, env.L), kernel_gib(env, n)
     if states > max_states or gib > max_gib:
         raise ValueError(
@@ -104,6 +104,8 @@ def count_kernel(env: GlobalLocalMDP, k: int, max_memory_gib: float = DEFAULT_MA
     """Exact next-count distributions for every ``(g, c, a)`` (sparse, vectorized over c)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k = {k!r} is outside the allowed range k >= 1")
+    if not 0 < max_memory_gib < math.inf:  # NaN would switch the guard off
+        raise ValueError(f"max_memory_gib = {max_memory_gib} is outside the allowed range: a finite number > 0")
     need = kernel_gib(env, k)
     if need > max_memory_gib:
         raise ValueError(
