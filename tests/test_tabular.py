@@ -33,13 +33,17 @@ def test_exact_variant_at_k_equal_n_is_the_joint_optimum(name, n):
 def test_samples_follow_the_exact_next_count_law():
     env = make_env("queue")
     k, m = 3, 40_000
-    idx = sample_kernel(env, k, m, seed=0).idx  # [G, A, N, m]
+    kernel = sample_kernel(env, k, m, seed=0)
+    nxt = kernel.next_ranks()  # [G, A, N, m]: rank of c'_j
     law = count_kernel(env, k).M[0].to_dense()  # local kernel of (g=0, a=*)
     g, a, c = 0, 1, 7
     N = num_counts(k, env.L)
-    freq = torch.bincount(idx[g, a, c].long() % N, minlength=N).double() / m
-    assert (idx[g, a, c].long() // N == 0).all()  # g' = clip(0 - 0) = 0 deterministically
+    freq = torch.bincount(nxt[g, a, c], minlength=N).double() / m
     assert (freq - law[c]).abs().max() < 5 * math.sqrt(0.25 / m)
+    # the expectation over g' is exact: for V(g', c') = v[g'] every entry is exactly sum P_g v
+    v = torch.arange(1.0, env.G + 1, dtype=torch.float64)
+    expected = (env.P_g @ v)[:, :, None].expand(-1, -1, N)
+    assert torch.allclose(kernel.expected_next(v[:, None].expand(-1, N)), expected, rtol=0, atol=1e-9)
 
 
 def test_m_sample_q_approaches_exact_like_one_over_sqrt_m():
@@ -62,7 +66,7 @@ def test_same_seed_is_bitwise_identical_and_other_seed_differs():
     c = learn(env, 2, m=5, T=30, seed=12)
     assert torch.equal(a.qtable.q, b.qtable.q)
     assert a.residuals == b.residuals
-    assert not torch.equal(sample_kernel(env, 2, 5, 11).idx, sample_kernel(env, 2, 5, 12).idx)
+    assert not torch.equal(sample_kernel(env, 2, 5, 11).nxt, sample_kernel(env, 2, 5, 12).nxt)
     assert not torch.equal(a.qtable.q, c.qtable.q)
 
 

@@ -15,11 +15,13 @@ result is bitwise reproducible whatever the thread count.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import TypeVar
 
 import numpy as np
@@ -34,8 +36,9 @@ from sqtorch.tabular.exact import CountKernel, GiB, count_kernel
 from sqtorch.tabular.qtable import QTable
 
 T_ = TypeVar("T_")
-CHUNK_ROWS = 1 << 15  # table rows per gather chunk (fits L2 with m = 10)
-SAMPLE_CHUNK_ROWS = 1 << 13  # table rows per sampling chunk (k + 1 uniform columns of m)
+CHUNK_ROWS = 1 << 12  # count vectors per gather chunk: its m * |U| reads stay in L2
+SMALL_TABLE = 1 << 18  # B * N * m at most: one chunk per block (small k: fewest ops per sweep)
+SAMPLE_CHUNK_ROWS = 1 << 13  # (block, count vector) rows per sampling chunk (k uniform columns of m)
 
 
 @dataclass
@@ -66,8 +69,13 @@ def _run(fn: Callable[[T_], None], tasks: list[T_], work: int, workers: int) -> 
         for task in tasks:
             fn(task)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(fn, tasks))
+    list(_pool(workers).map(fn, tasks))
+
+
+@lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A persistent pool (its threads keep their scratch buffers between sweeps)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sqtorch-tabular")
 
 
 @contextmanager
@@ -95,62 +103,158 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+class _Buffers(threading.local):
+    """Per-thread scratch of the gather (reused across chunks and sweeps: no allocation per chunk)."""
+
+    def get(self, name: str, numel: int, dtype: torch.dtype) -> Tensor:
+        buf = self.__dict__.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self.__dict__[name] = torch.empty(numel, dtype=dtype)
+        return buf[:numel]
+
+
 @dataclass
 class SampledKernel:
-    """The m fixed next states of every ``(g, a, c)``: ``idx[g, a, c, j] = g'_j * N + rank(c'_j)``."""
+    """The m fixed next count vectors of every ``(b, c)``, shared by all ``(g, a)`` with local kernel b.
 
-    idx: Tensor  # int32 [G, A, N, m]
+    ``nxt[b, c, j] = G * rank(c'_j)``: the offset of row ``c'_j`` of ``V^T [N, G]``, so the values
+    ``V(g', c'_j)`` of every g' lie in one cache line, and ``V(g', c'_j)`` is element ``nxt`` of
+    the view of ``V^T`` that starts at g' (no index arithmetic per read). With ``w = P_g[g, a]``,
+
+        E^[V | g, c, a] = sum_g' w[g'] (1/m) sum_j V(g', c'_j)      (docs/model.md §2)
+
+    i.e. the expectation over g' is exact (g' and c' are independent given ``(g, a)``) and the
+    expectation over c' is the m-sample mean. For a deterministic ``P_g`` (both shipped
+    environments) this is exactly the paper's estimator; otherwise it has the same mean and less
+    variance. Samples shared across the actions (and global states) with the same local kernel
+    are common random numbers: each entry's estimate keeps its law.
+    """
+
+    nxt: Tensor  # int32 [B, N, m]
+    block_of: Tensor  # int64 [G, A]: index of the distinct local kernel of (g, a)
+    P_g: Tensor  # [G, A, G]
     workers: int = 1  # threads for the gathers
+    _support: list[list[int]] = field(default_factory=list, init=False, repr=False)  # g' reached from b
+    _pairs: list[list[int]] = field(default_factory=list, init=False, repr=False)  # (g, a) rows using b
+    _buffers: _Buffers = field(default_factory=_Buffers, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        G, A = self.block_of.shape
+        P_flat = self.P_g.reshape(G * A, G)
+        for b in range(self.nxt.shape[0]):
+            pairs = torch.nonzero(self.block_of.reshape(-1) == b).squeeze(1)
+            self._pairs.append(pairs.tolist())
+            self._support.append(torch.nonzero(P_flat[pairs].sum(0) > 0).squeeze(1).tolist())
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(G, A, N, m)`` of the table the kernel serves."""
+        G, A = self.block_of.shape
+        return G, A, self.nxt.shape[1], self.nxt.shape[2]
+
+    def next_ranks(self) -> Tensor:
+        """``rank(c'_j)`` for every ``(g, a, c, j)``: int64 ``[G, A, N, m]`` (for tests; materializes)."""
+        G = self.block_of.shape[0]
+        return self.nxt[self.block_of].long() // G
 
     def expected_next(self, V: Tensor) -> Tensor:
-        """``(1/m) sum_j V(g'_j, c'_j)`` for ``V [G, N]`` -> ``[G, A, N]``."""
-        G, A, N, m = self.idx.shape
-        v, idx = V.reshape(-1), self.idx.view(-1, m)
-        out = torch.empty(G * A * N, dtype=V.dtype, device=V.device)
-        weights = torch.full((m,), 1.0 / m, dtype=V.dtype, device=V.device)  # mean as a mat-vec (BLAS)
+        """``E^[V(g', c') | g, c, a]`` for ``V [G, N]`` -> ``[G, A, N]``.
 
-        def work(chunk: tuple[int, int]) -> None:
-            s, e = chunk
-            out[s:e] = torch.mv(v.index_select(0, idx[s:e].reshape(-1)).view(e - s, m), weights)
+        Per chunk of one block: for each reachable g' one gather of the m samples and one BLAS
+        mat-vec (the mean); the P_g-weighted sum over g' is a copy when ``P_g`` is deterministic.
+        Chunks are fixed, so the result is bitwise the same for any number of threads.
+        """
+        G, A, N, m = self.shape
+        vt = V.T.contiguous().view(-1)  # [N * G]: c'-major
+        out = torch.empty(G * A, N, dtype=V.dtype, device=V.device)
+        P_flat = self.P_g.reshape(G * A, G).to(V.dtype)
+        P_list = P_flat.tolist()
+        nxt = self.nxt.view(self.nxt.shape[0], -1)
+        chunk = N if self.nxt.numel() <= SMALL_TABLE else CHUNK_ROWS
 
-        _run(work, _chunks(G * A * N, CHUNK_ROWS), work=self.idx.numel(), workers=self.workers)
+        def work(task: tuple[int, int, int]) -> None:
+            b, s, e = task
+            buf, n = self._buffers, e - s
+            support = self._support[b]
+            means = buf.get("means", len(support) * n, V.dtype).view(len(support), n)
+            vals = buf.get("vals", n * m, V.dtype)
+            weights = buf.get("w", m, V.dtype).fill_(1.0 / m)  # the mean as a BLAS mat-vec
+            ix = nxt[b, s * m : e * m]
+            for i, g2 in enumerate(support):  # reachable global states, not agents
+                torch.index_select(vt[g2:], 0, ix, out=vals)
+                torch.mv(vals.view(n, m), weights, out=means[i])
+            for p in self._pairs[b]:  # (g, a) pairs of this kernel
+                w = [P_list[p][g2] for g2 in support]
+                if sorted(w)[-1] == 1.0:  # deterministic g': a copy
+                    out[p, s:e].copy_(means[w.index(1.0)])
+                else:
+                    torch.mv(means.T, P_flat[p, support], out=out[p, s:e])
+
+        tasks = [(b, s, e) for b in range(self.nxt.shape[0]) for s, e in _chunks(N, chunk)]
+        reads = sum(len(u) for u in self._support) * N * m
+        _run(work, tasks, work=reads, workers=self.workers)
         return out.view(G, A, N)
 
 
 def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int = 1) -> SampledKernel:
-    """Draw the m next states of every ``(g, a, c)`` once (SPEC §2), vectorized over c and agents.
+    """Draw the m next count vectors of every ``(b, c)`` once (docs/model.md §2), vectorized.
 
-    Row ``r = (g * A + a) * N + c`` of the table; each of the k agents of c moves with one
-    bucket-table draw from ``P_l[g, a, x_i]`` and the next count vector is ranked straight from
-    the k next-state columns (:func:`rank_columns`). Every chunk of rows has its own generator,
-    so the result does not depend on the number of threads.
+    b runs over the distinct local kernels ``P_l[g, a]``; every ``(g, a)`` with kernel b reuses
+    its samples. Each of the k agents of c moves with one bucket-table draw from
+    ``P_l[b, x_i]`` and the next count vector is ranked straight from the k next-state columns
+    (:func:`rank_columns`, uint8). Row ``r = b * N + c``; every chunk of rows has its own
+    generator, so the result does not depend on the number of threads.
     """
     G, A, L, N = env.G, env.A, env.L, num_counts(k, env.L)
+    if N * G >= 2**31:
+        raise ValueError(f"k = {k}: G * N = {G * N:,} next states overflow the int32 sample indices")
     dev = env.device
+    kernels, block_of = torch.unique(env.P_l.reshape(G * A, L, L), dim=0, return_inverse=True)
+    B = kernels.shape[0]
     X = all_sorted_states(k, L, dev).T.contiguous()  # [k, N]: agent i's state in each c
-    local, glob = LookupSampler.build(env.P_l), LookupSampler.build(env.P_g)  # rows (g, a, x), (g, a)
-    idx = torch.empty(G * A * N, m, dtype=torch.int32, device=dev)
-    chunks = _chunks(G * A * N, SAMPLE_CHUNK_ROWS)
+    local = LookupSampler.build(kernels)  # rows (b, x)
+    nxt = torch.empty(B * N, m, dtype=torch.int32, device=dev)
+    chunks = _chunks(B * N, SAMPLE_CHUNK_ROWS)
 
     def work(chunk_id: int) -> None:
         s, e = chunks[chunk_id]
         gen = torch.Generator(device=dev).manual_seed(_chunk_seed(seed, chunk_id))
         rows = torch.arange(s, e, device=dev)
-        ga, c = (rows // N)[:, None].expand(-1, m), rows % N
-        u = torch.rand(k + 1, e - s, m, generator=gen, device=dev, dtype=torch.float64)
-        x_next = [local.sample(ga * L + X[i, c][:, None], u[i]) for i in range(k)]
-        g_next = glob.sample(ga, u[k])
-        idx[s:e] = (g_next * N + rank_columns(x_next, L)).to(torch.int32)
+        base, c = (rows // N) * L, rows % N
+        u = torch.rand(k, e - s, m, generator=gen, device=dev, dtype=torch.float64)
+        x_next = [local.sample_uint8((base + X[i, c])[:, None].expand(-1, m), u[i]) for i in range(k)]
+        nxt[s:e] = rank_columns(x_next, L).mul_(G)
 
-    _run(work, list(range(len(chunks))), work=idx.numel() * (k + 1), workers=workers)
-    return SampledKernel(idx.view(G, A, N, m), workers)
+    _run(work, list(range(len(chunks))), work=nxt.numel() * k, workers=workers)
+    return SampledKernel(nxt.view(B, N, m), block_of.view(G, A), env.P_g, workers)
 
 
-def table_memory_gib(G: int, A: int, N: int, m: int | str, dtype: torch.dtype) -> float:
-    """Memory the m-sample learner allocates: indices, Q, Q_next, r_Delta and V."""
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    samples = 0 if m == "exact" else G * A * N * int(m) * 4
-    return (samples + 3 * G * A * N * itemsize + G * N * itemsize) / GiB
+def table_memory_gib(
+    G: int, A: int, N: int, m: int | str, dtype: torch.dtype, blocks: int | None = None, workers: int = 2
+) -> float:
+    """Peak memory of the arrays :func:`learn` keeps live (not the interpreter and torch themselves).
+
+    Counts: the samples (int32 ``[B, N, m]``, ``B = blocks`` distinct local kernels, at most
+    ``G * A``); five ``[G, A, N]`` tables at value iteration's peak (r, Q, Q_next and the two
+    temporaries of one sweep, e.g. ``Q_next - Q`` and its absolute value; the kernel's output is
+    one of them); ``V`` and ``V^T`` (``[G, N]`` each); per worker thread one gather chunk (int32
+    indices + values of ``CHUNK_ROWS * m * G``). Assumes value_iteration allocates at most two
+    table-sized temporaries besides r, Q and Q_next. For ``m = "exact"`` the count kernel is
+    sized separately (:func:`sqtorch.tabular.exact.count_kernel`).
+    """
+    s = torch.empty(0, dtype=dtype).element_size()
+    table = G * A * N * s
+    if m == "exact":
+        return (5 * table + 2 * G * N * s) / GiB
+    B = G * A if blocks is None else blocks
+    samples = B * N * int(m) * 4
+    chunk = workers * CHUNK_ROWS * int(m) * G * (4 + 2 * s)
+    return (samples + 5 * table + 2 * G * N * s + chunk) / GiB
+
+
+def distinct_local_kernels(env: GlobalLocalMDP) -> int:
+    """Number B of distinct local kernels ``P_l[g, a]`` (the sample arrays are ``[B, N, m]``)."""
+    return len(torch.unique(env.P_l.reshape(env.G * env.A, -1), dim=0))
 
 
 def _validate(env: GlobalLocalMDP, k: int, m: int | str, T: int, tol: float, n: int | None) -> None:
@@ -186,7 +290,8 @@ def learn(
     """
     _validate(env, k, m, T, tol, n)
     G, A, N = env.G, env.A, num_counts(k, env.L)
-    need = table_memory_gib(G, A, N, m, dtype)
+    B = distinct_local_kernels(env)
+    need = table_memory_gib(G, A, N, m, dtype, blocks=B, workers=torch.get_num_threads())
     if need > max_memory_gib:
         raise ValueError(
             f"the table at k = {k} has G*N*A = {G}*{N}*{A} = {G * N * A:,} entries and needs "
