@@ -136,6 +136,8 @@ class SampledKernel:
     workers: int = 1  # threads for the gathers
     _support: list[list[int]] = field(default_factory=list, init=False, repr=False)  # g' reached from b
     _pairs: list[list[int]] = field(default_factory=list, init=False, repr=False)  # (g, a) rows using b
+    _support_t: list[Tensor] = field(default_factory=list, init=False, repr=False)
+    _weights: list[list[tuple[int, Tensor]]] = field(default_factory=list, init=False, repr=False)
     _buffers: _Buffers = field(default_factory=_Buffers, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -144,7 +146,12 @@ class SampledKernel:
         for b in range(self.nxt.shape[0]):
             pairs = torch.nonzero(self.block_of.reshape(-1) == b).squeeze(1)
             self._pairs.append(pairs.tolist())
-            self._support.append(torch.nonzero(P_flat[pairs].sum(0) > 0).squeeze(1).tolist())
+            support = torch.nonzero(P_flat[pairs].sum(0) > 0).squeeze(1)
+            self._support.append(support.tolist())
+            self._support_t.append(support.to(torch.int32)[:, None])
+            w = P_flat[pairs][:, support]  # [P, U]
+            cols = [int(torch.nonzero(row == 1.0)[0]) if (row == 1.0).any() else -1 for row in w]
+            self._weights.append(list(zip(cols, w, strict=True)))
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -167,28 +174,24 @@ class SampledKernel:
         G, A, N, m = self.shape
         vt = V.T.contiguous().view(-1)  # [N * G]: c'-major
         out = torch.empty(G * A, N, dtype=V.dtype, device=V.device)
-        P_flat = self.P_g.reshape(G * A, G).to(V.dtype)
-        P_list = P_flat.tolist()
         nxt = self.nxt.view(self.nxt.shape[0], -1)
         chunk = N if self.nxt.numel() <= SMALL_TABLE else CHUNK_ROWS
 
         def work(task: tuple[int, int, int]) -> None:
             b, s, e = task
             buf, n = self._buffers, e - s
-            support = self._support[b]
-            means = buf.get("means", len(support) * n, V.dtype).view(len(support), n)
-            vals = buf.get("vals", n * m, V.dtype)
+            support = self._support_t[b]  # int32 [U, 1]
+            U = support.shape[0]
+            ix = buf.get("ix", n * U * m, torch.int32).view(n, U, m)
+            torch.add(nxt[b, s * m : e * m].view(n, 1, m), support, out=ix)  # the U reads of a sample share a line
+            vals = torch.index_select(vt, 0, ix.view(-1), out=buf.get("vals", n * U * m, V.dtype))
             weights = buf.get("w", m, V.dtype).fill_(1.0 / m)  # the mean as a BLAS mat-vec
-            ix = nxt[b, s * m : e * m]
-            for i, g2 in enumerate(support):  # reachable global states, not agents
-                torch.index_select(vt[g2:], 0, ix, out=vals)
-                torch.mv(vals.view(n, m), weights, out=means[i])
-            for p in self._pairs[b]:  # (g, a) pairs of this kernel
-                w = [P_list[p][g2] for g2 in support]
-                if sorted(w)[-1] == 1.0:  # deterministic g': a copy
-                    out[p, s:e].copy_(means[w.index(1.0)])
+            means = torch.mv(vals.view(n * U, m), weights, out=buf.get("means", n * U, V.dtype)).view(n, U)
+            for p, (col, w) in zip(self._pairs[b], self._weights[b], strict=True):  # (g, a) pairs of b
+                if col >= 0:  # deterministic g': a copy
+                    out[p, s:e].copy_(means[:, col])
                 else:
-                    torch.mv(means.T, P_flat[p, support], out=out[p, s:e])
+                    torch.mv(means, w.to(V.dtype), out=out[p, s:e])
 
         tasks = [(b, s, e) for b in range(self.nxt.shape[0]) for s, e in _chunks(N, chunk)]
         reads = sum(len(u) for u in self._support) * N * m
@@ -248,7 +251,7 @@ def table_memory_gib(
         return (5 * table + 2 * G * N * s) / GiB
     B = G * A if blocks is None else blocks
     samples = B * N * int(m) * 4
-    chunk = workers * CHUNK_ROWS * int(m) * G * (4 + 2 * s)
+    chunk = workers * min(N, CHUNK_ROWS) * int(m) * G * (4 + 2 * s)
     return (samples + 5 * table + 2 * G * N * s + chunk) / GiB
 
 
