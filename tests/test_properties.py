@@ -7,7 +7,7 @@ Over random ``(G, A, L, n, kernels, rewards, gamma)``:
 - the exact value of the subsampled policy (Algorithm 2) equals its Monte Carlo estimate.
 
 Profiles: ``default`` keeps this file fast for CI; ``SQTORCH_HYPOTHESIS_PROFILE=slow`` runs ten
-times more examples (300, 100 and 100 environments).(300 / 100 / 100 environments).
+times more examples (300, 100 and 100 environments).
 """
 
 from __future__ import annotations

@@ -101,3 +101,42 @@ def test_table_too_large_is_refused_before_allocating():
         learn(env, 12, m=10)
     with pytest.raises(ValueError, match=r"exact count kernel at k = 6.* GiB"):
         learn(env, 6, m="exact", max_memory_gib=1)
+
+
+def test_memory_estimate_bounds_the_measured_peak():
+    """``table_memory_gib`` is within 20% of the peak resident memory ``learn`` adds (own process)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import json, resource, torch
+from sqtorch.envs import make_env
+from sqtorch.tabular import learn
+from sqtorch.tabular.learner import distinct_local_kernels, table_memory_gib
+from sqtorch.tabular.counts import num_counts
+env = make_env("demand_response"); k = 6
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+learn(env, k, m=10, T=3, tol=1e-300)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base
+est = table_memory_gib(5, 3, num_counts(k, 25), 10, torch.float64, distinct_local_kernels(env), torch.get_num_threads())
+print(json.dumps([peak, est]))
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    peak, est = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0.8 * est <= peak <= 1.2 * est, (peak, est)
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    env = make_env("demand_response")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = learn(env, 4, m=20, T=5, seed=3)  # 6M reads per sweep: the parallel chunk path
+        torch.set_num_threads(2)
+        b = learn(env, 4, m=20, T=5, seed=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a.qtable.q, b.qtable.q)
