@@ -1,11 +1,14 @@
-"""Benchmark: tabular SUBSAMPLE-Q learning time vs k, and the speedup over a naive L^k tuple table.
+"""Benchmark: tabular SUBSAMPLE-Q learning time vs k, and the ratio to the paper script's learner.
 
     python bench/tabular.py                      # full table (several minutes on 2 cores)
     python bench/tabular.py --quick              # small k only
 
 Each configuration runs in a fresh subprocess so its peak resident memory is its own.
 A "sample backup" is one term ``V(g'_j, c'_j)`` of the empirical Bellman operator, i.e. one
-``(g, c, a, j)``; an iteration does ``G * N * A * m`` of them.
+``(g, c, a, j)``; an iteration does ``G * N * A * m`` of them. ``read_fraction`` divides the
+sample-backup rate by the machine's random-read rate (bench/random_read.py, 512 MiB array).
+``learn_peak_gib`` is the peak resident memory added by ``learn`` (``peak_gib`` minus the
+process before it); ``estimate_gib`` is ``table_memory_gib`` for the same configuration.
 """
 
 from __future__ import annotations

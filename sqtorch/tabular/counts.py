@@ -1,4 +1,4 @@
-"""Count vectors of k local states over L values, and their combinatorial ranking (SPEC §2).
+"""Count vectors of k local states over L values, and their combinatorial ranking (docs/model.md §2).
 
 A count vector ``c in {0..k}^L`` with ``sum(c) = k`` is the empirical distribution ``F = c / k`` of
 k sampled local states. There are ``C(k + L - 1, k)`` of them. We rank a count vector through its

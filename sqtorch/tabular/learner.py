@@ -1,16 +1,21 @@
-"""SUBSAMPLE-Q learning (SPEC §2, Algorithm 1): value iteration of the empirical Bellman operator
+"""SUBSAMPLE-Q learning (Anand & Qu, Algorithm 1; docs/model.md §2): value iteration of the empirical
+Bellman operator
 
-    (T^ Q)(g, c, a) = r_Delta(g, c, a) + (gamma / m) sum_j max_a' Q(g'_j, c'_j, a')
+    (T^ Q)(g, c, a) = r_Delta(g, c, a) + gamma * sum_g' P_g[g, a, g'] (1/m) sum_j max_a' Q(g', c'_j, a')
 
 over count vectors c of k sampled agents, with ``r_Delta(g, c, a) = r_g[g, a] + (1/k) sum_x
-c_x r_l[g, a, x]``. The m next states of every ``(g, c, a)`` are drawn once from a seeded
-generator (``g'_j ~ P_g[g, a]``, every agent of c moves with ``P_l``) and reused every iteration,
-so ``T^`` is a gamma-contraction; its fixed point is ``Q^est_{k,m}``. With ``m = "exact"`` the
-sample mean becomes the exact expectation (:mod:`sqtorch.tabular.exact`); at k = n that is Q*.
+c_x r_l[g, a, x]``. The m next count vectors ``c'_j`` of every ``(b, c)`` (b: a distinct local
+kernel ``P_l[g, a]``) are drawn once from a seeded generator and reused every iteration and by
+every ``(g, a)`` with that kernel, so ``T^`` is a gamma-contraction; its fixed point is
+``Q^est_{k,m}``. The expectation over g' is exact (g' and c' are independent given ``(g, a)``): for
+a deterministic ``P_g`` (both shipped environments) this is the paper's m-sample estimator;
+otherwise it has the same mean and less variance. With ``m = "exact"`` the sample mean becomes
+the exact expectation (:mod:`sqtorch.tabular.exact`); at k = n that is Q*.
 
-Layout: next-state indices ``g' * N + rank(c')`` as int32 ``[G, A, N, m]``; an iteration is one
-gather ``V[idx]`` per chunk, run on a thread pool (torch releases the GIL), chunks fixed so the
-result is bitwise reproducible whatever the thread count.
+Layout: samples ``G * rank(c')`` as int32 ``[B, N, m]`` (``B <= G * A``); a sweep gathers from
+``V^T [N, G]`` so the values of every reachable g' of one sample share a cache line, in fixed
+chunks on a persistent thread pool (torch releases the GIL): bitwise reproducible for any
+thread count.
 """
 
 from __future__ import annotations
@@ -285,7 +290,7 @@ def learn(
     max_memory_gib: float = 8.0,
     on_iteration: Callable[[int, float, float], None] | None = None,
 ) -> LearnResult:
-    """Learn ``Q^est_{k,m}`` by iterating the empirical Bellman operator from Q = 0 (SPEC §2).
+    """Learn ``Q^est_{k,m}`` by iterating the empirical Bellman operator from Q = 0 (docs/model.md §2).
 
     Stops when ``||Q_{t+1} - Q_t||_inf < tol`` or after T iterations. ``on_iteration(t, residual,
     elapsed_seconds)`` is called after every iteration (for logging). The table size is checked
