@@ -16,12 +16,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import torch
+
+
+def _peak_rss_gib() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss it is not inherited over exec)."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 2**20
 
 
 def run_one(env_name: str, k: int, m: int, T: int, seed: int) -> dict:
@@ -32,7 +38,7 @@ def run_one(env_name: str, k: int, m: int, T: int, seed: int) -> dict:
     from sqtorch.tabular.learner import distinct_local_kernels, table_memory_gib
 
     env = make_env(env_name)
-    base_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    base_gib = _peak_rss_gib()
     N = num_counts(k, env.L)
     estimate = table_memory_gib(env.G, env.A, N, m, torch.float64, distinct_local_kernels(env), torch.get_num_threads())
     t0 = time.perf_counter()
@@ -49,8 +55,8 @@ def run_one(env_name: str, k: int, m: int, T: int, seed: int) -> dict:
         build_s=r.build_seconds,
         iterate_s=r.learn_seconds,
         total_s=total,
-        peak_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        learn_peak_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base_gib,
+        peak_gib=_peak_rss_gib(),
+        learn_peak_gib=_peak_rss_gib() - base_gib,
         estimate_gib=estimate,
         sample_backups_per_s=backups / r.learn_seconds,
         entry_backups_per_s=r.table_entries * r.iterations / r.learn_seconds,
