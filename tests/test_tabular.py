@@ -111,15 +111,17 @@ def test_memory_estimate_bounds_the_measured_peak():
     from pathlib import Path
 
     code = """
-import json, resource, torch
+import json, torch
 from sqtorch.envs import make_env
 from sqtorch.tabular import learn
 from sqtorch.tabular.learner import distinct_local_kernels, table_memory_gib
 from sqtorch.tabular.counts import num_counts
 env = make_env("demand_response"); k = 6
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def hwm():  # VmHWM, not ru_maxrss: that one is inherited from the parent over exec
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 2**20
+base = hwm()
 learn(env, k, m=10, T=3, tol=1e-300)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base
+peak = hwm() - base
 est = table_memory_gib(5, 3, num_counts(k, 25), 10, torch.float64, distinct_local_kernels(env), torch.get_num_threads())
 print(json.dumps([peak, est]))
 """
