@@ -1,11 +1,14 @@
-"""Benchmark: tabular SUBSAMPLE-Q learning time vs k, and the speedup over a naive L^k tuple table.
+"""Benchmark: tabular SUBSAMPLE-Q learning time vs k, and the ratio to the paper script's learner.
 
     python bench/tabular.py                      # full table (several minutes on 2 cores)
     python bench/tabular.py --quick              # small k only
 
 Each configuration runs in a fresh subprocess so its peak resident memory is its own.
 A "sample backup" is one term ``V(g'_j, c'_j)`` of the empirical Bellman operator, i.e. one
-``(g, c, a, j)``; an iteration does ``G * N * A * m`` of them.
+``(g, c, a, j)``; an iteration does ``G * N * A * m`` of them. ``read_fraction`` divides the
+sample-backup rate by the machine's random-read rate (bench/random_read.py, 512 MiB array).
+``learn_peak_gib`` is the peak resident memory added by ``learn`` (``peak_gib`` minus the
+process before it); ``estimate_gib`` is ``table_memory_gib`` for the same configuration.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import random
-import resource
 import subprocess
 import sys
 import time
@@ -22,12 +23,25 @@ import time
 import torch
 
 
+def _peak_rss_gib() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss it is not inherited over exec)."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 2**20
+
+
 def run_one(env_name: str, k: int, m: int, T: int, seed: int) -> dict:
     """Learn once (T iterations, no early stop) and report cost."""
     from sqtorch.envs import make_env
     from sqtorch.tabular import learn
+    from sqtorch.tabular.counts import num_counts
+    from sqtorch.tabular.learner import distinct_local_kernels, table_memory_gib
 
     env = make_env(env_name)
+    base_gib = _peak_rss_gib()
+    N = num_counts(k, env.L)
+    estimate = table_memory_gib(env.G, env.A, N, m, torch.float64, distinct_local_kernels(env), torch.get_num_threads(),
+                                k=k)
     t0 = time.perf_counter()
     r = learn(env, k, m=m, T=T, tol=1e-300, seed=seed, max_memory_gib=16)
     total = time.perf_counter() - t0
@@ -42,42 +56,41 @@ def run_one(env_name: str, k: int, m: int, T: int, seed: int) -> dict:
         build_s=r.build_seconds,
         iterate_s=r.learn_seconds,
         total_s=total,
-        peak_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        peak_gib=_peak_rss_gib(),
+        learn_peak_gib=_peak_rss_gib() - base_gib,
+        estimate_gib=estimate,
         sample_backups_per_s=backups / r.learn_seconds,
         entry_backups_per_s=r.table_entries * r.iterations / r.learn_seconds,
     )
 
 
-def naive_tuple_learner(env_name: str, k: int, m: int, T: int, seed: int) -> float:
-    """The public script's way: a Python loop over the L^k tuple table (docs/model.md §6). Returns seconds."""
+def paper_script_learner(env_name: str, k: int, sweeps: int = 10) -> float:
+    """Re-implementation of the paper's public script's learner. Returns seconds.
+
+    A dictionary Q keyed by ``(s_g, sorted k-tuple, a_g)``, filled by enumerating all ``L^k``
+    ordered tuples of local states (``itertools.product``) for every ``s_g`` and ``a_g``, with one
+    deterministic next state per entry (the most likely ``g'`` and, per agent, the most likely
+    ``x'``: the script's deterministic surrogate of the transition) and ``sweeps`` in-place
+    sweeps (10 in the script). Transitions and rewards are precomputed Python lists, so this is
+    a charitable (fast) version of the script's per-agent function calls.
+    """
     from sqtorch.envs import make_env
 
     env = make_env(env_name)
     G, A, L = env.G, env.A, env.L
-    P_g, P_l = env.P_g.tolist(), env.P_l.tolist()
-    r_g, r_l = env.r_g.tolist(), env.r_l.tolist()
-    rng = random.Random(seed)
+    g_next, x_next = env.P_g.argmax(-1).tolist(), env.P_l.argmax(-1).tolist()
+    r_g, r_l, gamma = env.r_g.tolist(), env.r_l.tolist(), env.gamma
     t0 = time.perf_counter()
-    tuples = list(itertools.product(range(L), repeat=k))
-    index = {t: i for i, t in enumerate(tuples)}
-    samples = {}
-    for g in range(G):
-        for a in range(A):
-            for t in tuples:
-                nxt = []
-                for _ in range(m):
-                    g2 = rng.choices(range(G), P_g[g][a])[0]
-                    t2 = tuple(rng.choices(range(L), P_l[g][a][x])[0] for x in t)
-                    nxt.append((g2, index[t2]))
-                reward = r_g[g][a] + sum(r_l[g][a][x] for x in t) / k
-                samples[g, a, index[t]] = (reward, nxt)
-    Q = [[[0.0] * A for _ in tuples] for _ in range(G)]
-    for _ in range(T):
-        V = [[max(row) for row in Q[g]] for g in range(G)]
-        Q_new = [[[0.0] * A for _ in tuples] for _ in range(G)]
-        for (g, a, i), (reward, nxt) in samples.items():
-            Q_new[g][i][a] = reward + env.gamma * sum(V[g2][i2] for g2, i2 in nxt) / m
-        Q = Q_new
+    Q: dict[tuple, float] = {}
+    for _ in range(sweeps):
+        for g in range(G):
+            for t in itertools.product(range(L), repeat=k):
+                key = tuple(sorted(t))
+                for a in range(A):
+                    g2, step = g_next[g][a], x_next[g][a]
+                    t2 = tuple(sorted(step[x] for x in t))
+                    best = max(Q.get((g2, t2, a2), 0.0) for a2 in range(A))
+                    Q[g, key, a] = r_g[g][a] + sum(r_l[g][a][x] for x in t) / k + gamma * best
     return time.perf_counter() - t0
 
 
@@ -92,34 +105,46 @@ def main() -> None:
     p.add_argument("--m", type=int, default=10)
     p.add_argument("--T", type=int, default=50)
     p.add_argument("--one", nargs=2, metavar=("ENV", "K"), help=argparse.SUPPRESS)
-    p.add_argument("--naive", nargs=2, metavar=("ENV", "K"), help=argparse.SUPPRESS)
+    p.add_argument("--script", nargs=2, metavar=("ENV", "K"), help=argparse.SUPPRESS)
+    p.add_argument("--max-k", type=int, default=7, help="largest k on demand_response")
+    p.add_argument("--script-max-k", type=int, default=4, help="largest k for the paper script's learner")
     a = p.parse_args()
     if a.one:
         print(json.dumps(run_one(a.one[0], int(a.one[1]), a.m, a.T, seed=0)))
         return
-    if a.naive:
-        print(json.dumps(dict(seconds=naive_tuple_learner(a.naive[0], int(a.naive[1]), a.m, a.T, seed=0))))
+    if a.script:
+        print(json.dumps(dict(seconds=paper_script_learner(a.script[0], int(a.script[1])))))
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, m = {a.m}, T = {a.T}\n")
-    dr_k = range(1, 6 if a.quick else 8)
+    from random_read import measure  # bench/ is sys.path[0] when run as a script
+
+    rr = measure(512, torch.get_num_threads())
+    print(f"random reads/s (512 MiB float64, {rr['threads']} threads): {rr['random_reads_per_s']:.3g}; "
+          f"3 reads per line: {rr['line_shared_3_reads_per_s']:.3g}; in cache: {rr['in_cache_reads_per_s']:.3g}\n")
+    dr_k = range(1, 6 if a.quick else a.max_k + 1)
     queue_k = [1, 2, 4, 8] if a.quick else [1, 2, 4, 8, 16, 24]
     rows = [subprocess_run(["--one", "demand_response", str(k), "--m", str(a.m), "--T", str(a.T)]) for k in dr_k]
     rows += [subprocess_run(["--one", "queue", str(k), "--m", str(a.m), "--T", str(a.T)]) for k in queue_k]
+    for r in rows:
+        r["read_fraction"] = r["sample_backups_per_s"] / rr["random_reads_per_s"]
     cols = ["env", "k", "count_vectors", "entries", "build_s", "iterate_s", "total_s", "peak_gib",
-            "sample_backups_per_s", "entry_backups_per_s"]
+            "learn_peak_gib", "estimate_gib", "sample_backups_per_s", "read_fraction"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
 
-    print("\nSpeedup over the naive L^k tuple table (same m and T, both single runs measured here):\n")
-    print("| env | k | naive tuple table s | sqtorch s | speedup |")
-    print("|---|---|---|---|---|")
-    for k in [2, 3]:
-        naive = subprocess_run(["--naive", "demand_response", str(k), "--m", str(a.m), "--T", str(a.T)])["seconds"]
+    print("\nSpeedup over the paper script's learner (re-implemented: L^k tuples, 1 deterministic next state,")
+    print("10 sweeps), against sqtorch at the table's m and T and at the script's budget m = 1, T = 10:\n")
+    print("| env | k | script learner s | sqtorch s (m, T above) | ratio | sqtorch s (m=1, T=10) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for k in range(1, a.script_max_k + 1):
+        ref = subprocess_run(["--script", "demand_response", str(k)])["seconds"]
         ours = next(r["total_s"] for r in rows if r["env"] == "demand_response" and r["k"] == k)
-        print(f"| demand_response | {k} | {naive:.2f} | {ours:.3f} | {naive / ours:,.0f}x |")
+        same = subprocess_run(["--one", "demand_response", str(k), "--m", "1", "--T", "10"])["total_s"]
+        cells = [f"{ref:.3g}", f"{ours:.3g}", f"{ref / ours:,.0f}x", f"{same:.3g}", f"{ref / same:,.0f}x"]
+        print(f"| demand_response | {k} | " + " | ".join(cells) + " |")
 
 
 def _fmt(v: object) -> str:

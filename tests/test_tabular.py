@@ -42,13 +42,17 @@ def test_exact_q_is_a_deprecated_alias_of_optimal_q():
 def test_samples_follow_the_exact_next_count_law():
     env = make_env("queue")
     k, m = 3, 40_000
-    idx = sample_kernel(env, k, m, seed=0).idx  # [G, A, N, m]
+    kernel = sample_kernel(env, k, m, seed=0)
+    nxt = kernel.next_ranks()  # [G, A, N, m]: rank of c'_j
     law = count_kernel(env, k).M[0].to_dense()  # local kernel of (g=0, a=*)
     g, a, c = 0, 1, 7
     N = num_counts(k, env.L)
-    freq = torch.bincount(idx[g, a, c].long() % N, minlength=N).double() / m
-    assert (idx[g, a, c].long() // N == 0).all()  # g' = clip(0 - 0) = 0 deterministically
+    freq = torch.bincount(nxt[g, a, c], minlength=N).double() / m
     assert (freq - law[c]).abs().max() < 5 * math.sqrt(0.25 / m)
+    # the expectation over g' is exact: for V(g', c') = v[g'] every entry is exactly sum P_g v
+    v = torch.arange(1.0, env.G + 1, dtype=torch.float64)
+    expected = (env.P_g @ v)[:, :, None].expand(-1, -1, N)
+    assert torch.allclose(kernel.expected_next(v[:, None].expand(-1, N)), expected, rtol=0, atol=1e-9)
 
 
 def test_m_sample_q_approaches_exact_like_one_over_sqrt_m():
@@ -71,7 +75,7 @@ def test_same_seed_is_bitwise_identical_and_other_seed_differs():
     c = learn(env, 2, m=5, T=30, seed=12)
     assert torch.equal(a.qtable.q, b.qtable.q)
     assert a.residuals == b.residuals
-    assert not torch.equal(sample_kernel(env, 2, 5, 11).idx, sample_kernel(env, 2, 5, 12).idx)
+    assert not torch.equal(sample_kernel(env, 2, 5, 11).nxt, sample_kernel(env, 2, 5, 12).nxt)
     assert not torch.equal(a.qtable.q, c.qtable.q)
 
 
@@ -106,3 +110,45 @@ def test_table_too_large_is_refused_before_allocating():
         learn(env, 12, m=10)
     with pytest.raises(ValueError, match=r"exact count kernel at k = 6.* GiB"):
         learn(env, 6, m="exact", max_memory_gib=1)
+
+
+def test_memory_estimate_bounds_the_measured_peak():
+    """``table_memory_gib`` is within 20% of the peak resident memory ``learn`` adds (own process)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import json, torch
+from sqtorch.envs import make_env
+from sqtorch.tabular import learn
+from sqtorch.tabular.learner import distinct_local_kernels, table_memory_gib
+from sqtorch.tabular.counts import num_counts
+env = make_env("demand_response"); k = 6
+def hwm():  # VmHWM, not ru_maxrss: that one is inherited from the parent over exec
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 2**20
+base = hwm()
+learn(env, k, m=10, T=3, tol=1e-300)
+peak = hwm() - base
+est = table_memory_gib(5, 3, num_counts(k, 25), 10, torch.float64, distinct_local_kernels(env), torch.get_num_threads(),
+                       k=k)
+print(json.dumps([peak, est]))
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    peak, est = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0.8 * est <= peak <= 1.2 * est, (peak, est)
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    env = make_env("demand_response")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = learn(env, 4, m=20, T=5, seed=3)  # 6M reads per sweep: the parallel chunk path
+        torch.set_num_threads(2)
+        b = learn(env, 4, m=20, T=5, seed=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a.qtable.q, b.qtable.q)

@@ -125,13 +125,18 @@ class LookupSampler:
 
     def sample(self, row: Tensor, u: Tensor) -> Tensor:
         """Outcome index (int64) for rows ``row`` and uniforms ``u`` (same shape)."""
+        return self.sample_uint8(row, u).long()
+
+    def sample_uint8(self, row: Tensor, u: Tensor) -> Tensor:
+        """As :meth:`sample`, as uint8 (outcomes < 255): a quarter of the memory traffic downstream."""
         scale = 2**self.bits
         idx = (u * scale).long().add_(row, alpha=scale)  # row * 2^bits + bucket, one fused pass
-        out = self.table.take(idx).long()
-        bad = torch.nonzero(out.view(-1) == IMPURE).squeeze(1)
+        out = self.table.take(idx)
+        flat = out.view(-1)
+        bad = torch.nonzero(flat == IMPURE).squeeze(1)
         if bad.numel():
-            flat = out.view(-1)
-            flat[bad] = sample_categorical(self.cdf_cols, row.reshape(-1)[bad], u.reshape(-1)[bad])
+            draws = sample_categorical(self.cdf_cols, row.reshape(-1)[bad], u.reshape(-1)[bad])
+            flat[bad] = draws.to(torch.uint8)
         return out
 
 

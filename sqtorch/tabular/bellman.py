@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.tabular.counts import all_counts
+from sqtorch.tabular.counts import all_sorted_states
 
 NOISE_ULPS = 450  # one sweep's relative rounding noise, in units of the dtype's eps (1e-13 in float64)
 
@@ -49,9 +49,16 @@ class FixedPoint:
 
 
 def subsampled_reward(env: GlobalLocalMDP, k: int) -> Tensor:
-    """``r_Delta[g, a, c] = r_g[g, a] + (1/k) sum_x c_x r_l[g, a, x]`` (docs/model.md §2), ``[G, A, N]``."""
-    C = all_counts(k, env.L, env.device).to(torch.float64)  # [N, L]
-    return env.r_g[:, :, None] + env.r_l @ C.T / k
+    """``r_Delta[g, a, c] = r_g[g, a] + (1/k) sum_x c_x r_l[g, a, x]`` (docs/model.md §2), ``[G, A, N]``.
+
+    Summed over the k sorted local states of each count vector (``[N, k]`` indices), so nothing
+    of size ``N * L`` is allocated: at large k the count vectors are far bigger than the table.
+    """
+    X = all_sorted_states(k, env.L, env.device)  # [N, k]
+    total = env.r_l[:, :, X[:, 0]].clone()
+    for i in range(1, k):  # positions within one count vector, not agents of the system
+        total += env.r_l[:, :, X[:, i]]
+    return total.div_(k).add_(env.r_g[:, :, None])
 
 
 def _sweep(kernel: NextStateKernel, r: Tensor, gamma: float, V: Tensor) -> Tensor:
