@@ -247,7 +247,7 @@ def run_scale(args: argparse.Namespace) -> str:
     body = "".join(
         f"| {r['device']} | {r['policy']} | {r['k']} | {r['n']:,} | {r['rows']} | **{r['agent_steps_per_s']:.3g}** "
         f"| {r['seconds']:.2f} | {r['rss_peak_mib']:.0f} (+{r['rss_peak_mib'] - r['rss_base_mib']:.0f}) "
-        f"| {r.get('gpu_peak_mib', float('nan')):.0f} |\n"
+        f"| {format(r['gpu_peak_mib'], '.0f') if 'gpu_peak_mib' in r else '-'} |\n"
         for r in rows
     )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -264,7 +264,7 @@ def run_scale(args: argparse.Namespace) -> str:
         f"load average at the end: {load}. {gpu}\n\n"
         f"`evaluate_mc` on `queue` (the whole Algorithm 2 loop: fresh k-subset, greedy action, full "
         f"n-agent transition, reward over all n), {args.horizon} steps, rows x n = 2^22 agents per call "
-        f"(rows = rollouts x initial states; one row at n = 10^6 would be 4 rows), best of {args.reps}. "
+        f"(rows = initial states x rollouts: 4 rows at n = 10^6), best of {args.reps}. "
         f"Tabular: a random QTable at k = 8; DeepSets: an untrained default network at k = 16 (speed does "
         f"not depend on the weights). Each configuration runs in its own process; peak RSS is the "
         f"process's high-water mark (torch and Python included; in brackets the growth during the timed "
