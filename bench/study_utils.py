@@ -24,13 +24,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_deepsets(
-    env_cfg: dict, n: int, k: int, steps: int, seed: int = 0, data: DataConfig | None = None, **algo
+    env_cfg: dict,
+    n: int,
+    k: int,
+    steps: int,
+    seed: int = 0,
+    data: DataConfig | None = None,
+    max_seconds: float | None = None,
+    **algo,
 ) -> tuple[DeepSetsPolicy, float]:
     """Train the DeepSets Q-network at k for ``steps`` optimizer steps (no validation, no files).
 
     Returns the greedy policy (mean pooling: ``DeepSetsPolicy(policy.net, k2)`` deploys it at any
     k2) and the training wall time in seconds. The device is Lightning's ``auto`` (a GPU if present).
+    ``max_seconds`` stops training at that wall time (Lightning's ``max_time``) even before ``steps``.
     """
+    from datetime import timedelta
+
     import lightning.pytorch as pl
 
     from sqtorch.neural.config import DeepSetsConfig
@@ -43,6 +53,7 @@ def train_deepsets(
         accelerator="auto", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         gradient_clip_val=cfg.optim.grad_clip,
+        max_time=None if max_seconds is None else timedelta(seconds=max_seconds),
     )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
