@@ -7,13 +7,24 @@ loop over local states, top-k subsets). Timings are the minimum over repetitions
 other processes inflates them less. Also the time of exact V* for queue at n = 10.
 
     PYTHONPATH=. python bench/execution.py   # prints a markdown section for bench/RESULTS.md
+
+``--scale`` instead measures ``evaluate_mc`` itself at n in {1e3, 1e4, 1e5, 1e6} for a tabular
+and a DeepSets policy, each (policy, n, device) in its own subprocess so that its peak memory
+(resident set size on CPU, ``torch.cuda.max_memory_allocated`` on a GPU) is its own; on CUDA too
+when a GPU is present:
+
+    PYTHONPATH=. python bench/execution.py --scale --threads 1 --out bench/RESULTS.md --append
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -28,7 +39,7 @@ from sqtorch.envs.simulator import (
     sample_subset,
     step,
 )
-from sqtorch.evaluation import compare_mc, initial_states
+from sqtorch.evaluation import compare_mc, evaluate_mc, initial_states
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import simulate_returns
 from sqtorch.tabular.counts import num_counts
@@ -169,6 +180,100 @@ def render(
     )
 
 
+SCALE_NS = (1_000, 10_000, 100_000, 1_000_000)
+SCALE_POLICIES = (("tabular", 8), ("deepsets", 16))
+SCALE_ROWS_X_N = 1 << 22  # rollouts x agents simulated per evaluate_mc call (rows = this // n)
+
+
+def _rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scale_one(kind: str, k: int, n: int, device: str, horizon: int, reps: int) -> dict:
+    """agent-steps/s and peak memory of ``evaluate_mc`` (queue, one policy, n agents) on ``device``."""
+    from sqtorch.neural import DeepSetsPolicy, DeepSetsQ, NetConfig
+    from sqtorch.neural.deepsets import q_scale_of
+
+    env = make_env("queue").to(device)
+    gen = make_generator(0)
+    if kind == "tabular":
+        policy = QTable(torch.randn(env.G, num_counts(k, env.L), env.A, generator=gen), k, env.L, "queue")
+    else:
+        torch.manual_seed(0)
+        net = DeepSetsQ(env.G, env.L, env.A, NetConfig(), q_scale=q_scale_of(env)).eval().to(device)
+        policy = DeepSetsPolicy(net, k)
+    rows = max(1, SCALE_ROWS_X_N // n)
+    num_initial = min(rows, 8)
+    rollouts = max(1, rows // num_initial)
+
+    def run() -> None:
+        evaluate_mc(env, policy, n, num_initial=num_initial, rollouts=rollouts, horizon=horizon, seed=0)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    evaluate_mc(env, policy, min(n, 100), num_initial=2, rollouts=2, horizon=2)  # load code paths
+    base = _rss_mib()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t = best_time(run, reps)
+    out = {
+        "policy": kind, "k": k, "n": n, "device": device, "rows": num_initial * rollouts, "horizon": horizon,
+        "agent_steps_per_s": num_initial * rollouts * n * horizon / t, "seconds": t,
+        "rss_base_mib": base, "rss_peak_mib": _rss_mib(),
+    }
+    if device.startswith("cuda"):
+        out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_scale(args: argparse.Namespace) -> str:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        for kind, k in SCALE_POLICIES:
+            for n in SCALE_NS:
+                cmd = [
+                    sys.executable, __file__, "--scale-one", kind, str(k), str(n), device,
+                    "--horizon", str(args.horizon), "--reps", str(args.reps), "--threads", str(args.threads),
+                ]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(rows[-1], flush=True)
+    head = (
+        "| device | policy | k | n | rollouts (rows) | agent-steps/s | s per call | peak RSS MiB "
+        "(above start) | GPU peak MiB |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r['device']} | {r['policy']} | {r['k']} | {r['n']:,} | {r['rows']} | **{r['agent_steps_per_s']:.3g}** "
+        f"| {r['seconds']:.2f} | {r['rss_peak_mib']:.0f} (+{r['rss_peak_mib'] - r['rss_base_mib']:.0f}) "
+        f"| {format(r['gpu_peak_mib'], '.0f') if 'gpu_peak_mib' in r else '-'} |\n"
+        for r in rows
+    )
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    gpu = (
+        f"GPU: {torch.cuda.get_device_name(0)}."
+        if torch.cuda.is_available()
+        else "No GPU on this machine: no GPU numbers exist (run the same command on a CUDA machine)."
+    )
+    return (
+        f"## Execution at scale: `evaluate_mc` at n = 10^3 .. 10^6 (`bench/execution.py --scale`)\n\n"
+        f"Command: `PYTHONPATH=. python bench/execution.py --scale --horizon {args.horizon} --reps {args.reps} "
+        f"--threads {args.threads}`\n\n"
+        f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, "
+        f"load average at the end: {load}. {gpu}\n\n"
+        f"`evaluate_mc` on `queue` (the whole Algorithm 2 loop: fresh k-subset, greedy action, full "
+        f"n-agent transition, reward over all n), {args.horizon} steps, rows x n = 2^22 agents per call "
+        f"(rows = initial states x rollouts: 4 rows at n = 10^6), best of {args.reps}. "
+        f"Tabular: a random QTable at k = 8; DeepSets: an untrained default network at k = 16 (speed does "
+        f"not depend on the weights). Each configuration runs in its own process; peak RSS is the "
+        f"process's high-water mark (torch and Python included; in brackets the growth during the timed "
+        f"calls). Memory is bounded by `max_batch_elems` (2^22 agent entries per simulated chunk) plus "
+        f"the `[num_initial, n]` initial states: linear in n, nothing of size n x k x rows.\n\n"
+        f"{head}{body}\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--horizon", type=int, default=10, help="steps per timed loop")
@@ -176,9 +281,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", default=None, help="also write the markdown section to this file")
     parser.add_argument("--append", action="store_true", help="append to --out instead of replacing")
+    parser.add_argument("--scale", action="store_true", help="evaluate_mc at n = 1e3..1e6 (see the docstring)")
+    parser.add_argument("--scale-one", nargs=4, metavar=("POLICY", "K", "N", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.scale_one:
+        kind, k, n, device = args.scale_one
+        print(json.dumps(scale_one(kind, int(k), int(n), device, args.horizon, args.reps)))
+        return
+    if args.scale:
+        text = run_scale(args)
+        print(text)
+        if args.out:
+            with open(args.out, "a" if args.append else "w") as f:
+                f.write(text)
+        return
     rows = []
     for name, k in CASES:
         for n in NS:

@@ -10,11 +10,13 @@ from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.demand_response import demand_response, demand_response_script
 from sqtorch.envs.queue import queue
 from sqtorch.envs.simulator import sample_initial_state, sample_subset, step
+from sqtorch.envs.types import queue_types, type_of, with_types
 
 ENVS: dict[str, Callable[..., GlobalLocalMDP]] = {
     "queue": queue,
     "demand_response": demand_response,
     "demand_response_script": demand_response_script,
+    "queue_types": queue_types,
 }
 
 
@@ -69,8 +71,11 @@ __all__ = [
     "demand_response_script",
     "make_env",
     "queue",
+    "queue_types",
     "register_env",
     "sample_initial_state",
     "sample_subset",
     "step",
+    "type_of",
+    "with_types",
 ]

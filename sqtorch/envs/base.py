@@ -68,6 +68,11 @@ class GlobalLocalMDP:
 
     Shapes: ``P_g [G, A, G]``, ``P_l [G, A, L, L]``, ``r_g [G, A]``, ``r_l [G, A, L]``.
     Tensors are stored as float64; ``to(device)`` moves them.
+
+    ``init_l [L]`` (optional) is the distribution of each agent's initial local state, i.i.d. over
+    agents; ``None`` means uniform. It is how a type mix enters the model (docs/model.md §1, §4.3;
+    ``sqtorch/envs/types.py``): with the type part of the local state and a block-diagonal ``P_l``,
+    the fraction of agents of each type is fixed by the initial draw and never changes.
     """
 
     P_g: Tensor
@@ -80,6 +85,7 @@ class GlobalLocalMDP:
     local_state_names: tuple[str, ...] | None = None
     action_names: tuple[str, ...] | None = None
     params: dict = field(default_factory=dict, compare=False)
+    init_l: Tensor | None = None
 
     def __post_init__(self) -> None:
         for fname in ("P_g", "P_l", "r_g", "r_l"):
@@ -99,6 +105,11 @@ class GlobalLocalMDP:
         _check_stochastic("P_l", self.P_l)
         _check_finite("r_g", self.r_g)
         _check_finite("r_l", self.r_l)
+        if self.init_l is not None:
+            init_l = torch.as_tensor(self.init_l, dtype=torch.float64, device=self.P_l.device)
+            _check_shape("init_l", init_l, (L,), "[L], the initial local-state distribution")
+            _check_stochastic("init_l", init_l)
+            object.__setattr__(self, "init_l", init_l)
         if not (0.0 < float(self.gamma) < 1.0):
             raise ValueError(f"gamma = {self.gamma} is outside the allowed range (0, 1)")
         object.__setattr__(self, "gamma", float(self.gamma))
@@ -137,6 +148,7 @@ class GlobalLocalMDP:
             P_l=self.P_l.to(device),
             r_g=self.r_g.to(device),
             r_l=self.r_l.to(device),
+            init_l=None if self.init_l is None else self.init_l.to(device),
         )
 
     def reward(self, s_g: Tensor, s_l: Tensor, a_g: Tensor) -> Tensor:

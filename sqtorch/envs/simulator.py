@@ -45,14 +45,26 @@ def cdf_columns(P: Tensor) -> Tensor:
 def sample_initial_state(
     env: GlobalLocalMDP, n: int, batch: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Uniform initial states: ``s_g [batch]`` and ``s_l [batch, n]`` (int64, env device)."""
+    """Initial states ``s_g [batch]`` (uniform) and ``s_l [batch, n]`` (int64, env device).
+
+    Every local state is drawn i.i.d. from ``env.init_l`` (the type mix of sqtorch/envs/types.py), or
+    uniformly when it is ``None`` (docs/model.md §5). The uniform case draws exactly as before
+    ``init_l`` existed (same seed, same states); a non-uniform ``init_l`` uses one float64 uniform
+    per agent and inverse-CDF sampling (a binary search, no ``[batch, n, L]`` tensor).
+    """
     if n < 1:
         raise ValueError(f"n = {n} is outside the allowed range n >= 1")
     if batch < 1:
         raise ValueError(f"batch = {batch} is outside the allowed range batch >= 1")
     dev = env.device
     s_g = torch.randint(env.G, (batch,), generator=generator, device=dev)
-    s_l = torch.randint(env.L, (batch, n), generator=generator, device=dev)
+    if env.init_l is None:
+        s_l = torch.randint(env.L, (batch, n), generator=generator, device=dev)
+    else:
+        u = torch.rand((batch, n), generator=generator, device=dev, dtype=torch.float64)
+        cdf = env.init_l.cumsum(0)
+        cdf[-1] = 1.0
+        s_l = torch.searchsorted(cdf, u, right=True)  # x with cdf[x-1] <= u < cdf[x]: never a zero-probability x
     return s_g, s_l
 
 
