@@ -13,6 +13,7 @@ where the optimal action depends on the local distribution; see docs/results.md 
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -27,6 +28,9 @@ def demand_response(
     alpha: float = 2.0, beta: float = 0.1, rho: float = 1.0, gamma: float = 0.9
 ) -> GlobalLocalMDP:
     """Demand response with constants that give the local agents a real say (docs/model.md §4.1)."""
+    for name, value in (("alpha", alpha), ("beta", beta), ("rho", rho)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} = {value!r} is outside the allowed range: a finite number")
     K = LEVELS
     s = torch.arange(1, K + 1)  # s_g values
     a = torch.tensor(ACTIONS)

@@ -10,16 +10,19 @@ service probability ``mu_g = mu_min + g (mu_max - mu_min) / (G - 1)``. Action
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.runtime import check_int
 
 ACTIONS = (-1, 0, 1)
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if not (lo <= value <= hi):
-        raise ValueError(f"{name} = {value} is outside the allowed range [{lo}, {hi}]")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):  # NaN fails too
+        raise ValueError(f"{name} = {value!r} is outside the allowed range [{lo}, {hi}]")
 
 
 def queue(
@@ -35,12 +38,13 @@ def queue(
     gamma: float = 0.9,
 ) -> GlobalLocalMDP:
     """Build the queueing MDP of docs/model.md §4.2 (defaults are the spec's)."""
-    if Q < 1:
-        raise ValueError(f"Q = {Q} is outside the allowed range Q >= 1 (queue capacity)")
-    if G < 2:
-        raise ValueError(f"G = {G} is outside the allowed range G >= 2 (service levels)")
+    Q = check_int("Q", Q, 1, "queue capacity")
+    G = check_int("G", G, 2, "service levels")
     for name, value in (("mu_min", mu_min), ("mu_max", mu_max), ("lam", lam)):
         _check_range(name, value, 0.0, 1.0)
+    for name, value in (("h", h), ("b", b), ("c", c), ("s", s)):  # inf would make r_l NaN
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} = {value!r} is outside the allowed range: a finite cost")
     L = Q + 1
     a = torch.tensor(ACTIONS, dtype=torch.float64)
     g = torch.arange(G)

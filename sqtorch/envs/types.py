@@ -1,4 +1,4 @@
-"""Heterogeneous local agents: a fixed agent type as part of the local state (docs/model.md §1, §4.3).
+"""Heterogeneous local agents: a fixed agent type as part of the local state (docs/model.md §4.4).
 
 The model of docs/model.md §1 has identical local agents. Agents of ``T`` types (queues with
 different arrival rates, service classes, ...) fit it without new machinery when the type is part

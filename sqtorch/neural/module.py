@@ -33,7 +33,7 @@ from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.neural.data import GenerativeSource, StepDataset
 from sqtorch.neural.deepsets import DeepSetsQ, q_scale_of
 from sqtorch.neural.policy import DeepSetsPolicy
-from sqtorch.runtime import check_int
+from sqtorch.runtime import check_int, derive_seed
 from sqtorch.tabular.counts import counts_of
 
 
@@ -79,7 +79,9 @@ class SubsampleQModule(pl.LightningModule):
         """Build the sampler on the device the strategy will use (before checkpoint restore)."""
         if self.source is None:
             h, env = self.hparams, self.env.to(self._run_device())
-            self.source = GenerativeSource(env, h.n, h.k, self.algo.m, self.algo.data, h.seed)
+            rank = self._trainer.global_rank if self._trainer is not None else 0
+            seed = h.seed if rank == 0 else derive_seed(h.seed, rank)  # DDP: each rank its own batches
+            self.source = GenerativeSource(env, h.n, h.k, self.algo.m, self.algo.data, seed)
         if self._pending_source_state is not None:
             self.source.load_state_dict(self._pending_source_state)
             self._pending_source_state = None
