@@ -185,4 +185,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float
         torch.manual_seed(spec.seed)
         if spec.algo.name == "tabular":
             return run_tabular(cfg, spec, out)
+        if spec.algo.name.startswith("sb3_"):  # SB3 baselines (sqtorch/experiment/run_sb3.py)
+            from sqtorch.experiment.run_sb3 import run_sb3
+
+            return run_sb3(cfg, spec, out)
         return run_deepsets(cfg, spec, out, extra_callbacks)
