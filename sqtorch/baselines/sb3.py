@@ -37,17 +37,17 @@ try:
     from stable_baselines3 import DQN, PPO
     from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.logger import configure
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import configure
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "sqtorch.baselines.sb3 needs stable-baselines3 and gymnasium: pip install -e '.[baselines]'"
     ) from e
 
 from sqtorch.envs import ENVS, GlobalLocalMDP, make_env
-from sqtorch.metrics import SAMPLES_PER_SECOND, TRAIN_SAMPLES
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.gym import GlobalLocalEnv, count_features, preset_params
+from sqtorch.metrics import SAMPLES_PER_SECOND, TRAIN_SAMPLES
 from sqtorch.runtime import atomic_write, torch_threads, write_text_atomic
 from sqtorch.tabular.counts import all_counts, counts_of, num_counts
 

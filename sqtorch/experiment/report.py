@@ -262,9 +262,9 @@ def _report_md(
                   f"{vers}. Tabular rows and exact values reproduce bit for bit elsewhere; neural and baseline "
                   "rows depend on the CPU's floating-point kernels and reproduce within their CIs."]
     if comparison is not None:
-        bad = [c for c in comparison if not c["ok"]]
+        ok = sum(bool(c["ok"]) for c in comparison)
         lines += ["", "## Reproduction check", "",
-                  f"Against `{meta.get('compare', '')}`: {len(comparison) - len(bad)} of {len(comparison)} rows ok.", "",
+                  f"Against `{meta.get('compare', '')}`: {ok} of {len(comparison)} rows ok.", "",
                   "| env | n | algo | k | metric | committed | ±CI | rerun | ±CI | status | expect | ok |",
                   "|" + "---|" * 12]
         lines += ["| " + " | ".join(_fmt(c.get(key, "")) for key in ("env", "n", "algo", "k", "metric", "committed",

@@ -27,7 +27,8 @@ def run_sb3(cfg: DictConfig, spec: RunSpec, out: Path) -> dict[str, float]:
     try:
         from sqtorch.baselines.sb3 import SB3Policy, train_sb3
     except ImportError as e:
-        raise ConfigError(f"algo = '{spec.algo.name}' needs the baselines extra: pip install -e '.[baselines]' ({e})")
+        extra = "pip install -e '.[baselines]'"
+        raise ConfigError(f"algo = '{spec.algo.name}' needs the baselines extra: {extra} ({e})") from e
     a: Sb3Config = spec.algo  # type: ignore[assignment]
     env = spec.env
     with _logging(cfg) as logger:
