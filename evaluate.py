@@ -36,18 +36,31 @@ from sqtorch.runtime import torch_threads
 TRAIN = Path(__file__).resolve().parent / "train.py"
 
 
-def run_sweeps(study: DictConfig, out: Path) -> tuple[list[Path], dict[str, float]]:
-    """Run every training sweep of ``study`` as ``train.py -m`` into ``out/train/<name>``."""
-    roots, seconds = [], {}
+def run_sweeps(study: DictConfig, out: Path, reuse: bool = False) -> tuple[list[Path], dict[str, float], list[str]]:
+    """Run every training sweep of ``study`` as ``train.py -m`` into ``out/train/<name>``.
+
+    ``reuse``: a sweep whose dir already holds a finished run (``metrics.json``) is not trained
+    again; its training time is taken from ``out/summary.json`` of the earlier evaluation.
+    """
+    roots, seconds, reused = [], {}, []
+    before = {}
+    if reuse and (out / "summary.json").is_file():
+        before = json.loads((out / "summary.json").read_text()).get("train_seconds", {})
     for name, overrides in study.sweeps.items():
         sweep_dir = out / "train" / name
+        if reuse and sweep_dir.is_dir() and any(sweep_dir.rglob("metrics.json")):
+            print(f"[evaluate] {name}: reusing the runs in {sweep_dir} (reuse_trained=true)", flush=True)
+            seconds[name] = before.get(name, float("nan"))
+            roots.append(sweep_dir)
+            reused.append(name)
+            continue
         t0 = time.perf_counter()
         cmd = [sys.executable, str(TRAIN), "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
         print(f"[evaluate] {name}: {' '.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, check=False)  # failed jobs show up as missing, the rest is evaluated
         seconds[name] = time.perf_counter() - t0
         roots.append(sweep_dir)
-    return roots, seconds
+    return roots, seconds, reused
 
 
 def load_committed(path: str | Path) -> tuple[Path, list[dict]]:
@@ -71,7 +84,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict:
         meta["compare"] = str(meta["compare"])
     study = cfg.get("study")
     if study is not None:
-        roots, meta["train_seconds"] = run_sweeps(study, out)
+        roots, meta["train_seconds"], meta["reused_sweeps"] = run_sweeps(study, out, bool(cfg.get("reuse_trained")))
         meta["title"], env = study.title, study.get("env")
     elif cfg.get("runs"):
         runs = cfg.runs
