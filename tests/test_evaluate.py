@@ -174,3 +174,32 @@ def test_t_quantiles():
     assert t95(2) == 4.303 and t95(9) == 2.262 and 1.96 < t95(200) < 1.975
     with pytest.raises(ValueError, match="dof = 0 is outside"):
         t95(0)
+
+
+def _first_value(override: str) -> str:
+    """``key=a,b`` -> ``key=a``; ``key=range(1,11)`` -> ``key=1`` (one job of the sweep)."""
+    key, _, value = override.partition("=")
+    if value.startswith("range("):
+        value = value[len("range("):].split(",")[0].rstrip(")")
+    return f"{key}={value.split(',')[0]}"
+
+
+@pytest.mark.parametrize("study", sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml")))
+def test_study_sweeps_compose_and_validate(study):
+    """Every job of every study is a valid train.py config, and no sweep mixes an algo-group sweep with algo.* keys
+    (Hydra checks algo.* against the default algo before it expands the sweep)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from sqtorch.experiment import validate_config
+
+    sweeps = OmegaConf.load(ROOT / "conf" / "study" / f"{study}.yaml").sweeps
+    for name, overrides in sweeps.items():
+        group_sweep = any(o.startswith("algo=") and "," in o for o in overrides)
+        assert not (group_sweep and any(o.startswith("algo.") for o in overrides)), f"{study}.{name}"
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["paths.output_dir=/nonexistent", *map(_first_value, overrides)])
+        validate_config(cfg)
+    GlobalHydra.instance().clear()
