@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from sqtorch.experiment.study import REF_EXACT, ZERO_GAP, fit_reference, reference_curve  # noqa: E402
 from sqtorch.runtime import atomic_write, write_text_atomic  # noqa: E402
 
-COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+          "tab:olive", "tab:cyan"]
 
 
 def gap_floor(rows: list[dict]) -> float:
@@ -112,9 +113,11 @@ def _baseline_line(ax: plt.Axes, rows: list[dict], algo: str, key: str, floor: f
     y, ci = r[key], r.get(key + "_ci95", 0.0)
     sees = "all n agents" if r["k"] == r["n"] else f"k = {r['k']} sampled agents"
     ax.axhline(max(y, floor), color=col, ls="-.", lw=1.5,
-               label=f"{algo} ({'exact' if exact else 'Monte Carlo'}, {r['seeds']} seeds, sees {sees})")
-    if ci > 0:
-        ax.axhspan(max(y - ci, floor), max(y + ci, floor), color=col, alpha=0.12)
+               label=f"{algo} ({'exact' if exact else 'Monte Carlo'}, {r['seeds']} seeds, sees {sees}; CI at right)")
+    if ci > 0:  # the CI as an error bar right of the k axis (a band would hide the other series)
+        x = max(q["k"] for q in rows) + 0.25 + 0.15 * sorted({q["algo"] for q in rows}).index(algo) / len(rows)
+        lo, hi = max(y - ci, floor), max(y + ci, floor)
+        ax.errorbar([x], [max(y, floor)], yerr=[[max(y, floor) - lo], [hi - max(y, floor)]], color=col, capsize=3)
 
 
 def plot_cost(rows: list[dict], env: str, n: int, key: str, xlabel: str, path: Path) -> None:
