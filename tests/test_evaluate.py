@@ -78,10 +78,132 @@ def test_run_from_another_env(multirun, tmp_path):
     _assert_clean_failure(p, tmp_path / "ev", "but env = 'demand_response' was requested")
 
 
-def test_artifact_that_does_not_load(multirun, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(multirun, broken)
-    job = next(p.parent for p in broken.rglob("qtable.pt"))
-    (job / "qtable.pt").write_bytes(b"not a torch file")
+def _copy_with_one_job(multirun: Path, dst: Path, k: int) -> tuple[Path, Path]:
+    """A copy of the fixture multirun and its job dir with ``k=<k>``."""
+    shutil.copytree(multirun, dst)
+    job = next(p.parent for p in dst.rglob("qtable.pt") if f"k={k}" in p.parent.name)
+    return dst, job
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        ("qtable.pt", "artifact does not load"),
+        ("metrics.json", "metrics.json: corrupt metrics.json"),
+        ("config.yaml", "config.yaml: corrupt config.yaml"),
+    ],
+)
+def test_corrupt_run_is_skipped_and_named(multirun, tmp_path, corrupt, message):
+    broken, job = _copy_with_one_job(multirun, tmp_path / "broken", k=2)
+    (job / corrupt).write_bytes(b"{not: [valid" if corrupt != "qtable.pt" else b"not a torch file")
     p = evaluate(tmp_path / "ev", f"runs={broken}")
-    _assert_clean_failure(p, tmp_path / "ev", "artifact does not load")
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "results.csv")))
+    assert [int(r["k"]) for r in rows] == [1]  # the good run is evaluated
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert len(summary["skipped"]) == 1 and summary["skipped"][0]["path"] == str(job.resolve())
+    reason = summary["skipped"][0]["reason"]
+    assert message in reason and (corrupt == "qtable.pt" or str(job.resolve() / corrupt) in reason), reason
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "Skipped runs (corrupt)" in report and message in report
+
+
+def test_corrupt_run_with_strict_aborts(multirun, tmp_path):
+    broken, job = _copy_with_one_job(multirun, tmp_path / "broken", k=2)
+    (job / "metrics.json").write_text('{"eval/return": ')
+    p = evaluate(tmp_path / "ev", f"runs={broken}", "strict=true")
+    _assert_clean_failure(p, tmp_path / "ev", f"{job / 'metrics.json'}: corrupt metrics.json")
+
+
+def test_only_corrupt_runs_is_an_error(multirun, tmp_path):
+    broken, job = _copy_with_one_job(multirun, tmp_path / "broken", k=2)
+    (job / "qtable.pt").write_bytes(b"x")
+    p = evaluate(tmp_path / "ev", f"runs='{job}'")  # quoted: the job dir's name has '=' and ','
+    _assert_clean_failure(p, tmp_path / "ev", "none of the 1 run dirs is usable")
+
+
+def test_the_same_run_given_twice_counts_once(multirun, tmp_path):
+    job = next(p.parent for p in multirun.rglob("qtable.pt") if "k=1" in p.parent.name)
+    p = evaluate(tmp_path / "ev", f"runs=['{job}','{job}','{multirun}']")
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "results.csv")))
+    assert sorted(int(r["k"]) for r in rows) == [1, 2]
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert all(s["seeds"] == 1 for s in summary["summary"])
+
+
+def test_rerun_reproduces_committed_summary(multirun, tmp_path):
+    """compare=: a rerun of the same runs reproduces every row; a perturbed committed summary fails."""
+    assert evaluate(tmp_path / "a", f"runs={multirun}").returncode == 0
+    committed = json.loads((tmp_path / "a" / "summary.json").read_text())
+    env = committed["environment"]
+    assert env["versions"]["torch"] and env["cpu_count"] and env["torch_cpu_capability"]
+    assert "Hardware and libraries" in (tmp_path / "a" / "report.md").read_text()
+    p = evaluate(tmp_path / "b", f"runs={multirun}", f"compare={tmp_path / 'a'}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    check = json.loads((tmp_path / "b" / "summary.json").read_text())["compare"]
+    assert [c["status"] for c in check] == ["identical", "identical"] and all(c["ok"] for c in check)
+    committed["summary"][0]["gap_exact"] += 0.5  # a tabular row that no longer reproduces
+    (tmp_path / "c.json").write_text(json.dumps(committed))
+    p = evaluate(tmp_path / "d", f"runs={multirun}", f"compare={tmp_path / 'c.json'}")
+    assert p.returncode == 1 and "1 of 2 rows ok" in p.stdout and "FAIL tabular m=2 k=1: differs" in p.stdout
+    assert "Reproduction check" in (tmp_path / "d" / "report.md").read_text()
+
+
+def test_compare_statuses():
+    from sqtorch.experiment.study import compare
+
+    def row(algo, k, mean, ci, seeds=3):
+        return dict(env="queue", n=10, algo=algo, k=k, seeds=seeds, gap_reference="exact V*", gap_exact=mean,
+                    gap_exact_ci95=ci)
+
+    committed = [row("deepsets", 1, 1.0, 0.2), row("deepsets", 2, 1.0, 0.2), row("deepsets", 3, 1.0, 0.2),
+                 row("tabular m=20", 1, 0.5, 0.1), row("deepsets", 4, 1.0, 0.2)]
+    rerun = [row("deepsets", 1, 1.1, 0.2), row("deepsets", 2, 1.25, 0.2), row("deepsets", 3, 1.5, 0.2),
+             row("tabular m=20", 1, 0.55, 0.1), row("deepsets", 5, 1.0, 0.2)]
+    got = {(c["algo"], c["k"]): (c["status"], c["ok"]) for c in compare(rerun, committed)}
+    assert got == {
+        ("deepsets", 1): ("inside", True),  # in the committed CI
+        ("deepsets", 2): ("consistent", True),  # outside it, but within the CI of the difference
+        ("deepsets", 3): ("differs", False),
+        ("tabular m=20", 1): ("inside", False),  # tabular must reproduce exactly
+        ("deepsets", 4): ("missing", False),
+        ("deepsets", 5): ("new", True),
+    }
+
+
+def test_t_quantiles():
+    from sqtorch.experiment.study import t95
+
+    assert t95(2) == 4.303 and t95(9) == 2.262 and 1.96 < t95(200) < 1.975
+    with pytest.raises(ValueError, match="dof = 0 is outside"):
+        t95(0)
+
+
+def _first_value(override: str) -> str:
+    """``key=a,b`` -> ``key=a``; ``key=range(1,11)`` -> ``key=1`` (one job of the sweep)."""
+    key, _, value = override.partition("=")
+    if value.startswith("range("):
+        value = value[len("range("):].split(",")[0].rstrip(")")
+    return f"{key}={value.split(',')[0]}"
+
+
+@pytest.mark.parametrize("study", sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml")))
+def test_study_sweeps_compose_and_validate(study):
+    """Every job of every study is a valid train.py config, and no sweep mixes an algo-group sweep with algo.* keys
+    (Hydra checks algo.* against the default algo before it expands the sweep)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from sqtorch.experiment import validate_config
+
+    sweeps = OmegaConf.load(ROOT / "conf" / "study" / f"{study}.yaml").sweeps
+    for name, overrides in sweeps.items():
+        group_sweep = any(o.startswith("algo=") and "," in o for o in overrides)
+        assert not (group_sweep and any(o.startswith("algo.") for o in overrides)), f"{study}.{name}"
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["paths.output_dir=/nonexistent", *map(_first_value, overrides)])
+        validate_config(cfg)
+    GlobalHydra.instance().clear()

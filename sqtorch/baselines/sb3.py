@@ -36,7 +36,9 @@ try:
     import stable_baselines3
     from stable_baselines3 import DQN, PPO
     from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import configure
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "sqtorch.baselines.sb3 needs stable-baselines3 and gymnasium: pip install -e '.[baselines]'"
@@ -45,7 +47,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from sqtorch.envs import ENVS, GlobalLocalMDP, make_env
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.gym import GlobalLocalEnv, count_features, preset_params
-from sqtorch.runtime import torch_threads
+from sqtorch.metrics import SAMPLES_PER_SECOND, TRAIN_SAMPLES
+from sqtorch.runtime import atomic_write, torch_threads, write_text_atomic
 from sqtorch.tabular.counts import all_counts, counts_of, num_counts
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"dqn": DQN, "ppo": PPO}
@@ -105,7 +108,7 @@ def _env_record(mdp: GlobalLocalMDP, stem: Path) -> dict[str, Any]:
             return {"name": mdp.name, **mdp.params}
     path = stem.with_suffix(".mdp.pt")
     tensors = {f: getattr(mdp, f).cpu() for f in ("P_g", "P_l", "r_g", "r_l")}
-    torch.save({**tensors, "gamma": mdp.gamma, "name": mdp.name}, path)
+    atomic_write(path, lambda f: torch.save({**tensors, "gamma": mdp.gamma, "name": mdp.name}, f))
     return {"tensors": path.name, "name": mdp.name}
 
 
@@ -126,6 +129,8 @@ def default_algo_kwargs(algo: str, total_timesteps: int, num_envs: int) -> dict[
             exploration_fraction=0.3,
         )
     n_steps = max(8, min(2048, total_timesteps // (4 * num_envs)))
+    if n_steps >= 64:  # a multiple of the minibatch size: no partial minibatch per epoch
+        n_steps -= n_steps % 64
     return dict(n_steps=n_steps, batch_size=max(8, min(64, n_steps * num_envs)))
 
 
@@ -146,6 +151,7 @@ def train_sb3(
     num_threads: int | None = 1,
     verbose: int = 0,
     stem: str | None = None,
+    tensorboard_dir: str | Path | None = None,
 ) -> Path:
     """Train SB3 ``algo`` (``dqn`` / ``ppo``) on the n-agent env; returns the saved zip's path.
 
@@ -154,6 +160,9 @@ def train_sb3(
     ``gamma^H <= 1e-4``). ``algo_kwargs`` override :func:`default_algo_kwargs` and go to the SB3
     constructor. ``num_envs`` copies run in SB3's ``DummyVecEnv``. The sidecar ``<stem>.json``
     records ``samples = env steps x n`` (local-agent transitions drawn from the simulator).
+    ``tensorboard_dir``: SB3's scalars (``rollout/*``, ``train/*``, ``time/*``) plus
+    ``train/samples`` and ``charts/samples_per_second`` (sqtorch.metrics names) go there as
+    TensorBoard events; ``None``: no logging. Artifacts are written atomically.
     """
     if algo not in ALGOS:
         raise ValueError(f"algo = {algo!r} is not supported; allowed: {sorted(ALGOS)}")
@@ -175,10 +184,12 @@ def train_sb3(
     with torch_threads(num_threads):
         venv = make_vec_env(GlobalLocalEnv, n_envs=num_envs, seed=seed, env_kwargs=env_kw)
         model = ALGOS[algo]("MlpPolicy", venv, gamma=mdp.gamma, seed=seed, device=device, verbose=verbose, **kwargs)
+        if tensorboard_dir is not None:
+            model.set_logger(configure(str(tensorboard_dir), ["tensorboard"]))
         t0 = time.perf_counter()
-        model.learn(total_timesteps=total_timesteps)
+        model.learn(total_timesteps=total_timesteps, callback=_SamplesCallback(n))
         seconds = time.perf_counter() - t0
-        model.save(path)
+        atomic_write(path, model.save)
         venv.close()
     meta = {
         "format": FORMAT,
@@ -205,8 +216,25 @@ def train_sb3(
             "torch": torch.__version__,
         },
     }
-    (out / f"{stem}.json").write_text(json.dumps(meta, indent=2, default=repr) + "\n")
+    write_text_atomic(out / f"{stem}.json", json.dumps(meta, indent=2, default=repr) + "\n")  # last: complete
     return path
+
+
+class _SamplesCallback(BaseCallback):
+    """Records ``train/samples`` (env steps x n local-agent transitions) and their rate with SB3's logger."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self._t0 = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        samples = self.num_timesteps * self.n
+        self.logger.record(TRAIN_SAMPLES, samples)
+        self.logger.record(SAMPLES_PER_SECOND, samples / max(time.perf_counter() - self._t0, 1e-9))
 
 
 class SB3Policy:
@@ -271,6 +299,11 @@ class SB3Policy:
         s_g = torch.arange(G).repeat_interleave(N)
         x = count_features(s_g, c.repeat(G, 1), G)
         return self._predict(x).reshape(G, N)
+
+    def num_parameters(self) -> int:
+        """Parameters of the acting network (DQN: the online Q-network; PPO: actor and critic)."""
+        net = getattr(self.model.policy, "q_net", self.model.policy)
+        return sum(p.numel() for p in net.parameters())
 
     def table_size(self) -> int:
         """Entries of :meth:`greedy` (``G * C(k+L-1, k)``)."""

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sqtorch.baselines.config import SB3_CONFIGS
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.reference import ValidationConfig
@@ -31,6 +32,9 @@ from sqtorch.runtime import check_int
 from sqtorch.tabular.config import TabularConfig
 
 ALGOS: dict[str, type] = {"deepsets": DeepSetsConfig, "tabular": TabularConfig}
+# ---- SB3 baselines (sqtorch/baselines/config.py; trained by sqtorch/experiment/run_sb3.py) ----
+ALGOS.update(SB3_CONFIGS)  # algo=sb3_dqn | algo=sb3_ppo
+# ---- end SB3 baselines ----
 DEVICES = ("auto", "cpu", "gpu", "cuda")
 
 

@@ -11,11 +11,9 @@ and returns the metrics (docs/model.md §2, §3, §5).
 
 from __future__ import annotations
 
-import json
 import math
+import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from sqtorch import metrics as M
+from sqtorch.baselines.config import Sb3Config
 from sqtorch.evaluation.reference import build_reference, evaluate_return, exact_gap
 from sqtorch.experiment.config import RunSpec, validate_config
+from sqtorch.experiment.outputs import CONFIG, FINAL_CKPT, LAST_CKPT, QTABLE, finish, logging_to
+from sqtorch.experiment.run_sb3 import run_sb3
 from sqtorch.neural.deepsets import num_parameters
 from sqtorch.neural.module import SubsampleQModule
 from sqtorch.runtime import SignalFlag, catch_signals, torch_threads, write_text_atomic
@@ -35,10 +36,6 @@ from sqtorch.tabular.counts import num_counts
 from sqtorch.tabular.learner import learn
 
 PROGRESS_EVERY_S = 10.0  # a tabular run prints a progress line at most this often
-CONFIG, METRICS, QTABLE, FINAL_CKPT = "config.yaml", "metrics.json", "qtable.pt", "checkpoints/final.ckpt"
-LAST_CKPT = "checkpoints/last.ckpt"
-
-
 class StopOnSignal(pl.Callback):
     """After the optimizer step in which SIGTERM/SIGINT arrived: save ``last.ckpt`` and stop training.
 
@@ -55,55 +52,6 @@ class StopOnSignal(pl.Callback):
             trainer.should_stop = True
 
 
-def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """Flat ``{dotted.key: scalar}`` view of the run's config for the HPARAMS tab."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, val in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), val)
-        elif node is None or isinstance(node, (int, float, str, bool)):
-            flat[prefix] = "null" if node is None else node
-
-    c = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("k", "n", "seed", "env", "algo"):
-        walk(key, c.get(key))
-    return flat
-
-
-@contextmanager
-def _logging(cfg: DictConfig) -> Iterator[Any]:
-    """The run's logger (``None`` with ``logger=none``), finalized as failed if the run raises."""
-    logger = instantiate(cfg.logger) if cfg.get("logger") and cfg.logger.get("_target_") else None
-    try:
-        yield logger
-    except BaseException:
-        if logger is not None:
-            logger.finalize("failed")
-        raise
-
-
-def _finish(
-    cfg: DictConfig, spec: RunSpec, out: Path, logger: Any, metrics: dict[str, float], step: int, details: str
-) -> dict[str, float]:
-    """Log the final metrics (scalars + HPARAMS), close the logger, write ``metrics.json`` last, print a summary."""
-    metrics = {key: float(v) for key, v in metrics.items()}
-    if logger is not None:
-        logger.log_metrics(metrics, step=step)
-        hp = {key: metrics[key] for key in M.HPARAM_METRICS if key in metrics}
-        logger.log_hyperparams(_flat_hparams(cfg), metrics=hp, step=step)
-        logger.finalize("success")
-    write_text_atomic(out / METRICS, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    gap = f" gap={metrics[M.EVAL_GAP]:.4f}" if M.EVAL_GAP in metrics else ""
-    print(
-        f"[sqtorch] {spec.algo.name} env={spec.env.name} n={spec.n} k={spec.k} seed={spec.seed} {details} "
-        f"return={metrics[M.EVAL_RETURN]:.4f}±{metrics[M.EVAL_RETURN_CI]:.4f}{gap} out={out}",
-        flush=True,
-    )
-    return metrics
-
-
 # ---- DeepSets ------------------------------------------------------------------------------------
 def run_deepsets(
     cfg: DictConfig, spec: RunSpec, out: Path, flag: SignalFlag, extra_callbacks: list | None = None
@@ -111,7 +59,7 @@ def run_deepsets(
     """Train the DeepSets Q-network with Lightning, evaluate it, write the run's artifacts."""
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     module = SubsampleQModule(spec.env_cfg, spec.n, spec.k, spec.algo, spec.eval, spec.seed)
-    with _logging(cfg) as logger:
+    with logging_to(cfg) as logger:
         return _fit(cfg, spec, out, module, logger, flag, extra_callbacks)
 
 
@@ -148,13 +96,13 @@ def _fit(
     details = f"steps={trainer.global_step}" + (
         f" agreement={metrics[M.EVAL_AGREEMENT]:.3f}" if M.EVAL_AGREEMENT in metrics else ""
     )
-    return _finish(cfg, spec, out, logger, metrics, trainer.global_step, f"{details} wall={wall:.1f}s")
+    return finish(cfg, spec, out, logger, metrics, trainer.global_step, f"{details} wall={wall:.1f}s")
 
 
 # ---- tabular -------------------------------------------------------------------------------------
 def run_tabular(cfg: DictConfig, spec: RunSpec, out: Path, flag: SignalFlag) -> dict[str, float]:
     """Tabular SUBSAMPLE-Q (``learn``), logging the Bellman error bound per sweep (docs/model.md §2)."""
-    with _logging(cfg) as logger:
+    with logging_to(cfg) as logger:
         return _learn(cfg, spec, out, logger, flag)
 
 
@@ -193,7 +141,7 @@ def _learn(cfg: DictConfig, spec: RunSpec, out: Path, logger: Any, flag: SignalF
     if gap is not None:
         metrics[M.EVAL_GAP] = gap
     details = f"m={a.m} iterations={res.iterations} converged={res.converged} learn={res.learn_seconds:.2f}s"
-    return _finish(cfg, spec, out, logger, metrics, res.iterations, details)
+    return finish(cfg, spec, out, logger, metrics, res.iterations, details)
 
 
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
@@ -206,4 +154,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float
         torch.manual_seed(spec.seed)
         if spec.algo.name == "tabular":
             return run_tabular(cfg, spec, out, flag)
+        if isinstance(spec.algo, Sb3Config):  # not interruptible: a signal ends it as usual
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            return run_sb3(cfg, spec, out)
         return run_deepsets(cfg, spec, out, flag, extra_callbacks)

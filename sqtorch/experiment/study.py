@@ -1,16 +1,25 @@
-"""Optimality gap of saved SUBSAMPLE-Q policies as k scales (docs/model.md §5).
+"""Optimality gap of saved policies as k scales, and reproducibility checks (docs/model.md §5).
 
-Every policy of one (env, n) group is evaluated on the same initial states with the same seeds
-(common random numbers), by Monte Carlo and, where the n-count MDP is tractable, exactly
-(hypergeometric lumping); the gap is taken against the exact ``V*`` where tractable, else against
-the best evaluated policy (and labelled so).
+Every policy of one (env, n) group, SUBSAMPLE-Q or baseline, is evaluated by the same code on the
+same initial states with the same seeds (common random numbers), by Monte Carlo and, where the
+n-count MDP is tractable, exactly (hypergeometric lumping: any deterministic policy of (s_g,
+counts of the agents it sees) has an exact value there); the gap is taken against the exact
+``V*`` where tractable, else against the best evaluated policy (and labelled so).
+
+Means over seeds carry a 95% CI from Student's t with ``seeds - 1`` degrees of freedom.
+:func:`compare` checks a rerun against a committed ``summary.json``: deterministic rows (tabular,
+exact values) must be identical, neural and baseline rows must agree within their CIs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import sys
 from collections import defaultdict
+from importlib import metadata
 
 import torch
 
@@ -24,6 +33,17 @@ from sqtorch.tabular.exact import count_kernel, is_tractable
 
 REF_EXACT, REF_BEST = "exact V*", "best evaluated policy (V* not tractable)"
 ZERO_GAP = 1e-9  # exact gaps below this are zero up to float rounding
+CI_METHOD = "95% CI of the mean over seeds, Student t (seeds - 1 dof); one seed: the Monte Carlo CI"
+# two-sided 95% quantiles of Student's t, degrees of freedom 1..30 (standard table)
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(dof: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``dof`` degrees of freedom (normal + 1/dof term above 30)."""
+    if dof < 1:
+        raise ValueError(f"dof = {dof} is outside the allowed range dof >= 1")
+    return T95[dof - 1] if dof <= len(T95) else Z95 * (1 + (1 + Z95**2) / (4 * dof))
 
 
 def evaluate_group(
@@ -48,7 +68,7 @@ def evaluate_group(
                 mc_return=mc.mean, mc_ci95=mc.ci95, exact_return=exact_return, v_star=v_star_s0,
                 gap_exact=v_star_s0 - exact_return, gap_mc=v_star_s0 - mc.mean, gap_mc_ci95=mc.ci95,
                 gap_reference=REF_EXACT if v_star is not None else REF_BEST,
-                learn_seconds=r.learn_seconds, size=r.size, path=str(r.path),
+                learn_seconds=r.learn_seconds, samples=r.samples, size=r.size, kind=r.kind, path=str(r.path),
             )
         )
     if v_star is None:  # gap against the best policy evaluated, on the same random numbers
@@ -101,13 +121,88 @@ def summarize(rows: list[dict]) -> list[dict]:
         by[(row["env"], row["n"], row["algo"], row["k"])].append(row)
     out = []
     for (env, n, algo, k), rs in sorted(by.items()):
-        s = {"env": env, "n": n, "algo": algo, "k": k, "seeds": len(rs), "gap_reference": rs[0]["gap_reference"]}
-        for key in ("gap_exact", "gap_mc", "mc_return", "exact_return", "learn_seconds", "size"):
-            x = torch.tensor([r[key] for r in rs], dtype=torch.float64)
+        s = {"env": env, "n": n, "algo": algo, "k": k, "seeds": len(rs), "gap_reference": rs[0]["gap_reference"],
+             "kind": rs[0].get("kind", "subsample-q")}
+        for key in ("gap_exact", "gap_mc", "mc_return", "exact_return", "learn_seconds", "samples", "size"):
+            x = torch.tensor([r.get(key, math.nan) for r in rs], dtype=torch.float64)
             s[key] = float(x.mean())
-            s[key + "_ci95"] = float(Z95 * x.std() / math.sqrt(len(rs))) if len(rs) > 1 else 0.0
+            s[key + "_ci95"] = float(t95(len(rs) - 1) * x.std() / math.sqrt(len(rs))) if len(rs) > 1 else 0.0
         if len(rs) == 1:
             s["gap_mc_ci95"] = rs[0]["gap_mc_ci95"]
             s["mc_return_ci95"] = rs[0]["mc_ci95"]
         out.append(s)
+    return out
+
+
+def environment() -> dict:
+    """The hardware and library versions a result was measured with (numbers depend on them)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("torch", "numpy", "lightning", "stable-baselines3", "gymnasium", "hydra-core"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": versions,
+    }
+
+
+def _primary(row: dict) -> str:
+    """The compared quantity: the exact gap where V* is exact, else the Monte Carlo return."""
+    return "gap_exact" if row["gap_reference"] == REF_EXACT and math.isfinite(row["gap_exact"]) else "mc_return"
+
+
+def compare(summary: list[dict], committed: list[dict]) -> list[dict]:
+    """Per (env, n, algo, k): does this summary reproduce the ``committed`` one?
+
+    Tabular rows are deterministic (seeded generators, exact values) and must be ``identical``
+    (within 1e-9 relative: ``equal``). Every other row is a mean over seeds whose per-seed values
+    depend on the CPU's floating-point kernels: ``inside`` when the rerun mean lies in the
+    committed 95% CI, ``consistent`` when the two means differ by less than
+    ``sqrt(ci_committed^2 + ci_rerun^2)`` (their difference's 95% CI covers 0), else ``differs``.
+    A row present on one side only is ``missing``/``new``. ``ok`` is the verdict.
+    """
+    key = lambda r: (r["env"], int(r["n"]), r["algo"], int(r["k"]))  # noqa: E731
+    new, old = {key(r): r for r in summary}, {key(r): r for r in committed}
+    out = []
+    for kk in sorted(set(new) | set(old), key=str):
+        a, b = old.get(kk), new.get(kk)
+        row = dict(zip(("env", "n", "algo", "k"), kk, strict=True))
+        if a is None or b is None:
+            row.update(status="new" if a is None else "missing", ok=a is None, expect="")
+            out.append(row)
+            continue
+        metric = _primary(a)
+        x, cx, y, cy = a[metric], a.get(metric + "_ci95", 0.0), b[metric], b.get(metric + "_ci95", 0.0)
+        if metric == "mc_return" and int(a["seeds"]) == 1:
+            cx = a.get("mc_return_ci95", cx)
+        if metric == "mc_return" and int(b["seeds"]) == 1:
+            cy = b.get("mc_return_ci95", cy)
+        expect = "exact" if str(kk[2]).startswith("tabular") else "statistical"
+        if x == y:
+            status = "identical"
+        elif abs(x - y) <= 1e-9 * max(1.0, abs(x)):
+            status = "equal"
+        elif abs(y - x) <= cx:
+            status = "inside"
+        elif abs(y - x) <= math.hypot(cx, cy):
+            status = "consistent"
+        else:
+            status = "differs"
+        ok = status in ("identical", "equal") if expect == "exact" else status != "differs"
+        row.update(metric=metric, committed=x, committed_ci95=cx, committed_seeds=int(a["seeds"]), rerun=y,
+                   rerun_ci95=cy, rerun_seeds=int(b["seeds"]), status=status, expect=expect, ok=ok)
+        out.append(row)
     return out
