@@ -6,7 +6,7 @@ batched ``GlobalLocalVectorEnv`` with B envs (numpy actions in, numpy observatio
 flags out, next-step autoreset at the default horizon), and the single ``GlobalLocalEnv`` (what
 SB3's ``DummyVecEnv`` steps), at n = 10 and 1000. Minimum over repetitions, one torch thread.
 
-    PYTHONPATH=. python bench/gym_env.py   # prints the markdown table of bench/RESULTS-gym.md
+    PYTHONPATH=. python bench/gym_env.py   # prints the markdown table of bench/RESULTS.md (Gymnasium section)
 """
 
 from __future__ import annotations

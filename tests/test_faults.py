@@ -244,3 +244,48 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, torn)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qtable.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(k=True), "k = True is outside the allowed range k >= 1"),
+        (dict(k=2.5), "k = 2.5 is outside the allowed range k >= 1"),
+        (dict(k=2, seed=-1), "seed = -1 is outside the allowed range seed >= 0"),
+        (dict(k=2, dtype=torch.int64), "dtype = torch.int64 is not supported"),
+        (dict(k=2, m=0), "m = 0 is outside the allowed range m >= 1"),
+        (dict(k=2, max_memory_gib=float("nan")), "max_memory_gib = nan is outside the allowed range"),
+        (dict(k=2, tol=float("inf")), "tol = inf is outside the allowed range"),
+    ],
+)
+def test_learn_rejects_bad_arguments_naming_them(kwargs, message):
+    from sqtorch.tabular import learn
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        learn(make_env("queue", Q=2, G=3), **kwargs)
+
+
+def test_learn_and_make_env_accept_numpy_integers():
+    import numpy as np
+
+    from sqtorch.tabular import learn
+
+    env = make_env("queue", Q=np.int64(2), G=np.int32(3))
+    res = learn(env, np.int64(2), m=np.int64(3), T=np.int64(5), seed=np.int64(1))
+    assert res.qtable.k == 2 and isinstance(res.qtable.k, int)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (dict(Q=2.5), "Q = 2.5 is outside the allowed range Q >= 1"),
+        (dict(h=float("inf")), "h = inf is outside the allowed range: a finite cost"),
+        (dict(G=True), "G = True is outside the allowed range G >= 2"),
+        (dict(lam=float("nan")), "lam = nan is outside the allowed range"),
+    ],
+)
+def test_make_env_rejects_bad_parameters_naming_them(params, message):
+    with pytest.raises(ValueError, match=message):
+        make_env("queue", **params)
+    with pytest.raises(ValueError, match="alpha = inf is outside the allowed range"):
+        make_env("demand_response", alpha=float("inf"))
