@@ -2,11 +2,11 @@
 
     python bench/chaos.py --kills 24 --seed 0          # prints a markdown table (bench/RESULTS.md)
 
-Trials run until ``--kills`` kills have happened. In each, a DeepSets or tabular run (small queue
-problems) is started in its own directory and killed (SIGKILL or SIGTERM, chosen at random) at a
-random instant of its expected duration, up to ``--max-kills`` times, then resumed the way a
-user would (DeepSets: ``ckpt_path=<run dir>`` in the same directory; tabular: the same command
-again) until it completes. After every kill every
+Trials run until ``--kills`` kills have happened. In each, a DeepSets run (queue, k = 3, 1500
+steps) or a tabular run (demand response, k = 5, m = 20) is started in its own directory and
+killed (SIGKILL or SIGTERM, chosen at random) at a random instant of its expected duration, up
+to ``--max-kills`` times, then resumed the way a user would (DeepSets: ``ckpt_path=<run dir>`` in
+the same directory; tabular: the same command again) until it completes. After every kill every
 artifact in the directory must load (checkpoints with ``weights_only``, ``qtable.pt``,
 ``metrics.json``, ``config.yaml``): a torn file is counted. The completed run must equal an
 uninterrupted run of the same config bit for bit (DeepSets: every tensor of the final weights and
@@ -38,9 +38,9 @@ from sqtorch.tabular.qtable import QTable  # noqa: E402
 COMMON = ["env=queue", "k=3", "threads=1", "logger=none", "trainer=cpu", "trainer.enable_progress_bar=false",
           "eval.num_initial=4", "eval.rollouts=4", "eval.horizon=30", "eval.reference=none"]
 ALGOS = {
-    "deepsets": ["algo=deepsets", "algo.max_steps=300", "algo.checkpoint_every=10", "eval.every=100",
+    "deepsets": ["algo=deepsets", "algo.max_steps=1500", "algo.checkpoint_every=10", "eval.every=500",
                  "algo.batch_size=64", "algo.net.hidden=32"],
-    "tabular": ["algo=tabular", "algo.m=30", "algo.T=300", "algo.tol=1e-10", "k=5"],
+    "tabular": ["algo=tabular", "env=demand_response", "algo.m=20", "algo.T=300", "algo.tol=1e-10", "k=5"],
 }
 SIGNALS = (signal.SIGKILL, signal.SIGTERM)
 
@@ -119,7 +119,7 @@ def main() -> None:
             stats["resumes"] += kills > 0
             if kills < args.max_kills:
                 sig = rng.choice(SIGNALS)
-                at = rng.uniform(0.1, 0.8) * duration[algo]
+                at = rng.uniform(0.3, 0.95) * duration[algo]  # start-up is the first ~4 s
                 status, _ = train(cmd, run_dir, at, sig)
             else:
                 status, _ = train(cmd, run_dir, None, 0)

@@ -54,6 +54,8 @@ def _train(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
         (["algo=nosuch"], "Could not find 'algo/nosuch'"),
         (["ckpt_path=/no/such/run"], "ckpt_path = '/no/such/run': no checkpoint file"),
         (["algo=tabular", "ckpt_path=/tmp"], "ckpt_path is for algo=deepsets"),
+        (["trainer.accelerator=mps"], "trainer.accelerator = 'mps' is not supported; allowed: ['cpu', 'gpu', 'cuda']"),
+        (["trainer.accelerator=auto"], "trainer.accelerator = 'auto' is not supported"),
     ],
 )
 def test_bad_config_is_one_line_exit_2_before_anything_is_written(overrides, message, tmp_path, capsys, monkeypatch):
@@ -289,3 +291,13 @@ def test_make_env_rejects_bad_parameters_naming_them(params, message):
         make_env("queue", **params)
     with pytest.raises(ValueError, match="alpha = inf is outside the allowed range"):
         make_env("demand_response", alpha=float("inf"))
+
+
+def test_exact_learner_in_float32_matches_float64():
+    from sqtorch.tabular import learn
+
+    env = make_env("queue", Q=2, G=3)
+    q64 = learn(env, 3, m="exact", tol=1e-10).qtable.q
+    q32 = learn(env, 3, m="exact", dtype=torch.float32, tol=1e-4).qtable.q
+    assert q32.dtype == torch.float32
+    torch.testing.assert_close(q32.double(), q64, rtol=0, atol=1e-3)

@@ -37,9 +37,9 @@ def sample_categorical(cdf_cols: Tensor, row: Tensor, u: Tensor) -> Tensor:
 
 def cdf_columns(P: Tensor) -> Tensor:
     """``P [..., K]`` -> transposed row-CDF table ``[K, R]`` (last row exactly 1) for sampling."""
-    cdf = P.reshape(-1, P.shape[-1]).cumsum(-1)
+    cdf = P.reshape(-1, P.shape[-1]).cpu().cumsum(-1)  # once per env, on the CPU: deterministic anywhere
     cdf[:, -1] = 1.0
-    return cdf.T.contiguous()
+    return cdf.T.contiguous().to(P.device)
 
 
 def sample_initial_state(
@@ -144,6 +144,9 @@ class LookupSampler:
         scale = 2**self.bits
         idx = (u * scale).long().add_(row, alpha=scale)  # row * 2^bits + bucket, one fused pass
         out = self.table.take(idx)
+        if out.is_cuda:  # resolve every impure bucket without nonzero(): no host sync per step
+            exact = sample_categorical(self.cdf_cols, row, u).to(torch.uint8)
+            return torch.where(out == IMPURE, exact, out)
         flat = out.view(-1)
         bad = torch.nonzero(flat == IMPURE).squeeze(1)
         if bad.numel():

@@ -35,7 +35,7 @@ ALGOS: dict[str, type] = {"deepsets": DeepSetsConfig, "tabular": TabularConfig}
 # ---- SB3 baselines (sqtorch/baselines/config.py; trained by sqtorch/experiment/run_sb3.py) ----
 ALGOS.update(SB3_CONFIGS)  # algo=sb3_dqn | algo=sb3_ppo
 # ---- end SB3 baselines ----
-DEVICES = ("auto", "cpu", "gpu", "cuda")
+DEVICES = ("cpu", "gpu", "cuda")  # Lightning's "auto" could pick Apple's MPS, which has no float64
 
 
 def run_name() -> str:
@@ -62,6 +62,8 @@ def register_configs() -> None:
     """Register the typed config groups ``algo/{deepsets,tabular}``, ``eval/default`` and ``${sqtorch.run_name:}``."""
     if not OmegaConf.has_resolver("sqtorch.run_name"):
         OmegaConf.register_new_resolver("sqtorch.run_name", lambda: RUN_NAME)
+    if not OmegaConf.has_resolver("sqtorch.accelerator"):  # trainer=default: the GPU when there is one
+        OmegaConf.register_new_resolver("sqtorch.accelerator", lambda: "gpu" if torch.cuda.is_available() else "cpu")
     cs = ConfigStore.instance()
     for name, node in ALGOS.items():
         cs.store(group="algo", name=name, node=node)
@@ -88,14 +90,17 @@ def device_of(accelerator: Any) -> torch.device:
     """The torch device of ``trainer.accelerator``: only the CPU and CUDA are supported."""
     acc = str(accelerator).lower()
     if acc not in DEVICES:
-        raise ConfigError(f"trainer.accelerator = '{accelerator}' is not supported; allowed: {list(DEVICES)}")
+        raise ConfigError(
+            f"trainer.accelerator = '{accelerator}' is not supported; allowed: {list(DEVICES)} "
+            "(trainer=default picks the GPU when there is one, else the CPU)"
+        )
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator = '{accelerator}' but no CUDA GPU is available "
             "(torch.cuda.is_available() is False); run with trainer=cpu (or trainer=default, "
             "which picks the GPU when there is one and the CPU otherwise)"
         )
-    return torch.device("cuda" if acc != "cpu" and torch.cuda.is_available() else "cpu")
+    return torch.device("cpu" if acc == "cpu" else "cuda")
 
 
 def _typed(node: Any, cls: type, key: str) -> Any:
@@ -113,7 +118,7 @@ def validate_config(cfg: DictConfig) -> RunSpec:
     the checkpoint to resume from. Needs no Hydra run (``paths`` and ``hydra`` are not resolved)."""
     c = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
          for key in cfg if key not in ("paths", "hydra", "trainer", "callbacks", "logger")}
-    c["trainer"] = {"accelerator": OmegaConf.select(cfg, "trainer.accelerator", default="auto")}
+    c["trainer"] = {"accelerator": OmegaConf.select(cfg, "trainer.accelerator", default="cpu")}
     name = (c.get("algo") or {}).get("name")
     if name not in ALGOS:
         raise ConfigError(f"algo = '{name}' is unknown; allowed: {list(ALGOS)} (e.g. algo=tabular)")
@@ -133,11 +138,11 @@ def validate_config(cfg: DictConfig) -> RunSpec:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     device = device_of(c["trainer"]["accelerator"])
-    ckpt = _resume_from(c.get("ckpt_path"), algo, c, n, k)
+    ckpt = _resume_from(c.get("ckpt_path"), algo, c, n, k, device.type)
     return RunSpec(algo, ev, env, c["env"], n, k, seed, threads, device, ckpt)
 
 
-def _resume_from(ckpt_path: Any, algo: Any, c: dict, n: int, k: int) -> str | None:
+def _resume_from(ckpt_path: Any, algo: Any, c: dict, n: int, k: int, device: str) -> str | None:
     """The checkpoint file of ``ckpt_path`` (a file or a run dir: highest step), checked against the run."""
     if ckpt_path is None:
         return None
@@ -145,7 +150,7 @@ def _resume_from(ckpt_path: Any, algo: Any, c: dict, n: int, k: int) -> str | No
         raise ConfigError("ckpt_path is for algo=deepsets; a tabular run is deterministic: rerun the same command")
     try:
         path = latest_checkpoint(str(ckpt_path))
-        check_compatible(path, c["env"], n, k, c["algo"]["net"])
+        check_compatible(path, c["env"], n, k, c["algo"]["net"], device)
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from e
     return str(path)

@@ -82,6 +82,7 @@ def _fit(
         pass
     flag.check(f"checkpoint {out / LAST_CKPT}; resume with ckpt_path={out}")
     wall = time.perf_counter() - t0
+    module.to(spec.device)  # Lightning's teardown moved it to the CPU; evaluate where the simulator runs
     trainer.save_checkpoint(out / FINAL_CKPT)
     metrics = module.evaluate()
     flag.check(f"after training, before the final metrics; resume with ckpt_path={out}")

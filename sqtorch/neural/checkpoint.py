@@ -63,11 +63,19 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_compatible(path: str | Path, env: dict, n: int, k: int, net: dict) -> None:
-    """Raise ``ValueError`` naming every differing key unless the checkpoint is of the same env, n, k and net."""
-    hp = load_checkpoint(path)["hyper_parameters"]
+def check_compatible(path: str | Path, env: dict, n: int, k: int, net: dict, device: str | None = None) -> None:
+    """Raise ``ValueError`` naming every differing key unless the checkpoint is of the same env, n, k and net.
+
+    With ``device`` (``"cpu"`` / ``"cuda"``) the device type is compared too: the sampler's random
+    generator state of one device type cannot continue on another.
+    """
+    ckpt = load_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
     saved = _flat({"env": hp["env"], "n": hp["n"], "k": hp["k"], "algo.net": hp["algo"].get("net", {})})
     now = _flat({"env": env, "n": n, "k": k, "algo.net": net})
+    saved_device = (ckpt.get("sqtorch") or {}).get("device")
+    if device is not None and saved_device is not None:
+        saved["device"], now["device"] = saved_device, device
     diff = [f"{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now"
             for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
     if diff:

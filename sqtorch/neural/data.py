@@ -121,7 +121,10 @@ class GenerativeSource:
     def _simplex(self, B: int) -> tuple[Tensor, Tensor]:
         s_g = torch.randint(self.env.G, (B,), generator=self.gen, device=self.device)
         e = -torch.rand(B, self.env.L, generator=self.gen, device=self.device).clamp_min(1e-12).log()
-        cdf = (e / e.sum(-1, keepdim=True)).cumsum(-1)  # F ~ Dirichlet(1)
+        F = e / e.sum(-1, keepdim=True)  # F ~ Dirichlet(1)
+        # CUDA's cumsum has no deterministic kernel (trainer.deterministic=true): a triangular matmul does
+        upper = torch.ones(self.env.L, self.env.L, dtype=F.dtype, device=F.device).triu()
+        cdf = F @ upper if F.is_cuda else F.cumsum(-1)
         u = torch.rand(B, self.k, generator=self.gen, device=self.device)
         s_sub = (u[..., None] >= cdf[:, None, :-1]).sum(-1)
         return s_g, s_sub

@@ -190,6 +190,7 @@ class SubsampleQModule(pl.LightningModule):
         checkpoint["sqtorch"] = {
             "samples": self.samples,
             "source": None if self.source is None else self.source.state_dict(),
+            "device": None if self.source is None else self.source.device.type,  # generator states are per type
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

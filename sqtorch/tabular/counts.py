@@ -31,9 +31,14 @@ def _binomial_cpu(k: int, L: int) -> Tensor:
     return torch.tensor([[math.comb(int(a), j) for j in range(k + 1)] for a in y], dtype=torch.int64)
 
 
-def binomial_table(k: int, L: int, device: torch.device | str = "cpu") -> Tensor:
-    """``B[y, j] = C(y, j)`` for ``y < k + L`` and ``j <= k``, on ``device``."""
+@lru_cache(maxsize=64)
+def _binomial_on(k: int, L: int, device: torch.device) -> Tensor:
     return _binomial_cpu(k, L).to(device)
+
+
+def binomial_table(k: int, L: int, device: torch.device | str = "cpu") -> Tensor:
+    """``B[y, j] = C(y, j)`` for ``y < k + L`` and ``j <= k``, on ``device`` (cached per device: no copy per call)."""
+    return _binomial_on(k, L, torch.device(device))
 
 
 def rank_sorted(x: Tensor, L: int) -> Tensor:

@@ -296,6 +296,10 @@ def learn(
             f"{need:.2f} GiB with m = {m}, more than max_memory_gib = {max_memory_gib}; lower k or m, or use "
             f"the DeepSets network (algo=deepsets), whose size does not grow with k"
         )
+    if env.device.type == "cuda":  # the device's free memory is the real limit there
+        free = torch.cuda.mem_get_info(env.device)[0] / GiB
+        if need > free:
+            raise ValueError(f"the table at k = {k} needs {need:.2f} GiB but {env.device} has {free:.2f} GiB free")
     t0 = time.perf_counter()
     with torch_threads(1) as workers:  # parallel over our own chunks only (see _run)
         kernel: SampledKernel | CountKernel
