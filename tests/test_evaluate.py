@@ -207,3 +207,14 @@ def test_study_sweeps_compose_and_validate(study):
             cfg = compose("config", overrides=["paths.output_dir=/nonexistent", *map(_first_value, overrides)])
         validate_config(cfg)
     GlobalHydra.instance().clear()
+
+
+def test_gap_plot_when_every_gap_is_zero(tmp_path):
+    """One k, every gap 0 (e.g. one config resumed many times): the log axis must not collapse."""
+    from sqtorch.experiment.report import plot_gap
+    from sqtorch.experiment.study import REF_BEST
+
+    row = dict(env="demand_response", n=8, algo="tabular m=20", k=5, seeds=3, gap_reference=REF_BEST,
+               gap_exact=float("nan"), gap_mc=0.0, gap_mc_ci95=0.0, mc_return=1.0, learn_seconds=1.0)
+    plot_gap([row], "demand_response", 8, tmp_path / "gap.png")
+    assert (tmp_path / "gap.png").stat().st_size > 5000

@@ -90,9 +90,12 @@ def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
         k = torch.linspace(1, max(r["k"] for r in rows), 200, dtype=torch.float64)
         ax.plot(k, c * reference_curve(n, k), "k--", lw=1, label=f"{c:.3g}·sqrt((n-k+1)/(n·k))")
     ax.axhline(floor, color="0.7", lw=0.8)
-    ax.text(1, floor * 1.15, f"gaps ≤ {ZERO_GAP:g} drawn at {floor:g}", fontsize=7, color="0.4")
+    ax.text(0.01, floor * 1.15, f"gaps ≤ {ZERO_GAP:g} drawn at {floor:g}", fontsize=7, color="0.4",
+            transform=ax.get_yaxis_transform())  # x in axes units: inside the plot whatever the k range
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_yscale("log")
+    lo, hi = ax.get_ylim()  # at least a decade around the floor, also when every gap is zero
+    ax.set_ylim(min(lo, floor / 2), max(hi, floor * 20))
     ax.set_xlabel("k (sampled local agents)")
     ax.set_ylabel("optimality gap  V* − V^π" if exact else "gap to best evaluated policy")
     ax.set_title(f"{env}, n = {n}: gap vs k" + ("" if exact else " (V* not tractable)"))
