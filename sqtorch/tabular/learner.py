@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import LookupSampler
+from sqtorch.envs.simulator import LOOKUP_ENTRIES, LookupSampler
 from sqtorch.runtime import GiB, check_int, derive_seed, torch_threads
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
@@ -200,7 +200,8 @@ def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int =
     kernels, block_of = torch.unique(env.P_l.reshape(G * A, L, L), dim=0, return_inverse=True)
     B = kernels.shape[0]
     X = all_sorted_states(k, L, dev).T.contiguous()  # [k, N]: agent i's state in each c
-    local = LookupSampler.build(kernels)  # rows (b, x)
+    # rows (b, x); a bucket table no larger than the number of draws (building it costs more otherwise)
+    local = LookupSampler.build(kernels, entries=min(LOOKUP_ENTRIES, B * N * m * k))
     nxt = torch.empty(B * N, m, dtype=torch.int32, device=dev)
     chunks = _chunks(B * N, SAMPLE_CHUNK_ROWS)
 
