@@ -252,9 +252,9 @@ def evaluate_mc(
     rows = torch.arange(I * rollouts, device=env.device) // rollouts  # initial state of each row
     chunk = max(1, max_batch_elems // n)
     out = []
-    for start in range(0, I * rollouts, chunk):  # memory chunks, independent of the policy
-        r = rows[start : start + chunk]
-        with torch_threads(num_threads):
+    with torch_threads(num_threads):
+        for start in range(0, I * rollouts, chunk):  # memory chunks, independent of the policy
+            r = rows[start : start + chunk]
             out.append(simulate_returns(env, policy, s_g0[r], s_l0[r], H, gen_subset, gen_dynamics))
     returns = torch.cat(out).reshape(I, rollouts)
     mean, ci95, per = stratified_ci(returns)

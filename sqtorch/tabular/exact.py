@@ -58,12 +58,20 @@ def _successor(i: int, L: int) -> Tensor:
     return rank(d[:, None, :] + torch.eye(L, dtype=torch.int64)[None])
 
 
+def local_kernels(env: GlobalLocalMDP) -> tuple[Tensor, Tensor]:
+    """The distinct local kernels ``P_l[g, a]`` as ``[B, L, L]`` and the index of each ``(g, a)``'s, ``[G, A]``.
+
+    Pairs with the same local kernel share the exact count kernel and the m-sample draws.
+    """
+    kernels, block_of = torch.unique(env.P_l.reshape(env.G * env.A, env.L, env.L), dim=0, return_inverse=True)
+    return kernels, block_of.reshape(env.G, env.A)
+
+
 def kernel_size_bound(env: GlobalLocalMDP, k: int) -> int:
     """Upper bound on the number of stored transitions (nonzeros) of :func:`count_kernel`."""
     N = num_counts(k, env.L)
     support = int((env.P_l > 0).sum(-1).max())
-    blocks = len(torch.unique(env.P_l.reshape(env.G * env.A, -1), dim=0))
-    return blocks * N * min(N, support**k)
+    return local_kernels(env)[0].shape[0] * N * min(N, support**k)
 
 
 def kernel_gib(env: GlobalLocalMDP, k: int) -> float:
@@ -113,10 +121,10 @@ def count_kernel(env: GlobalLocalMDP, k: int, max_memory_gib: float = DEFAULT_MA
             f"than max_memory_gib = {max_memory_gib}; use a sample size m instead of 'exact'"
         )
     L, N = env.L, num_counts(k, env.L)
-    kernels, block_of = torch.unique(env.P_l.reshape(env.G * env.A, L, L), dim=0, return_inverse=True)
+    kernels, block_of = local_kernels(env)
     X = all_sorted_states(k, L)  # [N, k]: agent states of every count vector
     M = [_kernel_block(P, X, k, L, N).to(env.device) for P in kernels.cpu()]
-    return CountKernel(k, N, env.P_g, block_of.reshape(env.G, env.A).to(env.device), M)
+    return CountKernel(k, N, env.P_g, block_of.to(env.device), M)
 
 
 def _coalesce(key: Tensor, value: Tensor, key_range: int) -> tuple[Tensor, Tensor]:

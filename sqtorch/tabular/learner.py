@@ -38,7 +38,7 @@ from sqtorch.runtime import GiB, check_int, derive_seed, torch_threads
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
 from sqtorch.tabular.counts import all_sorted_states, num_counts, rank_columns
-from sqtorch.tabular.exact import CountKernel, count_kernel
+from sqtorch.tabular.exact import CountKernel, count_kernel, local_kernels
 from sqtorch.tabular.qtable import QTable
 
 T_ = TypeVar("T_")
@@ -193,11 +193,11 @@ def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int =
     (:func:`rank_columns`, uint8). Row ``r = b * N + c``; every chunk of rows has its own
     generator, so the result does not depend on the number of threads.
     """
-    G, A, L, N = env.G, env.A, env.L, num_counts(k, env.L)
+    G, L, N = env.G, env.L, num_counts(k, env.L)
     if N * G >= 2**31:
         raise ValueError(f"k = {k}: G * N = {G * N:,} next states overflow the int32 sample indices")
     dev = env.device
-    kernels, block_of = torch.unique(env.P_l.reshape(G * A, L, L), dim=0, return_inverse=True)
+    kernels, block_of = local_kernels(env)
     B = kernels.shape[0]
     X = all_sorted_states(k, L, dev).T.contiguous()  # [k, N]: agent i's state in each c
     # rows (b, x); a bucket table no larger than the number of draws (building it costs more otherwise)
@@ -215,7 +215,7 @@ def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int =
         nxt[s:e] = rank_columns(x_next, L).mul_(G)
 
     _run(work, list(range(len(chunks))), work=nxt.numel() * k, workers=workers)
-    return SampledKernel(nxt.view(B, N, m), block_of.view(G, A), env.P_g, workers)
+    return SampledKernel(nxt.view(B, N, m), block_of, env.P_g, workers)
 
 
 def table_memory_gib(
@@ -245,7 +245,7 @@ def table_memory_gib(
 
 def distinct_local_kernels(env: GlobalLocalMDP) -> int:
     """Number B of distinct local kernels ``P_l[g, a]`` (the sample arrays are ``[B, N, m]``)."""
-    return len(torch.unique(env.P_l.reshape(env.G * env.A, -1), dim=0))
+    return local_kernels(env)[0].shape[0]
 
 
 def _validate(
