@@ -59,6 +59,7 @@ def test_sb3_unknown_key_is_refused(make_cfg):
 @pytest.fixture(scope="module")
 def queue_runs(tmp_path_factory) -> dict[str, Path]:
     """queue, n = 10: a tiny DQN (counts), a tiny PPO (subsample, k = 3) and tabular m = exact (k = 3)."""
+    pytest.importorskip("stable_baselines3", reason="needs the baselines extra: pip install -e '.[baselines]'")
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
