@@ -52,10 +52,10 @@ class CountKernel:
         return torch.einsum("gah,ganh->gan", self.P_g, W).to(V.dtype)
 
 
-def _successor(i: int, L: int) -> Tensor:
+def _successor(i: int, L: int, device: torch.device) -> Tensor:
     """``succ[d, y] = rank(d + e_y)`` for every count vector ``d`` of i agents: ``[N_i, L]``."""
-    d = all_counts(i, L)
-    return rank(d[:, None, :] + torch.eye(L, dtype=torch.int64)[None])
+    d = all_counts(i, L, device)
+    return rank(d[:, None, :] + torch.eye(L, dtype=torch.int64, device=device)[None])
 
 
 def local_kernels(env: GlobalLocalMDP) -> tuple[Tensor, Tensor]:
@@ -122,35 +122,36 @@ def count_kernel(env: GlobalLocalMDP, k: int, max_memory_gib: float = DEFAULT_MA
         )
     L, N = env.L, num_counts(k, env.L)
     kernels, block_of = local_kernels(env)
-    X = all_sorted_states(k, L)  # [N, k]: agent states of every count vector
-    M = [_kernel_block(P, X, k, L, N).to(env.device) for P in kernels.cpu()]
+    X = all_sorted_states(k, L, env.device)  # [N, k]: agent states of every count vector
+    M = [_kernel_block(P, X, k, L, N) for P in kernels]  # built on the env's device
     return CountKernel(k, N, env.P_g, block_of.to(env.device), M)
 
 
 def _coalesce(key: Tensor, value: Tensor, key_range: int) -> tuple[Tensor, Tensor]:
     """Sum values with equal keys; returns sorted unique keys and their sums."""
     if key_range <= DENSE_COALESCE_MAX:  # a dense accumulator beats sorting when it is small
-        total = torch.zeros(key_range, dtype=value.dtype).index_add_(0, key, value)
+        total = torch.zeros(key_range, dtype=value.dtype, device=key.device).index_add_(0, key, value)
         key = torch.nonzero(total).squeeze(1)  # zero-probability outcomes are never stored
         return key, total[key]
     key, inverse = torch.unique(key, return_inverse=True)
-    return key, torch.zeros(len(key), dtype=value.dtype).index_add_(0, inverse, value)
+    return key, torch.zeros(len(key), dtype=value.dtype, device=key.device).index_add_(0, inverse, value)
 
 
 def _kernel_block(P: Tensor, X: Tensor, k: int, L: int, N: int) -> Tensor:
-    """Sparse ``[N, N]`` law of ``c'`` for one local kernel ``P [L, L]``, adding agents one by one."""
-    row = torch.arange(N)  # which count vector each entry belongs to
-    part = torch.zeros(N, dtype=torch.int64)  # rank of the partial next-count vector
-    prob = torch.ones(N, dtype=torch.float64)
+    """Sparse ``[N, N]`` law of ``c'`` for one local kernel ``P [L, L]``, adding agents one by one (on X's device)."""
+    dev = X.device
+    row = torch.arange(N, device=dev)  # which count vector each entry belongs to
+    part = torch.zeros(N, dtype=torch.int64, device=dev)  # rank of the partial next-count vector
+    prob = torch.ones(N, dtype=P.dtype, device=dev)
     for i in range(k):  # agents of one count vector, not of the system
-        succ = _successor(i, L)  # [N_i, L]
+        succ = _successor(i, L, dev)  # [N_i, L]
         p = P[X[row, i]]  # [E, L]: where agent i of each entry may go
         keep = p > 0
         e, y = keep.nonzero(as_tuple=True)
         n_next = num_counts(i + 1, L)
         key, prob = _coalesce(row[e] * n_next + succ[part[e], y], prob[e] * p[e, y], N * n_next)
         row, part = key // n_next, key % n_next
-    crow = torch.zeros(N + 1, dtype=torch.int64)
+    crow = torch.zeros(N + 1, dtype=torch.int64, device=dev)
     crow[1:] = torch.bincount(row, minlength=N).cumsum(0)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
         warnings.simplefilter("ignore", UserWarning)

@@ -42,9 +42,21 @@ from sqtorch.tabular.exact import CountKernel, count_kernel, local_kernels
 from sqtorch.tabular.qtable import QTable
 
 T_ = TypeVar("T_")
-CHUNK_ROWS = 1 << 12  # count vectors per gather chunk: its m * |U| reads stay in L2
+CHUNK_ROWS = 1 << 12  # count vectors per gather chunk on CPU: its m * |U| reads stay in L2
 SMALL_TABLE = 1 << 18  # B * N * m at most: one chunk per block (small k: fewest ops per sweep)
-SAMPLE_CHUNK_ROWS = 1 << 13  # (block, count vector) rows per sampling chunk (k uniform columns of m)
+SAMPLE_CHUNK_ROWS = 1 << 13  # (block, count vector) rows per sampling chunk on CPU (k uniform columns of m)
+CUDA_CHUNK_ROWS = 1 << 17  # on CUDA one kernel launch must cover far more rows; one stream, no thread pool
+CUDA_SAMPLE_CHUNK_ROWS = 1 << 17
+
+
+def gather_chunk_rows(device: torch.device) -> int:
+    """Count vectors per gather chunk of a sweep: L2-sized on CPU, launch-sized on CUDA."""
+    return CUDA_CHUNK_ROWS if device.type == "cuda" else CHUNK_ROWS
+
+
+def sample_chunk_rows(device: torch.device) -> int:
+    """``(block, count vector)`` rows per sampling chunk (each has its own generator)."""
+    return CUDA_SAMPLE_CHUNK_ROWS if device.type == "cuda" else SAMPLE_CHUNK_ROWS
 
 
 @dataclass
@@ -91,10 +103,10 @@ def _chunks(n_rows: int, size: int) -> list[tuple[int, int]]:
 class _Buffers(threading.local):
     """Per-thread scratch of the gather (reused across chunks and sweeps: no allocation per chunk)."""
 
-    def get(self, name: str, numel: int, dtype: torch.dtype) -> Tensor:
+    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         buf = self.__dict__.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = self.__dict__[name] = torch.empty(numel, dtype=dtype)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = self.__dict__[name] = torch.empty(numel, dtype=dtype, device=device)
         return buf[:numel]
 
 
@@ -160,18 +172,19 @@ class SampledKernel:
         vt = V.T.contiguous().view(-1)  # [N * G]: c'-major
         out = torch.empty(G * A, N, dtype=V.dtype, device=V.device)
         nxt = self.nxt.view(self.nxt.shape[0], -1)
-        chunk = N if self.nxt.numel() <= SMALL_TABLE else CHUNK_ROWS
+        chunk = N if self.nxt.numel() <= SMALL_TABLE else gather_chunk_rows(V.device)
+        dev = V.device
 
         def work(task: tuple[int, int, int]) -> None:
             b, s, e = task
             buf, n = self._buffers, e - s
             support = self._support_t[b]  # int32 [U, 1]
             U = support.shape[0]
-            ix = buf.get("ix", n * U * m, torch.int32).view(n, U, m)
+            ix = buf.get("ix", n * U * m, torch.int32, dev).view(n, U, m)
             torch.add(nxt[b, s * m : e * m].view(n, 1, m), support, out=ix)  # the U reads of a sample share a line
-            vals = torch.index_select(vt, 0, ix.view(-1), out=buf.get("vals", n * U * m, V.dtype))
-            weights = buf.get("w", m, V.dtype).fill_(1.0 / m)  # the mean as a BLAS mat-vec
-            means = torch.mv(vals.view(n * U, m), weights, out=buf.get("means", n * U, V.dtype)).view(n, U)
+            vals = torch.index_select(vt, 0, ix.view(-1), out=buf.get("vals", n * U * m, V.dtype, dev))
+            weights = buf.get("w", m, V.dtype, dev).fill_(1.0 / m)  # the mean as a BLAS mat-vec
+            means = torch.mv(vals.view(n * U, m), weights, out=buf.get("means", n * U, V.dtype, dev)).view(n, U)
             for p, (col, w) in zip(self._pairs[b], self._weights[b], strict=True):  # (g, a) pairs of b
                 if col >= 0:  # deterministic g': a copy
                     out[p, s:e].copy_(means[:, col])
@@ -203,7 +216,7 @@ def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int =
     # rows (b, x); a bucket table no larger than the number of draws (building it costs more otherwise)
     local = LookupSampler.build(kernels, entries=min(LOOKUP_ENTRIES, B * N * m * k))
     nxt = torch.empty(B * N, m, dtype=torch.int32, device=dev)
-    chunks = _chunks(B * N, SAMPLE_CHUNK_ROWS)
+    chunks = _chunks(B * N, sample_chunk_rows(dev))
 
     def work(chunk_id: int) -> None:
         s, e = chunks[chunk_id]
@@ -219,28 +232,42 @@ def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int =
 
 
 def table_memory_gib(
-    G: int, A: int, N: int, m: int | str, dtype: torch.dtype, blocks: int | None = None, workers: int = 2, k: int = 0
+    G: int,
+    A: int,
+    N: int,
+    m: int | str,
+    dtype: torch.dtype,
+    blocks: int | None = None,
+    workers: int = 2,
+    k: int = 0,
+    device: torch.device | str = "cpu",
 ) -> float:
-    """Peak memory of the arrays :func:`learn` keeps live (not the interpreter and torch themselves).
+    """Peak memory of the arrays :func:`learn` keeps live on ``device`` (not the interpreter and torch themselves).
 
     Counts: the samples (int32 ``[B, N, m]``, ``B = blocks`` distinct local kernels, at most
     ``G * A``); two ``[G, A, N]`` tables (r_Delta and the one Q a sweep of
     :func:`sqtorch.tabular.bellman.value_iteration` allocates; at the end the final Q and its
     ``[G, N, A]`` copy, after the samples and r_Delta are freed); four ``[G, N]`` arrays (V, the
-    next V, their difference, V^T); per worker thread one gather chunk (int32 indices + values of
-    ``CHUNK_ROWS * m * G``); the sorted local states of every count vector (int64 ``[N, k]``,
-    built for sampling and for r_Delta; below glibc's mmap threshold their pages stay resident).
-    For ``m = "exact"`` the count kernel is sized separately (:func:`sqtorch.tabular.exact.count_kernel`).
-    Measured against the peak resident memory in tests/test_tabular.py and bench/tabular.py.
+    next V, their difference, V^T); per worker thread the larger of one gather chunk (int32 indices
+    + values of ``rows * m * G``) and one sampling chunk (k float64 uniforms, k uint8 states and
+    their sorting network, int64 ranks: ``(11 k + 40)`` bytes per row and sample); the sorted local
+    states of every count vector (int64 ``[N, k]``, built for sampling and for r_Delta; below glibc's
+    mmap threshold their pages stay resident). Chunk rows depend on the device
+    (:func:`gather_chunk_rows`). For ``m = "exact"`` the count kernel is sized separately
+    (:func:`sqtorch.tabular.exact.count_kernel`). Measured against the peak resident memory in
+    tests/test_tabular.py and bench/tabular.py, and against ``torch.cuda.max_memory_allocated``
+    in bench/gpu_check.sh.
     """
     s = torch.empty(0, dtype=dtype).element_size()
     tables = 2 * G * A * N * s + 4 * G * N * s + N * k * 8
     if m == "exact":
         return tables / GiB
+    device = torch.device(device)
     B = G * A if blocks is None else blocks
     samples = B * N * int(m) * 4
-    chunk = workers * min(N, CHUNK_ROWS) * int(m) * G * (4 + 2 * s)
-    return (samples + tables + chunk) / GiB
+    gather = min(N, gather_chunk_rows(device)) * int(m) * G * (4 + 2 * s)
+    sampling = min(B * N, sample_chunk_rows(device)) * int(m) * (11 * k + 40)
+    return (samples + tables + workers * max(gather, sampling)) / GiB
 
 
 def distinct_local_kernels(env: GlobalLocalMDP) -> int:
@@ -290,19 +317,21 @@ def learn(
     k, m = int(k), m if m == "exact" else int(m)
     G, A, N = env.G, env.A, num_counts(k, env.L)
     B = distinct_local_kernels(env)
-    need = table_memory_gib(G, A, N, m, dtype, blocks=B, workers=torch.get_num_threads(), k=k)
+    cuda = env.device.type == "cuda"  # one stream: no thread pool there
+    workers = 1 if cuda else torch.get_num_threads()
+    need = table_memory_gib(G, A, N, m, dtype, blocks=B, workers=workers, k=k, device=env.device)
     if need > max_memory_gib:
         raise ValueError(
             f"the table at k = {k} has G*N*A = {G}*{N}*{A} = {G * N * A:,} entries and needs "
             f"{need:.2f} GiB with m = {m}, more than max_memory_gib = {max_memory_gib}; lower k or m, or use "
             f"the DeepSets network (algo=deepsets), whose size does not grow with k"
         )
-    if env.device.type == "cuda":  # the device's free memory is the real limit there
+    if cuda:  # the device's free memory is the real limit there
         free = torch.cuda.mem_get_info(env.device)[0] / GiB
         if need > free:
             raise ValueError(f"the table at k = {k} needs {need:.2f} GiB but {env.device} has {free:.2f} GiB free")
     t0 = time.perf_counter()
-    with torch_threads(1) as workers:  # parallel over our own chunks only (see _run)
+    with torch_threads(1):  # parallel over our own chunks only (see _run)
         kernel: SampledKernel | CountKernel
         if m == "exact":
             kernel = count_kernel(env, k, max_memory_gib=max_memory_gib)

@@ -1,0 +1,222 @@
+"""The GPU check of sqtorch: one prepared run of at most ~5 minutes on one CUDA GPU, one markdown table.
+
+    bash bench/gpu_check.sh                         # on a CUDA machine (writes $OUT/gpu_check.md if OUT is set)
+    python bench/gpu_check.py --device cpu --quick  # the same script on the CPU (a dry run of its code paths)
+
+Every check runs in its own subprocess under a timeout, so one failure or hang costs only its own
+row; a failed row shows the last line of its error and the whole log is kept beside the table.
+Checks (issue 13 of the project): the ``gpu`` tests (a bitwise DeepSets resume on the GPU
+included); ``train.py trainer=gpu trainer.deterministic=true k=8``; the tabular learner at k = 5..7
+(time, sample-backups/s, ``table_memory_gib`` vs ``torch.cuda.max_memory_allocated``, run-to-run
+bitwise equality, float32, the exact kernel vs the CPU); ``evaluate_mc`` at n = 10^6 and the CPU
+of the same machine at n = 10^5 (agent-steps/s); the host synchronizations per Monte Carlo step and
+per Bellman sweep (``torch.cuda.set_sync_debug_mode``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUTS = {"tests": 120, "train": 75, "tabular": 60, "execution": 35, "syncs": 25}
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(dev: torch.device) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+
+
+def check_tabular(dev: torch.device, quick: bool) -> None:
+    """Learner time and memory on the device at k = 5..7, reproducibility, float32 and the exact kernel."""
+    from sqtorch.envs import make_env
+    from sqtorch.tabular import learn, optimal_q
+    from sqtorch.tabular.counts import num_counts
+    from sqtorch.tabular.learner import distinct_local_kernels, table_memory_gib
+
+    cpu_env = make_env("demand_response")
+    env = cpu_env.to(dev)
+    B = distinct_local_kernels(env)
+    ks = (3, 4) if quick else (5, 6, 7)
+    for k in ks:
+        N = num_counts(k, env.L)
+        est = table_memory_gib(env.G, env.A, N, 10, torch.float64, B, 1, k=k, device=dev)
+        _reset_peak(dev)
+        t = time.perf_counter()
+        r = learn(env, k, m=10, T=50, tol=1e-300, seed=0, max_memory_gib=64)
+        _sync(dev)
+        total = time.perf_counter() - t
+        rate = r.table_entries * 10 * r.iterations / r.learn_seconds
+        print(f"| tabular demand_response k={k}, m=10 ({r.table_entries:,} entries, {r.iterations} sweeps) | "
+              f"{total:.2f} s (build {r.build_seconds:.2f} s), {rate:.3g} sample-backups/s; "
+              f"peak {_peak_gib(dev):.3f} GiB vs estimate {est:.3f} GiB |", flush=True)
+    k = ks[0]
+    a = learn(env, k, m=10, T=50, seed=1)
+    b = learn(env, k, m=10, T=50, seed=1)
+    t = time.perf_counter()
+    c = learn(cpu_env, k, m=10, T=50, seed=1)
+    cpu_s = time.perf_counter() - t
+    print(f"| tabular k={k} same seed twice on {dev.type} | bitwise equal: {torch.equal(a.qtable.q, b.qtable.q)}; "
+          f"vs the CPU table max |diff| {float((a.qtable.q.cpu() - c.qtable.q).abs().max()):.3g} "
+          f"(different generators: same law, not the same draws); CPU on this machine {cpu_s:.2f} s |", flush=True)
+    f32 = learn(env, k, m=10, T=50, seed=1, dtype=torch.float32)
+    print(f"| tabular k={k} float32 on {dev.type} | dtype {f32.qtable.q.dtype}, max |Q32 - Q64| "
+          f"{float((f32.qtable.q.double() - a.qtable.q).abs().max()):.3g} |", flush=True)
+    queue = make_env("queue")
+    t = time.perf_counter()
+    gpu_q = optimal_q(queue.to(dev), 8).q
+    _sync(dev)
+    dt = time.perf_counter() - t
+    cpu_q = optimal_q(queue, 8).q
+    ex32 = learn(queue.to(dev), 4, m="exact", dtype=torch.float32).qtable.q
+    ex64 = optimal_q(queue, 4).q
+    print(f"| exact count kernel + Q* (queue n=8) on {dev.type} | {dt:.2f} s, max |Q*_dev - Q*_cpu| "
+          f"{float((gpu_q.cpu() - cpu_q).abs().max()):.3g}; m='exact' float32 k=4 vs float64: "
+          f"{float((ex32.double().cpu() - ex64).abs().max()):.3g} |", flush=True)
+
+
+def check_execution(dev: torch.device, quick: bool) -> None:
+    """``evaluate_mc`` agent-steps/s on the device at n = 10^5, 10^6 and on this machine's CPU at 10^5."""
+    from sqtorch.envs import make_env
+    from sqtorch.evaluation import evaluate_mc
+    from sqtorch.tabular import optimal_q
+
+    queue = make_env("queue")
+    table = optimal_q(queue, 8)
+    runs = [(dev, 10**4), (torch.device("cpu"), 10**4)] if quick else [(dev, 10**5), (dev, 10**6), (torch.device("cpu"), 10**5)]
+    for d, n in runs:
+        env, pol = queue.to(d), table
+        evaluate_mc(env, pol, 1000, num_initial=2, rollouts=2, horizon=2, seed=0)  # warm-up (kernels, caches)
+        _sync(d)
+        t = time.perf_counter()
+        res = evaluate_mc(env, pol, n, num_initial=4, rollouts=4, horizon=20, seed=0)
+        _sync(d)
+        rate = 16 * n * 20 / (time.perf_counter() - t)
+        print(f"| evaluate_mc queue n={n:.0e} on {d.type} ({torch.get_num_threads()} threads), k=8, 16 rollouts x 20 "
+              f"steps | {rate:.3g} agent-steps/s (V = {res.mean:.4f} +- {res.ci95:.4f}) |", flush=True)
+
+
+def _count_syncs(fn) -> int:
+    """Host synchronizations during ``fn()`` (torch's sync debug mode 'warn'; 0 on the CPU)."""
+    if not torch.cuda.is_available():
+        fn()
+        return 0
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(x.message) for x in w)
+
+
+def check_syncs(dev: torch.device, quick: bool) -> None:
+    """Syncs per Monte Carlo step (difference of horizons 5 and 25) and per Bellman sweep (T = 5 vs 15)."""
+    from sqtorch.envs import make_env
+    from sqtorch.evaluation import evaluate_mc
+    from sqtorch.tabular import learn, optimal_q
+
+    queue = make_env("queue").to(dev)
+    table = optimal_q(queue, 4)
+    evaluate_mc(queue, table, 1000, num_initial=2, rollouts=2, horizon=2, seed=0)
+    mc = [_count_syncs(lambda h=h: evaluate_mc(queue, table, 1000, num_initial=4, rollouts=8, horizon=h, seed=0))
+          for h in (5, 25)]
+    dr = make_env("demand_response").to(dev)
+    vi = [_count_syncs(lambda T=T: learn(dr, 3, m=10, T=T, tol=1e-300, seed=0)) for T in (5, 15)]
+    print(f"| host syncs: evaluate_mc horizon 5 vs 25; learn T=5 vs 15 | {mc[0]} vs {mc[1]} "
+          f"({(mc[1] - mc[0]) / 20:.2f} per Monte Carlo step); {vi[0]} vs {vi[1]} "
+          f"({(vi[1] - vi[0]) / 10:.2f} per sweep) |", flush=True)
+
+
+CHECKS = {"tabular": check_tabular, "execution": check_execution, "syncs": check_syncs}
+
+
+def _run(name: str, cmd: list[str], timeout: int, logs: Path) -> list[str]:
+    """Run ``cmd``; its table rows (lines starting with '|'), or one row with the error."""
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        out, rc = p.stdout + p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out, rc = out + f"\nTIMEOUT after {timeout} s", 124
+    (logs / f"gpu_check_{name}.log").write_text(out)
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    if rc != 0:
+        last = [line for line in out.splitlines() if line.strip()][-1:] or ["(no output)"]
+        rows.append(f"| {name}: FAILED (exit {rc}, {time.perf_counter() - t:.0f} s) | {last[0][:300]} |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--quick", action="store_true", help="small sizes (for a dry run on the CPU)")
+    ap.add_argument("--section", choices=tuple(CHECKS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    if args.section:
+        try:
+            CHECKS[args.section](dev, args.quick)
+        except Exception:
+            traceback.print_exc()
+            sys.exit(1)
+        return
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: torch.cuda.is_available() is False; run with --device cpu for a dry run")
+    logs = Path(os.environ.get("OUT") or "/tmp/sqtorch_gpu_check")
+    logs.mkdir(parents=True, exist_ok=True)
+    py, quick = sys.executable, ["--quick"] if args.quick else []
+    name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "CPU"
+    rows = [f"| device | {name}, torch {torch.__version__}, {os.cpu_count()} CPU cores |"]
+    print("| check | result |\n|---|---|\n" + rows[0], flush=True)
+    trainer = "gpu" if dev.type == "cuda" else "cpu"
+    steps = 50 if args.quick else 500
+    plan = [
+        ("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]),
+        ("train", [py, "train.py", f"trainer={trainer}", "trainer.deterministic=true", "k=8", f"algo.max_steps={steps}",
+                   f"eval.every={steps}", "logger=none", "trainer.enable_progress_bar=false",
+                   f"hydra.run.dir={logs}/train_run"]),
+        *[(s, [py, __file__, "--device", args.device, "--section", s, *quick]) for s in CHECKS],
+    ]
+    for name, cmd in plan:
+        t = time.perf_counter()
+        new = _run(name, cmd, TIMEOUTS[name], logs)
+        if name == "tests":
+            log = (logs / "gpu_check_tests.log").read_text().splitlines()
+            summary = [line for line in log if " passed" in line or " failed" in line or " skipped" in line][-1:]
+            new = [f"| pytest -m gpu tests/test_gpu.py | {(summary or ['(no summary)'])[0]} "
+                   f"({time.perf_counter() - t:.0f} s) |"] + [r for r in new if "FAILED" in r]
+        if name == "train":
+            log = (logs / "gpu_check_train.log").read_text().splitlines()
+            line = [x for x in log if x.startswith("[sqtorch]")][-1:]
+            new = [f"| train.py trainer={trainer} trainer.deterministic=true k=8 ({steps} steps) | "
+                   f"{(line or ['(no result line)'])[0]} ({time.perf_counter() - t:.0f} s) |"] + new
+        print("\n".join(new), flush=True)
+        rows += new
+    table = "| check | result |\n|---|---|\n" + "\n".join(rows) + "\n"
+    (logs / "gpu_check.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()
