@@ -102,7 +102,8 @@ def check_execution(dev: torch.device, quick: bool) -> None:
 
     queue = make_env("queue")
     table = optimal_q(queue, 8)
-    runs = [(dev, 10**4), (torch.device("cpu"), 10**4)] if quick else [(dev, 10**5), (dev, 10**6), (torch.device("cpu"), 10**5)]
+    cpu = torch.device("cpu")
+    runs = [(dev, 10**4), (cpu, 10**4)] if quick else [(dev, 10**5), (dev, 10**6), (cpu, 10**5)]
     for d, n in runs:
         env, pol = queue.to(d), table
         evaluate_mc(env, pol, 1000, num_initial=2, rollouts=2, horizon=2, seed=0)  # warm-up (kernels, caches)
