@@ -5,12 +5,12 @@
 
 Every check runs in its own subprocess under a timeout, so one failure or hang costs only its own
 row; a failed row shows the last line of its error and the whole log is kept beside the table.
-Checks (issue 13 of the project): the ``gpu`` tests (a bitwise DeepSets resume on the GPU
-included); ``train.py trainer=gpu trainer.deterministic=true k=8``; the tabular learner at k = 5..7
-(time, sample-backups/s, ``table_memory_gib`` vs ``torch.cuda.max_memory_allocated``, run-to-run
-bitwise equality, float32, the exact kernel vs the CPU); ``evaluate_mc`` at n = 10^6 and the CPU
-of the same machine at n = 10^5 (agent-steps/s); the host synchronizations per Monte Carlo step and
-per Bellman sweep (``torch.cuda.set_sync_debug_mode``).
+Checks (issue 13 of the project): the ``gpu`` tests (tests/test_gpu.py and the bitwise DeepSets
+resume on the GPU in tests/test_train.py); ``train.py trainer=gpu trainer.deterministic=true k=8``;
+the tabular learner at k = 5..7 (time, sample-backups/s, ``table_memory_gib`` vs
+``torch.cuda.max_memory_allocated``, run-to-run bitwise equality, float32, the exact kernel vs the
+CPU); ``evaluate_mc`` at n = 10^6 and the CPU of the same machine at n = 10^5 (agent-steps/s); the
+host synchronizations per Monte Carlo step and per Bellman sweep (``torch.cuda.set_sync_debug_mode``).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def main() -> None:
     trainer = "gpu" if dev.type == "cuda" else "cpu"
     steps = 50 if args.quick else 500
     plan = [
-        ("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]),
+        ("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/"]),
         ("train", [py, "train.py", f"trainer={trainer}", "trainer.deterministic=true", "k=8", f"algo.max_steps={steps}",
                    f"eval.every={steps}", "logger=none", "trainer.enable_progress_bar=false",
                    f"hydra.run.dir={logs}/train_run"]),
@@ -206,7 +206,7 @@ def main() -> None:
         if name == "tests":
             log = (logs / "gpu_check_tests.log").read_text().splitlines()
             summary = [line for line in log if " passed" in line or " failed" in line or " skipped" in line][-1:]
-            new = [f"| pytest -m gpu tests/test_gpu.py | {(summary or ['(no summary)'])[0]} "
+            new = [f"| pytest -m gpu tests/ | {(summary or ['(no summary)'])[0]} "
                    f"({time.perf_counter() - t:.0f} s) |"] + [r for r in new if "FAILED" in r]
         if name == "train":
             log = (logs / "gpu_check_train.log").read_text().splitlines()

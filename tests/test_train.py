@@ -97,10 +97,19 @@ class _Kill(pl.Callback):
             raise RuntimeError("killed")
 
 
+CUDA = pytest.param(
+    ("trainer=gpu", "trainer.deterministic=true"),
+    marks=(pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+    id="gpu",
+)
+
+
+@pytest.mark.parametrize("trainer", [pytest.param(("trainer=cpu",), id="cpu"), CUDA])
 @pytest.mark.parametrize("state_dist", ["visited", "simplex"])
 @pytest.mark.slow
-def test_resume_from_checkpoint_equals_uninterrupted(make_cfg, tmp_path, state_dist) -> None:
-    common = ("debug=fast", "trainer=cpu", "logger=none", f"algo.data.state_dist={state_dist}", "seed=3")
+def test_resume_from_checkpoint_equals_uninterrupted(make_cfg, tmp_path, state_dist, trainer) -> None:
+    """Bitwise, per device type (the CPU and CUDA generators differ; a checkpoint resumes on its own type)."""
+    common = ("debug=fast", *trainer, "logger=none", f"algo.data.state_dist={state_dist}", "seed=3")
     full = run(make_cfg(*common, out=tmp_path / "full"))
     with pytest.raises(RuntimeError, match="killed"):
         run(make_cfg(*common, out=tmp_path / "killed"), extra_callbacks=[_Kill(27)])
@@ -114,6 +123,18 @@ def test_resume_from_checkpoint_equals_uninterrupted(make_cfg, tmp_path, state_d
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_resume_on_another_device_type_is_refused_in_one_line(make_cfg, tmp_path) -> None:
+    """A CUDA checkpoint's generator state cannot continue on the CPU (nor the reverse): refused before training."""
+    run(make_cfg("debug=fast", "trainer=cpu", "logger=none", out=tmp_path / "a"))
+    ckpt = tmp_path / "a" / "checkpoints" / "final.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    state["sqtorch"]["device"] = "cuda"  # as written by a run with trainer=gpu
+    torch.save(state, ckpt)
+    with pytest.raises(ConfigError, match="device: 'cuda' in the checkpoint, 'cpu' now"):
+        validate_config(make_cfg("debug=fast", "trainer=cpu", "logger=none", f"ckpt_path='{ckpt}'"))
 
 
 @pytest.mark.parametrize(

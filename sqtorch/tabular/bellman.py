@@ -95,13 +95,13 @@ def value_iteration(
     for t in range(T):
         V_new = backup(_sweep(kernel, r, gamma, V))
         D = V_new.sub(V)
-        lo, hi = D.aminmax()
-        lo, hi = float(lo), float(hi)
-        V = V_new.add_(c * (hi + lo) / 2)  # midpoint of the bracket
+        lo, hi, v_lo, v_hi = torch.stack([*D.aminmax(), *V_new.aminmax()]).tolist()  # one host sync per sweep
+        shift = c * (hi + lo) / 2
+        V = V_new.add_(shift)  # midpoint of the bracket
         residuals.append(c * (hi - lo) / 2)
         if on_iteration is not None:
             on_iteration(t, residuals[-1], time.perf_counter() - t0)
-        if residuals[-1] <= max(tol, eps * float(V.abs().max())):
+        if residuals[-1] <= max(tol, eps * max(abs(v_lo + shift), abs(v_hi + shift))):  # eps * ||V||_inf
             converged = True
             break
     return FixedPoint(_sweep(kernel, r, gamma, V), V, residuals, converged)
