@@ -7,7 +7,7 @@ Every check runs in its own subprocess under a timeout, so one failure or hang c
 row; a failed row shows the last line of its error and the whole log is kept beside the table.
 Checks (issue 13 of the project): the ``gpu`` tests (tests/test_gpu.py and the bitwise DeepSets
 resume on the GPU in tests/test_train.py); ``train.py trainer=gpu trainer.deterministic=true k=8``;
-the tabular learner at k = 5..7 (time, sample-backups/s, ``table_memory_gib`` vs
+the tabular learner at k = 5..8 (time, sample-backups/s, ``table_memory_gib`` vs
 ``torch.cuda.max_memory_allocated``, run-to-run bitwise equality, float32, the exact kernel vs the
 CPU); ``evaluate_mc`` at n = 10^6 and the CPU of the same machine at n = 10^5 (agent-steps/s); the
 host synchronizations per Monte Carlo step and per Bellman sweep (``torch.cuda.set_sync_debug_mode``).
@@ -56,7 +56,7 @@ def check_tabular(dev: torch.device, quick: bool) -> None:
     cpu_env = make_env("demand_response")
     env = cpu_env.to(dev)
     B = distinct_local_kernels(env)
-    ks = (3, 4) if quick else (5, 6, 7)
+    ks = (3, 4) if quick else (5, 6, 7, 8)
     for k in ks:
         N = num_counts(k, env.L)
         est = table_memory_gib(env.G, env.A, N, 10, torch.float64, B, 1, k=k, device=dev)
