@@ -30,6 +30,17 @@ def derive_seed(seed: int, *stream: int) -> int:
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
+def sync_free(t: torch.Tensor) -> bool:
+    """Whether hot loops must not read ``t``'s values on the host (``int(t)``, ``nonzero``, bool masks).
+
+    True off the CPU: on CUDA each such read stalls the stream until the queued kernels finish, so
+    per-step loops skip value checks there (done once at set-up) and resolve data-dependent cases
+    with ``torch.where`` instead of ``nonzero``. tests/test_execution.py counts the host reads of the
+    step loop on the CPU with this set to True.
+    """
+    return t.device.type != "cpu"
+
+
 @contextmanager
 def torch_threads(num_threads: int | None) -> Iterator[int]:
     """Run the block with ``num_threads`` torch CPU threads (``None``: unchanged), then restore.

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from sqtorch.envs import make_env
 from sqtorch.envs.simulator import (
@@ -195,3 +196,48 @@ def test_lookup_sampler_draws_exactly_like_inverse_cdf(name):
     rows = torch.arange(R).repeat_interleave(S.cdf_cols.shape[0])
     for v in (cdf, torch.nextafter(cdf, torch.zeros_like(cdf)).clamp(min=0)):
         assert torch.equal(S.sample(rows, v), sample_categorical(S.cdf_cols, rows, v))
+
+
+HOST_READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
+              "unique", "masked_select", "cpu"}
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the torch calls that read tensor values on the host (a stream sync on CUDA), bool masks included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        masks = name in ("__getitem__", "__setitem__") and any(
+            isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in torch.utils._pytree.tree_leaves(args[1:2])
+        )
+        self.count += name in HOST_READS or masks
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("policy", ["tabular", "deepsets"])
+def test_step_loop_reads_nothing_on_the_host_in_sync_free_mode(queue, monkeypatch, policy):
+    """The CUDA branches of the Monte Carlo step loop, run on the CPU: host reads do not grow with the horizon."""
+    from sqtorch import runtime
+    from sqtorch.neural import DeepSetsPolicy, DeepSetsQ, NetConfig
+
+    torch.manual_seed(0)
+    if policy == "tabular":
+        pol = QTable(torch.randn(queue.G, num_counts(4, queue.L), queue.A, dtype=torch.float64), 4, queue.L, "queue")
+    else:
+        pol = DeepSetsPolicy(DeepSetsQ(queue.G, queue.L, queue.A, NetConfig(hidden=8, embed_dim=4)), 4)
+    monkeypatch.setattr(runtime, "sync_free", lambda t: True)  # as on CUDA
+    evaluate_mc(queue, pol, 50, num_initial=2, rollouts=3, horizon=1, seed=0)  # fills the per-env caches
+    reads = []
+    for horizon in (5, 25):
+        with _HostReads() as mode:
+            evaluate_mc(queue, pol, 50, num_initial=2, rollouts=3, horizon=horizon, seed=0)
+        reads.append(mode.count)
+    assert reads[0] == reads[1], reads  # set-up and the first step's action check only
+    monkeypatch.undo()  # on the CPU the per-step checks stay (they cost nothing there)
+    with _HostReads() as mode:
+        evaluate_mc(queue, pol, 50, num_initial=2, rollouts=3, horizon=25, seed=0)
+    assert mode.count > reads[1]

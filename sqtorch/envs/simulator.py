@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sqtorch import runtime
 from sqtorch.envs.base import GlobalLocalMDP
 
 
@@ -144,7 +145,7 @@ class LookupSampler:
         scale = 2**self.bits
         idx = (u * scale).long().add_(row, alpha=scale)  # row * 2^bits + bucket, one fused pass
         out = self.table.take(idx)
-        if out.is_cuda:  # resolve every impure bucket without nonzero(): no host sync per step
+        if runtime.sync_free(out):  # resolve every impure bucket without nonzero(): no host sync per step
             exact = sample_categorical(self.cdf_cols, row, u).to(torch.uint8)
             return torch.where(out == IMPURE, exact, out)
         flat = out.view(-1)

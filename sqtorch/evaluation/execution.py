@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from sqtorch import runtime
 from sqtorch.envs.base import GlobalLocalMDP, check_states
 from sqtorch.envs.simulator import (
     cdf_columns,
@@ -187,7 +188,7 @@ def simulate_returns(
     discount = 1.0
     for t in range(horizon):  # time steps
         a_g = policy.act(s_g, subsampled_states(s_l, n, k, gen_subset)).to(s_g.device)
-        if t == 0 or not a_g.is_cuda:  # on CUDA a check every step would stall on a host sync
+        if t == 0 or not runtime.sync_free(a_g):  # on CUDA a check every step would stall on a host sync
             check_actions(env, a_g, s_g.shape[0])
         s_g, s_l, r = step(env, s_g, s_l, a_g, gen_dynamics, cdf_g, cdf_l)
         ret += discount * r

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sqtorch import runtime
 from sqtorch.envs import build_env
 from sqtorch.envs.base import check_states
 from sqtorch.neural.checkpoint import load_checkpoint
@@ -44,7 +45,7 @@ class DeepSetsPolicy:
         """Greedy global action ``[B]`` (ties: lowest index), on the device of ``s_g``."""
         if s_sub.shape[-1] != self.k:
             raise ValueError(f"s_sub has {s_sub.shape[-1]} agents per row, this policy has k = {self.k}")
-        if s_g.device.type == "cpu":  # on CUDA the check would stall every step on a host sync
+        if not runtime.sync_free(s_g):  # on CUDA the check would stall every step on a host sync
             check_states("s_g", s_g, self.net.G)
             check_states("s_sub", s_sub, self.net.L)
         return self.q(s_g, s_sub).argmax(-1).to(s_g.device)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sqtorch import runtime
 from sqtorch.envs.base import GlobalLocalMDP, check_states
 from sqtorch.runtime import atomic_write
 from sqtorch.tabular.counts import num_counts, rank_states
@@ -50,7 +51,7 @@ class QTable:
         """``argmax_a Q(s_g, c(s_sub), a)`` for ``s_g [B]`` and sampled local states ``s_sub [B, k]``."""
         if s_sub.shape[-1] != self.k:
             raise ValueError(f"s_sub has {s_sub.shape[-1]} agents per row, this Q-table has k = {self.k}")
-        if s_g.device.type == "cpu":  # on CUDA the check would stall every step on a host sync
+        if not runtime.sync_free(s_g):  # on CUDA the check would stall every step on a host sync
             check_states("s_g", s_g, self.G)
             check_states("s_sub", s_sub, self.L)
         if self.q.device != s_g.device:  # follow the caller's device once, not every step
