@@ -21,13 +21,19 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.tabular.counts import all_sorted_states
+from sqtorch.tabular.counts import state_columns
 
 NOISE_ULPS = 450  # one sweep's relative rounding noise, in units of the dtype's eps (1e-13 in float64)
 
 
 class NextStateKernel(Protocol):
     def expected_next(self, V: Tensor) -> Tensor: ...
+
+
+class FusedKernel(NextStateKernel, Protocol):
+    """A kernel that also computes a whole greedy sweep without materializing Q (the sampled learner)."""
+
+    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float) -> Tensor: ...
 
 
 Backup = Callable[[Tensor], Tensor]  # Q [G, A, N] -> V [G, N]
@@ -48,22 +54,34 @@ class FixedPoint:
     converged: bool
 
 
-def subsampled_reward(env: GlobalLocalMDP, k: int) -> Tensor:
+def subsampled_reward(env: GlobalLocalMDP, k: int, X: Tensor | None = None) -> Tensor:
     """``r_Delta[g, a, c] = r_g[g, a] + (1/k) sum_x c_x r_l[g, a, x]`` (docs/model.md §2), ``[G, A, N]``.
 
-    Summed over the k sorted local states of each count vector (``[N, k]`` indices), so nothing
-    of size ``N * L`` is allocated: at large k the count vectors are far bigger than the table.
+    Summed over the k sorted local states of each count vector (``X = state_columns(k, L)``,
+    int32 ``[k, N]``; pass it to reuse it) in position order, one ``(g, a)`` row at a time: a
+    gather from an L-entry table per position, and nothing of size ``N * L`` is allocated.
     """
-    X = all_sorted_states(k, env.L, env.device)  # [N, k]
-    total = env.r_l[:, :, X[:, 0]].clone()
-    for i in range(1, k):  # positions within one count vector, not agents of the system
-        total += env.r_l[:, :, X[:, i]]
-    return total.div_(k).add_(env.r_g[:, :, None])
+    X = state_columns(k, env.L, env.device) if X is None else X
+    G, A, N = env.G, env.A, X.shape[1]
+    r_l = env.r_l.reshape(G * A, env.L)
+    total = torch.empty(G * A, N, dtype=r_l.dtype, device=r_l.device)
+    for p in range(G * A):  # (g, a) pairs, then positions within one count vector: never agents or entries
+        torch.index_select(r_l[p], 0, X[0], out=total[p])
+        for i in range(1, k):
+            total[p] += r_l[p].index_select(0, X[i])
+    return total.div_(k).add_(env.r_g.reshape(G * A, 1)).view(G, A, N)
 
 
 def _sweep(kernel: NextStateKernel, r: Tensor, gamma: float, V: Tensor) -> Tensor:
     """``Q = r + gamma E[V(next)]`` with one table-sized allocation (the kernel's output)."""
     return kernel.expected_next(V).mul_(gamma).add_(r)
+
+
+def _backup_sweep(kernel: NextStateKernel, r: Tensor, gamma: float, V: Tensor, backup: Backup) -> Tensor:
+    """``backup(r + gamma E[V(next)])``; fused by the kernel for the greedy backup when it can (same values)."""
+    if backup is greedy_backup and hasattr(kernel, "greedy_sweep"):
+        return kernel.greedy_sweep(V, r, gamma)
+    return backup(_sweep(kernel, r, gamma, V))
 
 
 def value_iteration(
@@ -74,6 +92,7 @@ def value_iteration(
     tol: float,
     backup: Backup = greedy_backup,
     on_iteration: Callable[[int, float, float], None] | None = None,
+    stop_early: bool = True,
 ) -> FixedPoint:
     """Iterate ``V <- backup(r + gamma E V)`` from 0 until ``||V - V_fix||_inf <= tol`` or T sweeps.
 
@@ -84,7 +103,9 @@ def value_iteration(
     sweep, so ``||Q - Q_fix||_inf <= gamma tol``). The span of D contracts faster than its sup norm,
     so this needs far fewer sweeps than stopping on ``||D||_inf``. Rounding makes a sweep noisy at
     about ``NOISE_ULPS * eps * ||V||_inf``: ``tol`` is raised to that floor. ``on_iteration(t,
-    residual, elapsed_seconds)`` is called after every sweep. Only ``r``, one Q and two V are alive.
+    residual, elapsed_seconds)`` is called after every sweep. Only ``r``, one Q and two V are alive
+    (no Q during the sweeps of a kernel with ``greedy_sweep``). ``stop_early=False`` runs all T
+    sweeps (benchmarks of a fixed workload); ``converged`` then says whether the last one met the bound.
     """
     V = torch.zeros(r.shape[0], r.shape[2], dtype=r.dtype, device=r.device)
     c = gamma / (1.0 - gamma)
@@ -93,7 +114,7 @@ def value_iteration(
     converged = False
     t0 = time.perf_counter()
     for t in range(T):
-        V_new = backup(_sweep(kernel, r, gamma, V))
+        V_new = _backup_sweep(kernel, r, gamma, V, backup)
         D = V_new.sub(V)
         lo, hi, v_lo, v_hi = torch.stack([*D.aminmax(), *V_new.aminmax()]).tolist()  # one host sync per sweep
         shift = c * (hi + lo) / 2
@@ -101,7 +122,7 @@ def value_iteration(
         residuals.append(c * (hi - lo) / 2)
         if on_iteration is not None:
             on_iteration(t, residuals[-1], time.perf_counter() - t0)
-        if residuals[-1] <= max(tol, eps * max(abs(v_lo + shift), abs(v_hi + shift))):  # eps * ||V||_inf
-            converged = True
+        converged = residuals[-1] <= max(tol, eps * max(abs(v_lo + shift), abs(v_hi + shift)))  # eps * ||V||_inf
+        if converged and stop_early:
             break
     return FixedPoint(_sweep(kernel, r, gamma, V), V, residuals, converged)

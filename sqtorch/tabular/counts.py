@@ -106,18 +106,40 @@ def all_sorted_states(k: int, L: int, device: torch.device | str = "cpu") -> Ten
     return unrank_sorted(torch.arange(num_counts(k, L), device=device), k, L)
 
 
+STATE_COLUMNS_CACHE_MAX = 1 << 21  # k * N entries (8 MiB of int32) at most in the cache of state_columns
+
+
+@lru_cache(maxsize=32)
+def _state_columns_cached(k: int, L: int, device: torch.device) -> Tensor:
+    return all_sorted_states(k, L, device).T.to(torch.int32).contiguous()
+
+
+def state_columns(k: int, L: int, device: torch.device | str = "cpu") -> Tensor:
+    """``X[i, rank(c)] = x_i``, the i-th sorted local state of every count vector: int32 ``[k, N]``.
+
+    A pure function of ``(k, L)`` (the combinatorial number system), so small tables are cached
+    (``k * N <= STATE_COLUMNS_CACHE_MAX``; callers must not modify the result); large ones are
+    built anew (at k = 8, L = 25 they are 0.3 GiB).
+    """
+    device = torch.device(device)
+    if k * num_counts(k, L) <= STATE_COLUMNS_CACHE_MAX:
+        return _state_columns_cached(k, L, device)
+    return all_sorted_states(k, L, device).T.to(torch.int32).contiguous()
+
+
 def all_counts(k: int, L: int, device: torch.device | str = "cpu") -> Tensor:
     """Every count vector of k agents over L states, in rank order: ``[C(k+L-1, k), L]``."""
     return counts_of(all_sorted_states(k, L, device), L)
 
 
-def rank_columns(x: list[Tensor], L: int) -> Tensor:
+def rank_columns(x: list[Tensor], L: int, dtype: torch.dtype = torch.int64) -> Tensor:
     """Rank of the count vectors of k unsorted state columns ``x[i] [...]`` (agent-major layout).
 
     Sorts with an odd-even transposition network (k rounds of elementwise min/max on whole
     columns, so every op is a contiguous vector op) and sums ``C(x_i + i, i + 1)`` from a
     ``[k, L]`` lookup table. Same result as :func:`rank_states` on the stacked columns. Any
-    integer dtype works (uint8 columns make the sorting network 8x lighter); returns int64.
+    integer dtype works (uint8 columns make the sorting network 8x lighter); returns ``dtype``
+    (int32 halves the traffic of the lookups; ranks are exact integers either way).
     """
     k = len(x)
     x = list(x)
@@ -126,8 +148,13 @@ def rank_columns(x: list[Tensor], L: int) -> Tensor:
             x[i], x[i + 1] = torch.minimum(x[i], x[i + 1]), torch.maximum(x[i], x[i + 1])
     binom = binomial_table(k, L, x[0].device)
     i = torch.arange(k, device=x[0].device)
-    table = binom[torch.arange(L, device=x[0].device)[None, :] + i[:, None], i[:, None] + 1]  # [k, L]
-    out = table[0].take(x[0].long())
+    table = binom[torch.arange(L, device=x[0].device)[None, :] + i[:, None], i[:, None] + 1].to(dtype)  # [k, L]
+    if dtype == torch.int64:
+        out = table[0].take(x[0].long())
+        for i in range(1, k):
+            out += table[i].take(x[i].long())
+        return out
+    out = table[0].index_select(0, x[0].reshape(-1).int()).view(x[0].shape)  # int32 indices: no int64 copy
     for i in range(1, k):
-        out += table[i].take(x[i].long())
+        out += table[i].index_select(0, x[i].reshape(-1).int()).view(x[0].shape)
     return out

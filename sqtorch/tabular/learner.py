@@ -33,20 +33,24 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import LOOKUP_ENTRIES, LookupSampler
+from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler, sample_categorical
 from sqtorch.runtime import GiB, check_int, derive_seed, torch_threads
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
-from sqtorch.tabular.counts import all_sorted_states, num_counts, rank_columns
+from sqtorch.tabular.counts import num_counts, rank_columns, state_columns
 from sqtorch.tabular.exact import CountKernel, count_kernel, local_kernels
 from sqtorch.tabular.qtable import QTable
 
 T_ = TypeVar("T_")
 CHUNK_ROWS = 1 << 12  # count vectors per gather chunk on CPU: its m * |U| reads stay in L2
-SMALL_TABLE = 1 << 18  # B * N * m at most: one chunk per block (small k: fewest ops per sweep)
+SMALL_TABLE = 1 << 18  # B * N * m at most: one chunk per block (fixed: it decides which rows a mat-vec sums)
+ALIGN_ELEMENTS = 16  # 64 bytes of float32 values (and so of float64)
+FLAT_READS = 1 << 20  # sum_b |U_b| * N * m at most: one precomputed gather, a handful of ops per sweep
 SAMPLE_CHUNK_ROWS = 1 << 13  # (block, count vector) rows per sampling chunk on CPU (k uniform columns of m)
 CUDA_CHUNK_ROWS = 1 << 17  # on CUDA one kernel launch must cover far more rows; one stream, no thread pool
 CUDA_SAMPLE_CHUNK_ROWS = 1 << 17
+SAMPLE_TASK_DRAWS = 1 << 20  # k * m * rows at most drawn in one task (else one chunk per task)
+PARALLEL_MIN_WORK = 1 << 22  # below this many element-ops a thread pool costs more than it saves
 
 
 def gather_chunk_rows(device: torch.device) -> int:
@@ -78,12 +82,9 @@ class LearnResult:
         return d
 
 
-PARALLEL_MIN_WORK = 1 << 22  # below this many element-ops a thread pool costs more than it saves
-
-
 def _run(fn: Callable[[T_], None], tasks: list[T_], work: int, workers: int) -> None:
     """``fn(task)`` for every task, on ``workers`` threads when the work is large (torch releases the GIL)."""
-    if work < PARALLEL_MIN_WORK or workers < 2:
+    if work < PARALLEL_MIN_WORK or workers < 2 or len(tasks) < 2:
         for task in tasks:
             fn(task)
         return
@@ -110,13 +111,124 @@ class _Buffers(threading.local):
         return buf[:numel]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How block b's samples are read and turned into rows of E^[V] (docs/model.md §2).
+
+    ``support[b]``: the g' reachable from some ``(g, a)`` with local kernel b (ascending);
+    ``pairs[b]``: those ``(g, a)`` as rows ``g * A + a``; ``cols[b][i]``: the column in
+    ``support[b]`` of pair i's deterministic g', or -1 with its ``P_g`` row ``weights[b][i]``
+    over ``support[b]`` (a weighted mean then). Lists over blocks and pairs, never entries.
+    """
+
+    support: list[list[int]]
+    pairs: list[list[int]]
+    cols: list[list[int]]
+    weights: list[list[Tensor | None]]
+
+    @classmethod
+    def build(cls, block_of: Tensor, P_g: Tensor, B: int) -> _Plan:
+        G, A = block_of.shape
+        P = P_g.reshape(G * A, G)
+        blocks = block_of.reshape(-1).tolist()
+        hits = (P > 0).to(P.dtype)
+        reach = torch.zeros(B, G, dtype=P.dtype, device=P.device).index_add_(0, block_of.reshape(-1), hits)
+        support = [[g for g, hit in enumerate(row) if hit] for row in reach.tolist()]
+        pairs: list[list[int]] = [[] for _ in range(B)]
+        cols: list[list[int]] = [[] for _ in range(B)]
+        weights: list[list[Tensor | None]] = [[] for _ in range(B)]
+        for p, (b, row) in enumerate(zip(blocks, P.tolist(), strict=True)):
+            pairs[b].append(p)
+            sure = [i for i, g in enumerate(support[b]) if row[g] == 1.0]
+            cols[b].append(sure[0] if sure else -1)
+            weights[b].append(None if sure else P[p, support[b]])
+        return cls(support, pairs, cols, weights)
+
+
+@dataclass
+class _FlatGather:
+    """The whole sweep of a small table as one gather from ``V [G, N]`` (no chunks, no transpose).
+
+    ``direct`` (m = 1 and a deterministic ``P_g``): ``ix[g, a, c] = g' N + rank(c')``, so
+    ``E^ = V.view(-1)[ix]`` (the mean of one sample is the sample: ``x * 1.0 == x``). Otherwise
+    ``ix`` holds the reads of rows ``(b, c, u)`` of m samples, block by block as the chunked
+    path's one chunk per block (same rows per mat-vec, each block starting 64-byte aligned:
+    MKL's mat-vec rounds differently at other row counts and alignments), ``sel[g, a, c]`` the
+    row ``(b(g, a), c, col)`` of a deterministic g', and ``mixed`` ``(pair, first row of its
+    block, |U_b|, P_g weights)`` for the other pairs.
+    """
+
+    ix: Tensor
+    direct: bool
+    sel: Tensor | None = None
+    mixed: list[tuple[int, int, int, Tensor]] = field(default_factory=list)
+    blocks: list[tuple[int, int]] = field(default_factory=list)  # rows of each block
+
+    @classmethod
+    def build(cls, nxt: Tensor, plan: _Plan, G: int) -> _FlatGather:
+        B, N, m = nxt.shape
+        rank = nxt.div(G, rounding_mode="floor")
+        if m == 1 and all(w is None for ws in plan.weights for w in ws):
+            block, g_next = cls._direct_rows(plan, B)
+            index = torch.tensor(block, device=nxt.device)
+            shift = torch.tensor(g_next, dtype=torch.int32, device=nxt.device) * N
+            return cls(rank.view(B, N).index_select(0, index).add_(shift[:, None]).view(-1), direct=True)
+        return cls._general(rank, plan)
+
+    @staticmethod
+    def _direct_rows(plan: _Plan, B: int) -> tuple[list[int], list[int]]:
+        """Block and deterministic g' of every ``(g, a)`` row, in row order."""
+        rows = sorted(
+            (p, b, plan.support[b][col]) for b in range(B) for p, col in zip(plan.pairs[b], plan.cols[b], strict=True)
+        )
+        return [b for _, b, _ in rows], [g for _, _, g in rows]
+
+    @classmethod
+    def _general(cls, rank: Tensor, plan: _Plan) -> _FlatGather:
+        B, N, m = rank.shape
+        dev = rank.device
+        ix, first, mixed, blocks = [], 0, [], []
+        off = torch.zeros(sum(map(len, plan.pairs)), dtype=torch.int64)
+        width = torch.zeros_like(off)
+        align = ALIGN_ELEMENTS // math.gcd(m, ALIGN_ELEMENTS)  # rows per aligned block start
+        for b in range(B):  # blocks (distinct local kernels), not entries
+            sup = torch.tensor(plan.support[b], dtype=torch.int32, device=dev)
+            pad = -first % align  # padding rows read V[0, 0]
+            ix.append(torch.zeros(pad * m, dtype=torch.int32, device=dev))
+            first += pad
+            ix.append((rank[b].view(N, 1, m) + sup[:, None] * N).view(-1))
+            for p, col, w in zip(plan.pairs[b], plan.cols[b], plan.weights[b], strict=True):
+                off[p], width[p] = first + max(col, 0), len(sup)
+                if w is not None:
+                    mixed.append((p, first, len(sup), w))
+            blocks.append((first, first + N * len(sup)))
+            first += N * len(sup)
+        sel = off.to(dev)[:, None] + torch.arange(N, device=dev)[None, :] * width.to(dev)[:, None]
+        return cls(torch.cat(ix), False, sel.view(-1), mixed, blocks)
+
+    def expected(self, V: Tensor, weights: Tensor) -> Tensor:
+        """``E^[V]`` as ``[G * A, N]`` for ``V [G, N]`` (contiguous)."""
+        G, N = V.shape
+        vals = V.view(-1).index_select(0, self.ix)
+        if self.direct:
+            return vals.view(-1, N)
+        vals = vals.view(-1, weights.shape[0])
+        means = torch.empty(vals.shape[0], dtype=V.dtype, device=V.device)
+        for s, e in self.blocks:  # one mat-vec per block, as in the chunked path: the same sums
+            torch.mv(vals[s:e], weights, out=means[s:e])
+        out = means.index_select(0, self.sel).view(-1, N)
+        for p, first, U, w in self.mixed:  # stochastic P_g rows only (none in the shipped environments)
+            torch.mv(means[first : first + N * U].view(N, U), w.to(V.dtype), out=out[p])
+        return out
+
+
 @dataclass
 class SampledKernel:
     """The m fixed next count vectors of every ``(b, c)``, shared by all ``(g, a)`` with local kernel b.
 
     ``nxt[b, c, j] = G * rank(c'_j)``: the offset of row ``c'_j`` of ``V^T [N, G]``, so the values
-    ``V(g', c'_j)`` of every g' lie in one cache line, and ``V(g', c'_j)`` is element ``nxt`` of
-    the view of ``V^T`` that starts at g' (no index arithmetic per read). With ``w = P_g[g, a]``,
+    ``V(g', c'_j)`` of every g' lie in one cache line, and ``V(g', c'_j)`` is element ``nxt + g'``
+    of ``V^T``. With ``w = P_g[g, a]``,
 
         E^[V | g, c, a] = sum_g' w[g'] (1/m) sum_j V(g', c'_j)      (docs/model.md §2)
 
@@ -125,30 +237,31 @@ class SampledKernel:
     environments) this is exactly the paper's estimator; otherwise it has the same mean and less
     variance. Samples shared across the actions (and global states) with the same local kernel
     are common random numbers: each entry's estimate keeps its law.
+
+    Small tables gather everything at once (:class:`_FlatGather`); large ones in fixed chunks of
+    count vectors on a thread pool, each chunk finishing its own rows (bitwise the same for any
+    thread count). The mean over the m samples is one BLAS mat-vec over rows of m values either way.
     """
 
     nxt: Tensor  # int32 [B, N, m]
     block_of: Tensor  # int64 [G, A]: index of the distinct local kernel of (g, a)
     P_g: Tensor  # [G, A, G]
     workers: int = 1  # threads for the gathers
-    _support: list[list[int]] = field(default_factory=list, init=False, repr=False)  # g' reached from b
-    _pairs: list[list[int]] = field(default_factory=list, init=False, repr=False)  # (g, a) rows using b
+    _plan: _Plan = field(init=False, repr=False)
+    _flat: _FlatGather | None = field(default=None, init=False, repr=False)
     _support_t: list[Tensor] = field(default_factory=list, init=False, repr=False)
-    _weights: list[list[tuple[int, Tensor]]] = field(default_factory=list, init=False, repr=False)
     _buffers: _Buffers = field(default_factory=_Buffers, init=False, repr=False)
+    _mean_w: dict = field(default_factory=dict, init=False, repr=False)
+    _chunk: int = field(default=CHUNK_ROWS, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        G, A = self.block_of.shape
-        P_flat = self.P_g.reshape(G * A, G)
-        for b in range(self.nxt.shape[0]):
-            pairs = torch.nonzero(self.block_of.reshape(-1) == b).squeeze(1)
-            self._pairs.append(pairs.tolist())
-            support = torch.nonzero(P_flat[pairs].sum(0) > 0).squeeze(1)
-            self._support.append(support.tolist())
-            self._support_t.append(support.to(torch.int32)[:, None])
-            w = P_flat[pairs][:, support]  # [P, U]
-            cols = [int(torch.nonzero(row == 1.0)[0]) if (row == 1.0).any() else -1 for row in w]
-            self._weights.append(list(zip(cols, w, strict=True)))
+        B, N, m = self.nxt.shape
+        self._plan = _Plan.build(self.block_of, self.P_g, B)
+        dev = self.nxt.device
+        self._support_t = [torch.tensor(u, dtype=torch.int32, device=dev)[:, None] for u in self._plan.support]
+        self._chunk = N if self.nxt.numel() <= SMALL_TABLE else gather_chunk_rows(self.nxt.device)  # per chunk
+        if self._chunk >= N and sum(map(len, self._plan.support)) * N * m <= FLAT_READS:
+            self._flat = _FlatGather.build(self.nxt, self._plan, self.block_of.shape[0])
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -161,50 +274,98 @@ class SampledKernel:
         G = self.block_of.shape[0]
         return self.nxt[self.block_of].long() // G
 
-    def expected_next(self, V: Tensor) -> Tensor:
-        """``E^[V(g', c') | g, c, a]`` for ``V [G, N]`` -> ``[G, A, N]``.
+    def _weights(self, dtype: torch.dtype) -> Tensor:
+        """``1/m`` repeated m times: the sample mean as a BLAS mat-vec."""
+        w = self._mean_w.get(dtype)
+        if w is None:
+            m = self.nxt.shape[2]
+            w = self._mean_w[dtype] = torch.full((m,), 1.0 / m, dtype=dtype, device=self.nxt.device)
+        return w
 
-        Per chunk of one block: for each reachable g' one gather of the m samples and one BLAS
-        mat-vec (the mean); the P_g-weighted sum over g' is a copy when ``P_g`` is deterministic.
-        Chunks are fixed, so the result is bitwise the same for any number of threads.
-        """
-        G, A, N, m = self.shape
+    def expected_next(self, V: Tensor) -> Tensor:
+        """``E^[V(g', c') | g, c, a]`` for ``V [G, N]`` -> ``[G, A, N]``."""
+        G, A, N, _ = self.shape
+        if self._flat is not None:
+            return self._flat.expected(V.contiguous(), self._weights(V.dtype)).view(G, A, N)
         vt = V.T.contiguous().view(-1)  # [N * G]: c'-major
         out = torch.empty(G * A, N, dtype=V.dtype, device=V.device)
-        nxt = self.nxt.view(self.nxt.shape[0], -1)
-        chunk = N if self.nxt.numel() <= SMALL_TABLE else gather_chunk_rows(V.device)
-        dev = V.device
-
-        def work(task: tuple[int, int, int]) -> None:
-            b, s, e = task
-            buf, n = self._buffers, e - s
-            support = self._support_t[b]  # int32 [U, 1]
-            U = support.shape[0]
-            ix = buf.get("ix", n * U * m, torch.int32, dev).view(n, U, m)
-            torch.add(nxt[b, s * m : e * m].view(n, 1, m), support, out=ix)  # the U reads of a sample share a line
-            vals = torch.index_select(vt, 0, ix.view(-1), out=buf.get("vals", n * U * m, V.dtype, dev))
-            weights = buf.get("w", m, V.dtype, dev).fill_(1.0 / m)  # the mean as a BLAS mat-vec
-            means = torch.mv(vals.view(n * U, m), weights, out=buf.get("means", n * U, V.dtype, dev)).view(n, U)
-            for p, (col, w) in zip(self._pairs[b], self._weights[b], strict=True):  # (g, a) pairs of b
-                if col >= 0:  # deterministic g': a copy
-                    out[p, s:e].copy_(means[:, col])
-                else:
-                    torch.mv(means, w.to(V.dtype), out=out[p, s:e])
-
-        tasks = [(b, s, e) for b in range(self.nxt.shape[0]) for s, e in _chunks(N, chunk)]
-        reads = sum(len(u) for u in self._support) * N * m
-        _run(work, tasks, work=reads, workers=self.workers)
+        self._run_chunks(lambda s, e: self._chunk_expected(vt, s, e, out[:, s:e]))
         return out.view(G, A, N)
 
+    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float) -> Tensor:
+        """``max_a (r + gamma E^[V])`` -> ``[G, N]`` (SUBSAMPLE-Q's backup), Q never whole in memory.
 
-def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int = 1) -> SampledKernel:
+        Each chunk of count vectors computes its ``[G, A, n]`` slice of Q with the same ops as
+        ``expected_next(V).mul_(gamma).add_(r).amax(1)``, so the values are identical.
+        """
+        G, A, N, _ = self.shape
+        if self._flat is not None:
+            return self.expected_next(V).mul_(gamma).add_(r).amax(1)
+        vt = V.T.contiguous().view(-1)
+        V_new = torch.empty_like(V)
+
+        def chunk(s: int, e: int) -> None:
+            q = self._buffers.get("q", G * A * (e - s), V.dtype, V.device).view(G * A, e - s)
+            self._chunk_expected(vt, s, e, q)
+            V_new[:, s:e] = q.view(G, A, e - s).mul_(gamma).add_(r[:, :, s:e]).amax(1)
+
+        self._run_chunks(chunk)
+        return V_new
+
+    def _run_chunks(self, fn: Callable[[int, int], None]) -> None:
+        """``fn(s, e)`` on fixed chunks of count vectors, in parallel when the sweep is large."""
+        N, m = self.nxt.shape[1], self.nxt.shape[2]
+        reads = sum(map(len, self._plan.support)) * N * m
+        _run(lambda se: fn(*se), _chunks(N, self._chunk), work=reads, workers=self.workers)
+
+    def _chunk_expected(self, vt: Tensor, s: int, e: int, out: Tensor) -> None:
+        """Rows ``[s, e)`` of ``E^`` into ``out [G * A, e - s]``: per block one gather of the m samples
+        of every reachable g' (adjacent in ``V^T``) and one mat-vec (the mean); per ``(g, a)`` a copy
+        of its g' column, or a ``P_g``-weighted mat-vec."""
+        buf, n, m, plan = self._buffers, e - s, self.nxt.shape[2], self._plan
+        for b, support in enumerate(self._support_t):
+            U = support.shape[0]
+            ix = buf.get("ix", n * U * m, torch.int32, vt.device).view(n, U, m)
+            torch.add(self.nxt[b, s:e].view(n, 1, m), support, out=ix)
+            vals = torch.index_select(vt, 0, ix.view(-1), out=buf.get("vals", n * U * m, vt.dtype, vt.device))
+            mean_out = buf.get("means", n * U, vt.dtype, vt.device)
+            means = torch.mv(vals.view(n * U, m), self._weights(vt.dtype), out=mean_out)
+            means = means.view(n, U)
+            for p, col, w in zip(plan.pairs[b], plan.cols[b], plan.weights[b], strict=True):
+                if w is None:  # deterministic g': a copy
+                    out[p].copy_(means[:, col])
+                else:
+                    torch.mv(means, w.to(vt.dtype), out=out[p])
+
+
+def _lookup_draw(local: LookupSampler, rows: Tensor, u: Tensor) -> Tensor:
+    """Next local states (uint8 ``[k, n, m]``) of bucket-table rows ``rows`` (int32 ``[k, n]``) for uniforms ``u``.
+
+    The draws of :meth:`LookupSampler.sample_uint8` (bucket ``floor(u 2^bits)``, impure buckets
+    resolved by the exact CDF), for all k agents in one pass and with int32 indices.
+    """
+    bits = local.bits
+    idx = u.mul(1 << bits).to(torch.int32).add_(rows.mul(1 << bits)[:, :, None])
+    out = local.table.index_select(0, idx.view(-1))
+    bad = torch.nonzero(out == IMPURE).squeeze(1)
+    if bad.numel():
+        row = idx.view(-1)[bad].bitwise_right_shift(bits).long()
+        out[bad] = sample_categorical(local.cdf_cols, row, u.view(-1)[bad]).to(torch.uint8)
+    return out.view(u.shape)
+
+
+def sample_kernel(
+    env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int = 1, X: Tensor | None = None
+) -> SampledKernel:
     """Draw the m next count vectors of every ``(b, c)`` once (docs/model.md §2), vectorized.
 
     b runs over the distinct local kernels ``P_l[g, a]``; every ``(g, a)`` with kernel b reuses
     its samples. Each of the k agents of c moves with one bucket-table draw from
     ``P_l[b, x_i]`` and the next count vector is ranked straight from the k next-state columns
-    (:func:`rank_columns`, uint8). Row ``r = b * N + c``; every chunk of rows has its own
-    generator, so the result does not depend on the number of threads.
+    (:func:`rank_columns`, uint8 states, int32 ranks). Row ``r = b * N + c``; every chunk of
+    ``SAMPLE_CHUNK_ROWS`` rows draws its uniforms from its own generator, so the result does not
+    depend on the number of threads (or on how chunks are grouped into tasks). ``X``:
+    :func:`state_columns` of ``(k, L)``, if the caller has it.
     """
     G, L, N = env.G, env.L, num_counts(k, env.L)
     if N * G >= 2**31:
@@ -212,22 +373,28 @@ def sample_kernel(env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int =
     dev = env.device
     kernels, block_of = local_kernels(env)
     B = kernels.shape[0]
-    X = all_sorted_states(k, L, dev).T.contiguous()  # [k, N]: agent i's state in each c
+    X = state_columns(k, L, dev) if X is None else X  # [k, N]: agent i's state in each c
     # rows (b, x); a bucket table no larger than the number of draws (building it costs more otherwise)
     local = LookupSampler.build(kernels, entries=min(LOOKUP_ENTRIES, B * N * m * k))
     nxt = torch.empty(B * N, m, dtype=torch.int32, device=dev)
     chunks = _chunks(B * N, sample_chunk_rows(dev))
+    per_task = len(chunks) if nxt.numel() * k <= SAMPLE_TASK_DRAWS else 1  # a small table: one task
+    tasks = [list(range(i, min(i + per_task, len(chunks)))) for i in range(0, len(chunks), per_task)]
 
-    def work(chunk_id: int) -> None:
+    def uniforms(chunk_id: int) -> Tensor:
         s, e = chunks[chunk_id]
         gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, chunk_id))
-        rows = torch.arange(s, e, device=dev)
-        base, c = (rows // N) * L, rows % N
-        u = torch.rand(k, e - s, m, generator=gen, device=dev, dtype=torch.float64)
-        x_next = [local.sample_uint8((base + X[i, c])[:, None].expand(-1, m), u[i]) for i in range(k)]
-        nxt[s:e] = rank_columns(x_next, L).mul_(G)
+        return torch.rand(k, e - s, m, generator=gen, device=dev, dtype=torch.float64)
 
-    _run(work, list(range(len(chunks))), work=nxt.numel() * k, workers=workers)
+    def work(ids: list[int]) -> None:
+        s, e = chunks[ids[0]][0], chunks[ids[-1]][1]
+        u = torch.cat([uniforms(i) for i in ids], 1) if len(ids) > 1 else uniforms(ids[0])
+        rows = torch.arange(s, e, dtype=torch.int32, device=dev)
+        b = rows.div(N, rounding_mode="floor")
+        x_next = _lookup_draw(local, X.index_select(1, rows - b * N).add_(b * L), u)
+        torch.mul(rank_columns(list(x_next), L, dtype=torch.int32), G, out=nxt[s:e])
+
+    _run(work, tasks, work=nxt.numel() * k, workers=workers)
     return SampledKernel(nxt.view(B, N, m), block_of, env.P_g, workers)
 
 
@@ -305,6 +472,8 @@ def learn(
     dtype: torch.dtype = DTYPES[TabularConfig.dtype],
     max_memory_gib: float = TabularConfig.max_memory_gib,
     on_iteration: Callable[[int, float, float], None] | None = None,
+    *,
+    stop_early: bool = True,
 ) -> LearnResult:
     """Learn ``Q^est_{k,m}`` by iterating the empirical Bellman operator from Q = 0 (docs/model.md §2).
 
@@ -312,6 +481,8 @@ def learn(
     :func:`sqtorch.tabular.bellman.value_iteration`) or after T iterations. ``on_iteration(t, residual,
     elapsed_seconds)`` is called after every iteration (for logging). The table size is checked
     against ``max_memory_gib`` before anything is allocated. Defaults: :class:`TabularConfig`.
+    ``stop_early=False`` runs exactly T iterations (a fixed workload for benchmarks); the result
+    is then the T-th iterate, not the midpoint of the first bracket within ``tol``.
     """
     _validate(k, m, T, tol, seed, n, dtype, max_memory_gib)
     k, m = int(k), m if m == "exact" else int(m)
@@ -333,13 +504,15 @@ def learn(
     t0 = time.perf_counter()
     with torch_threads(1):  # parallel over our own chunks only (see _run)
         kernel: SampledKernel | CountKernel
+        X = state_columns(k, env.L, env.device)  # for the draws and for r_Delta
         if m == "exact":
             kernel = count_kernel(env, k, max_memory_gib=max_memory_gib)
         else:
-            kernel = sample_kernel(env, k, m, seed, workers)
-        r = subsampled_reward(env, k).to(dtype)
+            kernel = sample_kernel(env, k, m, seed, workers, X=X)
+        r = subsampled_reward(env, k, X).to(dtype)
+        del X
         build_seconds = time.perf_counter() - t0
-        fp = value_iteration(kernel, r, env.gamma, T, tol, on_iteration=on_iteration)
+        fp = value_iteration(kernel, r, env.gamma, T, tol, on_iteration=on_iteration, stop_early=stop_early)
         del kernel, r  # freed before the [G, N, A] copy (table_memory_gib counts on it)
         q = fp.q.permute(0, 2, 1).contiguous()
     residuals, converged = fp.residuals, fp.converged
