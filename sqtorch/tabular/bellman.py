@@ -23,6 +23,7 @@ from torch import Tensor
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.tabular.counts import state_columns
 
+REWARD_CHUNK = 1 << 14  # count vectors per gather of subsampled_reward (k * G * A * 2^14 values)
 NOISE_ULPS = 450  # one sweep's relative rounding noise, in units of the dtype's eps (1e-13 in float64)
 
 
@@ -58,17 +59,22 @@ def subsampled_reward(env: GlobalLocalMDP, k: int, X: Tensor | None = None) -> T
     """``r_Delta[g, a, c] = r_g[g, a] + (1/k) sum_x c_x r_l[g, a, x]`` (docs/model.md §2), ``[G, A, N]``.
 
     Summed over the k sorted local states of each count vector (``X = state_columns(k, L)``,
-    int32 ``[k, N]``; pass it to reuse it) in position order, one ``(g, a)`` row at a time: a
-    gather from an L-entry table per position, and nothing of size ``N * L`` is allocated.
+    int32 ``[k, N]``; pass it to reuse it) in position order, by chunks of ``REWARD_CHUNK``
+    count vectors: one gather of ``r_l[g, a, x_i]`` for every ``(i, g, a)`` per chunk, so nothing
+    of size ``N * L`` (or ``k * N * G * A``) is allocated.
     """
     X = state_columns(k, env.L, env.device) if X is None else X
-    G, A, N = env.G, env.A, X.shape[1]
-    r_l = env.r_l.reshape(G * A, env.L)
+    G, A, L, N = env.G, env.A, env.L, X.shape[1]
+    r_l = env.r_l.reshape(-1)
+    rows = torch.arange(0, G * A * L, L, dtype=torch.int32, device=r_l.device)[None, :, None]  # (g, a) offsets
     total = torch.empty(G * A, N, dtype=r_l.dtype, device=r_l.device)
-    for p in range(G * A):  # (g, a) pairs, then positions within one count vector: never agents or entries
-        torch.index_select(r_l[p], 0, X[0], out=total[p])
-        for i in range(1, k):
-            total[p] += r_l[p].index_select(0, X[i])
+    for s in range(0, N, REWARD_CHUNK):
+        e = min(s + REWARD_CHUNK, N)
+        vals = r_l.index_select(0, (X[:, None, s:e] + rows).view(-1)).view(k, G * A, e - s)
+        acc = total[:, s:e]
+        acc.copy_(vals[0])
+        for i in range(1, k):  # positions within one count vector, in order: the same sums as ever
+            acc += vals[i]
     return total.div_(k).add_(env.r_g.reshape(G * A, 1)).view(G, A, N)
 
 
