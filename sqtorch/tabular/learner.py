@@ -21,8 +21,10 @@ thread count.
 from __future__ import annotations
 
 import math
+import mmap
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -51,6 +53,7 @@ SAMPLE_CHUNK_ROWS = 1 << 13  # (block, count vector) rows per sampling chunk on 
 CUDA_CHUNK_ROWS = 1 << 17  # on CUDA one kernel launch must cover far more rows; one stream, no thread pool
 CUDA_SAMPLE_CHUNK_ROWS = 1 << 17
 SAMPLE_TASK_DRAWS = 1 << 20  # k * m * rows at most drawn in one task (else one chunk per task)
+HUGE_PAGE_MIN_BYTES = 1 << 24  # V^T from this size on lives on transparent huge pages
 PARALLEL_MIN_WORK = 1 << 22  # below this many element-ops a thread pool costs more than it saves
 
 
@@ -110,6 +113,26 @@ class _Buffers(threading.local):
         if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
             buf = self.__dict__[name] = torch.empty(numel, dtype=dtype, device=device)
         return buf[:numel]
+
+
+def _huge_page_tensor(numel: int, dtype: torch.dtype) -> Tensor:
+    """An uninitialized 1-D CPU tensor in anonymous memory advised ``MADV_HUGEPAGE`` (plain memory elsewhere).
+
+    Linux backs it with 2 MiB pages when transparent huge pages are ``always`` or ``madvise``;
+    the mapping lives as long as the tensor (``torch.frombuffer`` keeps it referenced).
+    """
+    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None:
+        return torch.empty(numel, dtype=dtype)
+    mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: shared memory gets no THP
+    try:
+        mem.madvise(advice)
+    except OSError:
+        pass  # THP disabled: still an ordinary buffer
+    with warnings.catch_warnings():  # "non-writable buffer": an anonymous mmap is writable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(mem, dtype=dtype, count=numel)
 
 
 @dataclass(frozen=True)
@@ -254,6 +277,7 @@ class SampledKernel:
     _buffers: _Buffers = field(default_factory=_Buffers, init=False, repr=False)
     _mean_w: dict = field(default_factory=dict, init=False, repr=False)
     _chunk: int = field(default=CHUNK_ROWS, init=False, repr=False)
+    _vt_buf: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         B, N, m = self.nxt.shape
@@ -288,7 +312,7 @@ class SampledKernel:
         G, A, N, _ = self.shape
         if self._flat is not None:
             return self._flat.expected(V.contiguous(), self._weights(V.dtype)).view(G, A, N)
-        vt = V.T.contiguous().view(-1)  # [N * G]: c'-major
+        vt = self._vt(V)
         out = torch.empty(G * A, N, dtype=V.dtype, device=V.device)
         self._run_chunks(lambda s, e: self._chunk_expected(vt, s, e, out[:, s:e]))
         return out.view(G, A, N)
@@ -302,7 +326,7 @@ class SampledKernel:
         G, A, N, _ = self.shape
         if self._flat is not None:
             return self.expected_next(V).mul_(gamma).add_(r).amax(1)
-        vt = V.T.contiguous().view(-1)
+        vt = self._vt(V)
         V_new = torch.empty_like(V)
 
         def chunk(s: int, e: int) -> None:
@@ -312,6 +336,20 @@ class SampledKernel:
 
         self._run_chunks(chunk)
         return V_new
+
+    def _vt(self, V: Tensor) -> Tensor:
+        """``V^T`` flattened, ``[N * G]`` (c'-major: the g' of one sample share a cache line).
+
+        Large ones go to one persistent buffer on transparent huge pages where the OS allows it:
+        the sweep's random reads then miss the TLB far less (bench/RESULTS.md).
+        """
+        if V.device.type != "cpu" or V.numel() * V.element_size() < HUGE_PAGE_MIN_BYTES:
+            return V.T.contiguous().view(-1)
+        buf = self._vt_buf.get(V.dtype)
+        if buf is None or buf.numel() != V.numel():
+            buf = self._vt_buf[V.dtype] = _huge_page_tensor(V.numel(), V.dtype)
+        buf.view(V.shape[1], V.shape[0]).copy_(V.T)
+        return buf
 
     def _run_chunks(self, fn: Callable[[int, int], None]) -> None:
         """``fn(s, e)`` on fixed chunks of count vectors, in parallel when the sweep is large."""

@@ -1,0 +1,100 @@
+"""The sampled learner's fast paths compute the same numbers as its general path (issue 13, items 1-2).
+
+- small tables (one gather, ``_FlatGather``) and the chunked, fused greedy sweep agree bitwise,
+  including stochastic ``P_g`` (weighted means) and the huge-page ``V^T`` buffer;
+- the bucket table built by counting is ``LookupSampler.build``'s table;
+- int32 ranks, cached state columns and the chunked ``r_Delta`` equal their definitions;
+- ``stop_early=False`` runs exactly T sweeps; m = 1 tables are bitwise those of sqtorch 0.2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_properties import PROFILE, small_envs
+
+from sqtorch.envs import make_env
+from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.simulator import LookupSampler
+from sqtorch.tabular import learn, learner
+from sqtorch.tabular.bellman import subsampled_reward
+from sqtorch.tabular.counts import all_counts, all_sorted_states, rank_columns, rank_states, state_columns
+
+
+@settings(PROFILE)
+@given(env=small_envs(max_G=3, max_A=3, max_L=4), k=st.integers(1, 4), m=st.sampled_from([1, 3, 7]))
+def test_small_table_path_equals_chunked_fused_path(env: GlobalLocalMDP, k: int, m: int) -> None:
+    flat = learn(env, k, m=m, T=6, tol=1e-300, seed=5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(learner, "FLAT_READS", -1)  # the chunked path, one chunk per block, fused sweeps
+        mp.setattr(learner, "HUGE_PAGE_MIN_BYTES", 0)  # V^T in the huge-page buffer
+        chunked = learn(env, k, m=m, T=6, tol=1e-300, seed=5)
+    assert torch.equal(flat.qtable.q, chunked.qtable.q)
+    assert flat.residuals == chunked.residuals
+
+
+def test_chunked_expected_next_matches_its_fused_sweep() -> None:
+    env = make_env("demand_response")
+    K = learner.sample_kernel(env, 4, 20, seed=1)  # 4 chunks of count vectors
+    assert K._flat is None
+    r = subsampled_reward(env, 4)
+    V = torch.rand(env.G, K.nxt.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(K.greedy_sweep(V, r, env.gamma), K.expected_next(V).mul_(env.gamma).add_(r).amax(1))
+
+
+@settings(PROFILE)
+@given(seed=st.integers(0, 2**31 - 1), K=st.integers(2, 30), dyadic=st.booleans(), entries=st.integers(16, 1 << 20))
+def test_bucket_table_by_counting_is_lookup_samplers_table(seed: int, K: int, dyadic: bool, entries: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    P = torch.rand(6, K, generator=gen, dtype=torch.float64) ** 3
+    P[torch.rand(6, K, generator=gen) < 0.3] = 0
+    if dyadic:  # CDF values on bucket edges
+        P = torch.round(P * 8)
+    P[:, 0] += 1
+    P = P / P.sum(-1, keepdim=True)
+    ours, theirs = learner._bucket_sampler(P, entries), LookupSampler.build(P, entries)
+    assert ours.bits == theirs.bits and torch.equal(ours.table, theirs.table)
+
+
+@pytest.mark.parametrize("k,L", [(1, 4), (3, 5), (4, 25)])
+def test_state_columns_and_int32_ranks(k: int, L: int) -> None:
+    X = state_columns(k, L)
+    assert X.dtype == torch.int32 and torch.equal(X.long(), all_sorted_states(k, L).T)
+    x = torch.randint(0, L, (k, 50, 3), generator=torch.Generator().manual_seed(k)).to(torch.uint8)
+    r32 = rank_columns(list(x), L, dtype=torch.int32)
+    assert r32.dtype == torch.int32 and torch.equal(r32.long(), rank_states(x.permute(1, 2, 0).long(), L))
+
+
+@pytest.mark.parametrize("name,k", [("demand_response", 3), ("queue", 6)])
+def test_subsampled_reward_is_the_count_formula(name: str, k: int) -> None:
+    env = make_env(name)
+    c = all_counts(k, env.L).to(torch.float64)  # [N, L]
+    formula = env.r_g[:, :, None] + torch.einsum("gax,nx->gan", env.r_l, c) / k
+    got = subsampled_reward(env, k)
+    assert torch.allclose(got, formula, rtol=0, atol=1e-12)
+    X = all_sorted_states(k, env.L)  # the 0.2 summation order: positions one by one
+    old = env.r_l[:, :, X[:, 0]].clone()
+    for i in range(1, k):
+        old += env.r_l[:, :, X[:, i]]
+    assert torch.equal(got, old.div_(k).add_(env.r_g[:, :, None]))
+
+
+def test_stop_early_false_runs_exactly_T_sweeps() -> None:
+    env = make_env("queue", Q=2, G=3)
+    early = learn(env, 2, m=4, T=500, tol=1e-300)
+    forced = learn(env, 2, m=4, T=early.iterations + 7, tol=1e-300, stop_early=False)
+    assert early.converged and early.iterations < 500
+    assert forced.iterations == early.iterations + 7 and forced.converged
+
+
+@pytest.mark.parametrize(
+    "name,k,digest", [("demand_response", 3, "bebc005c787896ce"), ("queue", 4, "85a7d85be85950f4")]
+)
+def test_m1_tables_are_bitwise_those_of_0_2(name: str, k: int, digest: str) -> None:
+    """SHA-256 of the table sqtorch 0.2 (main at a0d84b3) learned: m = 1 uses no BLAS, so the bits are portable."""
+    q = learn(make_env(name), k, m=1, T=10, tol=1e-300, seed=0).qtable.q
+    assert hashlib.sha256(q.numpy().tobytes()).hexdigest()[:16] == digest
