@@ -273,7 +273,6 @@ class SampledKernel:
     workers: int = 1  # threads for the gathers
     _plan: _Plan = field(init=False, repr=False)
     _flat: _FlatGather | None = field(default=None, init=False, repr=False)
-    _support_t: list[Tensor] = field(default_factory=list, init=False, repr=False)
     _buffers: _Buffers = field(default_factory=_Buffers, init=False, repr=False)
     _mean_w: dict = field(default_factory=dict, init=False, repr=False)
     _chunk: int = field(default=CHUNK_ROWS, init=False, repr=False)
@@ -282,8 +281,6 @@ class SampledKernel:
     def __post_init__(self) -> None:
         B, N, m = self.nxt.shape
         self._plan = _Plan.build(self.block_of, self.P_g, B)
-        dev = self.nxt.device
-        self._support_t = [torch.tensor(u, dtype=torch.int32, device=dev)[:, None] for u in self._plan.support]
         self._chunk = N if self.nxt.numel() <= SMALL_TABLE else gather_chunk_rows(self.nxt.device)  # per chunk
         if self._chunk >= N and sum(map(len, self._plan.support)) * N * m <= FLAT_READS:
             self._flat = _FlatGather.build(self.nxt, self._plan, self.block_of.shape[0])
@@ -362,10 +359,11 @@ class SampledKernel:
         of every reachable g' (adjacent in ``V^T``) and one mat-vec (the mean); per ``(g, a)`` a copy
         of its g' column, or a ``P_g``-weighted mat-vec."""
         buf, n, m, plan = self._buffers, e - s, self.nxt.shape[2], self._plan
-        for b, support in enumerate(self._support_t):
-            U = support.shape[0]
+        for b, support in enumerate(plan.support):
+            U = len(support)
             ix = buf.get("ix", n * U * m, torch.int32, vt.device).view(n, U, m)
-            torch.add(self.nxt[b, s:e].view(n, 1, m), support, out=ix)
+            for u, g_next in enumerate(support):  # U strided adds: faster than one broadcast add
+                torch.add(self.nxt[b, s:e], g_next, out=ix[:, u])
             vals = torch.index_select(vt, 0, ix.view(-1), out=buf.get("vals", n * U * m, vt.dtype, vt.device))
             mean_out = buf.get("means", n * U, vt.dtype, vt.device)
             means = torch.mv(vals.view(n * U, m), self._weights(vt.dtype), out=mean_out)
