@@ -34,7 +34,7 @@ class NextStateKernel(Protocol):
 class FusedKernel(NextStateKernel, Protocol):
     """A kernel that also computes a whole greedy sweep without materializing Q (the sampled learner)."""
 
-    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float) -> Tensor: ...
+    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float, out: Tensor | None = None) -> Tensor: ...
 
 
 Backup = Callable[[Tensor], Tensor]  # Q [G, A, N] -> V [G, N]
@@ -83,10 +83,11 @@ def _sweep(kernel: NextStateKernel, r: Tensor, gamma: float, V: Tensor) -> Tenso
     return kernel.expected_next(V).mul_(gamma).add_(r)
 
 
-def _backup_sweep(kernel: NextStateKernel, r: Tensor, gamma: float, V: Tensor, backup: Backup) -> Tensor:
-    """``backup(r + gamma E[V(next)])``; fused by the kernel for the greedy backup when it can (same values)."""
+def _backup_sweep(kernel: NextStateKernel, r: Tensor, gamma: float, V: Tensor, backup: Backup, spare: Tensor) -> Tensor:
+    """``backup(r + gamma E[V(next)])``; fused by the kernel for the greedy backup when it can (same
+    values), then written into ``spare`` (a free ``[G, N]`` buffer: no table-sized allocation)."""
     if backup is greedy_backup and hasattr(kernel, "greedy_sweep"):
-        return kernel.greedy_sweep(V, r, gamma)
+        return kernel.greedy_sweep(V, r, gamma, out=spare)
     return backup(_sweep(kernel, r, gamma, V))
 
 
@@ -114,17 +115,17 @@ def value_iteration(
     sweeps (benchmarks of a fixed workload); ``converged`` then says whether the last one met the bound.
     """
     V = torch.zeros(r.shape[0], r.shape[2], dtype=r.dtype, device=r.device)
+    spare, D = torch.empty_like(V), torch.empty_like(V)  # V and spare alternate: no [G, N] allocation per sweep
     c = gamma / (1.0 - gamma)
     eps = NOISE_ULPS * torch.finfo(r.dtype).eps
     residuals: list[float] = []
     converged = False
     t0 = time.perf_counter()
     for t in range(T):
-        V_new = _backup_sweep(kernel, r, gamma, V, backup)
-        D = V_new.sub(V)
-        lo, hi, v_lo, v_hi = torch.stack([*D.aminmax(), *V_new.aminmax()]).tolist()  # one host sync per sweep
+        V_new = _backup_sweep(kernel, r, gamma, V, backup, spare)
+        lo, hi, v_lo, v_hi = torch.stack([*torch.sub(V_new, V, out=D).aminmax(), *V_new.aminmax()]).tolist()  # 1 sync
         shift = c * (hi + lo) / 2
-        V = V_new.add_(shift)  # midpoint of the bracket
+        V, spare = V_new.add_(shift), V  # midpoint of the bracket
         residuals.append(c * (hi - lo) / 2)
         if on_iteration is not None:
             on_iteration(t, residuals[-1], time.perf_counter() - t0)

@@ -314,17 +314,18 @@ class SampledKernel:
         self._run_chunks(lambda s, e: self._chunk_expected(vt, s, e, out[:, s:e]))
         return out.view(G, A, N)
 
-    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float) -> Tensor:
-        """``max_a (r + gamma E^[V])`` -> ``[G, N]`` (SUBSAMPLE-Q's backup), Q never whole in memory.
+    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float, out: Tensor | None = None) -> Tensor:
+        """``max_a (r + gamma E^[V])`` -> ``[G, N]`` (SUBSAMPLE-Q's backup; into ``out`` if given).
 
         Each chunk of count vectors computes its ``[G, A, n]`` slice of Q with the same ops as
-        ``expected_next(V).mul_(gamma).add_(r).amax(1)``, so the values are identical.
+        ``expected_next(V).mul_(gamma).add_(r).amax(1)``, so the values are identical; Q is never
+        whole in memory.
         """
         G, A, N, _ = self.shape
+        V_new = torch.empty_like(V) if out is None else out
         if self._flat is not None:
-            return self.expected_next(V).mul_(gamma).add_(r).amax(1)
+            return torch.amax(self.expected_next(V).mul_(gamma).add_(r), 1, out=V_new)
         vt = self._vt(V)
-        V_new = torch.empty_like(V)
 
         def chunk(s: int, e: int) -> None:
             q = self._buffers.get("q", G * A * (e - s), V.dtype, V.device).view(G * A, e - s)
@@ -473,18 +474,18 @@ def table_memory_gib(
     """Peak memory of the arrays :func:`learn` keeps live on ``device`` (not the interpreter and torch themselves).
 
     Counts: the samples (int32 ``[B, N, m]``, ``B = blocks`` distinct local kernels, at most
-    ``G * A``); two ``[G, A, N]`` tables (r_Delta and the one Q a sweep of
-    :func:`sqtorch.tabular.bellman.value_iteration` allocates; at the end the final Q and its
-    ``[G, N, A]`` copy, after the samples and r_Delta are freed); four ``[G, N]`` arrays (V, the
-    next V, their difference, V^T); per worker thread the larger of one gather chunk (int32 indices
-    + values of ``rows * m * G``) and one sampling chunk (k float64 uniforms, k uint8 states and
-    their sorting network, int64 ranks: ``(11 k + 40)`` bytes per row and sample); the sorted local
-    states of every count vector (int64 ``[N, k]``, built for sampling and for r_Delta; below glibc's
-    mmap threshold their pages stay resident). Chunk rows depend on the device
-    (:func:`gather_chunk_rows`). For ``m = "exact"`` the count kernel is sized separately
-    (:func:`sqtorch.tabular.exact.count_kernel`). Measured against the peak resident memory in
-    tests/test_tabular.py and bench/tabular.py, and against ``torch.cuda.max_memory_allocated``
-    in bench/gpu_check.sh.
+    ``G * A``); two ``[G, A, N]`` tables (r_Delta and the final Q of
+    :func:`sqtorch.tabular.bellman.value_iteration`; its sweeps never hold a whole Q, and after
+    the samples and r_Delta are freed the final Q and its ``[G, N, A]`` copy); four ``[G, N]``
+    arrays (V and the buffer the next V is written into, their difference, V^T); per worker
+    thread the larger of one gather chunk (int32 indices + values of ``rows * m * G``) and one
+    sampling chunk (k float64 uniforms, k uint8 states and their sorting network, ranks:
+    ``(11 k + 40)`` bytes per row and sample); ``8 N k`` bytes for the sorted local states of the
+    build (int32 ``[k, N]``) and the sampling threads' scratch, which the C allocator keeps
+    resident after it is freed. Chunk rows depend on the device (:func:`gather_chunk_rows`). For
+    ``m = "exact"`` the count kernel is sized separately (:func:`sqtorch.tabular.exact.count_kernel`).
+    Measured against the peak resident memory in tests/test_tabular.py and bench/tabular.py, and
+    against ``torch.cuda.max_memory_allocated`` in bench/gpu_check.sh.
     """
     s = torch.empty(0, dtype=dtype).element_size()
     tables = 2 * G * A * N * s + 4 * G * N * s + N * k * 8
