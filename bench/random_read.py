@@ -8,7 +8,8 @@ nothing else around it: ``torch.index_select`` of int32 random indices from a fl
 ``--mib`` MiB, in chunks of 2^17 reads, on ``--threads`` Python threads (each with its own
 output buffer; torch itself on one thread, as inside ``learn``). Also reported: the rate when
 3 consecutive reads share a cache line (the learner's layout for 3 actions; docs/model.md §2),
-and the in-cache rate (a 1 MiB array), which bounds small k.
+the in-cache rate (a 1 MiB array), which bounds small k, and the rate from an array on
+transparent huge pages (as the learner keeps ``V^T`` of large tables since issue 13).
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ import torch
 CHUNK = 1 << 17
 
 
-def read_rate(numel: int, threads: int, line_share: int = 1, total: int = 1 << 25, reps: int = 3) -> float:
-    """Best-of-``reps`` random reads per second (float64 values, int32 indices)."""
+def read_rate(
+    numel: int, threads: int, line_share: int = 1, total: int = 1 << 25, reps: int = 3, huge: bool = False
+) -> float:
+    """Best-of-``reps`` random reads per second (float64 values, int32 indices; ``huge``: on huge pages)."""
     gen = torch.Generator().manual_seed(0)
     v = torch.rand(numel, dtype=torch.float64, generator=gen)
+    if huge:
+        from sqtorch.tabular.learner import _huge_page_tensor
+
+        v = _huge_page_tensor(numel, torch.float64).copy_(v)
     base = torch.randint(0, numel - line_share, (total // line_share, 1), dtype=torch.int32, generator=gen)
     idx = (base + torch.arange(line_share, dtype=torch.int32)).view(-1)
     chunks = [idx[s : s + CHUNK] for s in range(0, len(idx), CHUNK)]
@@ -58,6 +65,7 @@ def measure(mib: int = 512, threads: int = 2) -> dict:
             random_reads_per_s_1thread=read_rate(numel, 1),
             line_shared_3_reads_per_s=read_rate(numel, threads, line_share=3),
             in_cache_reads_per_s=read_rate(2**20 // 8, threads),
+            huge_page_reads_per_s=read_rate(numel, threads, huge=True),
         )
     finally:
         torch.set_num_threads(prev)

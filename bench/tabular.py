@@ -8,7 +8,8 @@ configuration runs exactly T sweeps (``learn(..., stop_early=False)``: a fixed w
 default stopping rule would end demand response at 26 sweeps, see bench/RESULTS.md).
 A "sample backup" is one term ``V(g'_j, c'_j)`` of the empirical Bellman operator, i.e. one
 ``(g, c, a, j)``; an iteration does ``G * N * A * m`` of them. ``read_fraction`` divides the
-sample-backup rate by the machine's random-read rate (bench/random_read.py, 512 MiB array).
+sample-backup rate by the machine's random-read rate (bench/random_read.py, 512 MiB array;
+``huge_read_fraction``: the same array on transparent huge pages, as the learner's ``V^T``).
 ``learn_peak_gib`` is the peak resident memory added by ``learn`` (``peak_gib`` minus the
 process before it); ``estimate_gib`` is ``table_memory_gib`` for the same configuration.
 
@@ -136,15 +137,17 @@ def main() -> None:
 
     rr = measure(512, torch.get_num_threads())
     print(f"random reads/s (512 MiB float64, {rr['threads']} threads): {rr['random_reads_per_s']:.3g}; "
-          f"3 reads per line: {rr['line_shared_3_reads_per_s']:.3g}; in cache: {rr['in_cache_reads_per_s']:.3g}\n")
+          f"3 reads per line: {rr['line_shared_3_reads_per_s']:.3g}; in cache: {rr['in_cache_reads_per_s']:.3g}; "
+          f"on huge pages: {rr['huge_page_reads_per_s']:.3g}\n")
     dr_k = range(1, 6 if a.quick else a.max_k + 1)
     queue_k = [1, 2, 4, 8] if a.quick else [1, 2, 4, 8, 16, 24]
     rows = [subprocess_run(["--one", "demand_response", str(k), "--m", str(a.m), "--T", str(a.T)]) for k in dr_k]
     rows += [subprocess_run(["--one", "queue", str(k), "--m", str(a.m), "--T", str(a.T)]) for k in queue_k]
     for r in rows:
         r["read_fraction"] = r["sample_backups_per_s"] / rr["random_reads_per_s"]
+        r["huge_read_fraction"] = r["sample_backups_per_s"] / rr["huge_page_reads_per_s"]
     cols = ["env", "k", "count_vectors", "entries", "T", "build_s", "iterate_s", "total_s", "peak_gib",
-            "learn_peak_gib", "estimate_gib", "sample_backups_per_s", "read_fraction"]
+            "learn_peak_gib", "estimate_gib", "sample_backups_per_s", "read_fraction", "huge_read_fraction"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

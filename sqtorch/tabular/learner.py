@@ -12,10 +12,12 @@ a deterministic ``P_g`` (both shipped environments) this is the paper's m-sample
 otherwise it has the same mean and less variance. With ``m = "exact"`` the sample mean becomes
 the exact expectation (:mod:`sqtorch.tabular.exact`); at k = n that is Q*.
 
-Layout: samples ``G * rank(c')`` as int32 ``[B, N, m]`` (``B <= G * A``); a sweep gathers from
-``V^T [N, G]`` so the values of every reachable g' of one sample share a cache line, in fixed
-chunks on a persistent thread pool (torch releases the GIL): bitwise reproducible for any
-thread count.
+Layout: samples ``G * rank(c')`` as int32 ``[B, N, m]`` (``B <= G * A``). A small table's sweep is
+one gather from ``V`` (at m = 1 the whole ``E^``; :class:`_FlatGather`); a large table's sweep
+gathers from ``V^T [N, G]`` (on transparent huge pages) so the values of every reachable g' of one
+sample share a cache line, in fixed chunks of count vectors on a persistent thread pool (torch
+releases the GIL), each chunk finishing its own ``max_a`` (no Q table per sweep): bitwise
+reproducible for any thread count, and bitwise the tables of sqtorch 0.2.
 """
 
 from __future__ import annotations
