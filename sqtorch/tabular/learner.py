@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler, cdf_columns
-from sqtorch.runtime import GiB, check_int, derive_seed, torch_threads
+from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler, cdf_columns, sample_categorical
+from sqtorch.runtime import GiB, check_int, derive_seed, sync_free, torch_threads
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
 from sqtorch.tabular.counts import num_counts, rank_columns, state_columns
@@ -410,6 +410,9 @@ def _lookup_draw(local: LookupSampler, rows: Tensor, u: Tensor) -> Tensor:
     bits = local.bits
     idx = u.mul(1 << bits).to(torch.int32).add_(rows.mul(1 << bits)[:, :, None])
     out = local.table.index_select(0, idx.view(-1))
+    if sync_free(out):  # CUDA: no host read; exact draws everywhere, kept where the bucket is impure
+        exact = sample_categorical(local.cdf_cols, idx.view(-1).bitwise_right_shift(bits).long(), u.view(-1))
+        return torch.where(out == IMPURE, exact.to(torch.uint8), out).view(u.shape)
     bad = torch.nonzero(out == IMPURE).squeeze(1)
     if bad.numel():  # sample_categorical's count of CDF values <= u, over all outcomes in one compare
         row = idx.view(-1)[bad].bitwise_right_shift(bits)
