@@ -99,10 +99,3 @@ def test_m1_tables_are_bitwise_those_of_0_2(name: str, k: int, digest: str) -> N
     q = learn(make_env(name), k, m=1, T=10, tol=1e-300, seed=0).qtable.q
     assert hashlib.sha256(q.numpy().tobytes()).hexdigest()[:16] == digest
 
-
-def test_sync_free_draws_equal_the_host_resolved_draws(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CUDA branch of the draws (no ``nonzero``: impure buckets by ``torch.where``), run on the CPU."""
-    env = make_env("demand_response")
-    host = learner.sample_kernel(env, 3, 5, seed=2).nxt
-    monkeypatch.setattr(learner, "sync_free", lambda t: True)
-    assert torch.equal(learner.sample_kernel(env, 3, 5, seed=2).nxt, host)

@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler, cdf_columns, sample_categorical
-from sqtorch.runtime import GiB, check_int, derive_seed, sync_free, torch_threads
+from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler, cdf_columns
+from sqtorch.runtime import GiB, check_int, derive_seed, torch_threads
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
 from sqtorch.tabular.counts import num_counts, rank_columns, state_columns
@@ -410,9 +410,8 @@ def _lookup_draw(local: LookupSampler, rows: Tensor, u: Tensor) -> Tensor:
     bits = local.bits
     idx = u.mul(1 << bits).to(torch.int32).add_(rows.mul(1 << bits)[:, :, None])
     out = local.table.index_select(0, idx.view(-1))
-    if sync_free(out):  # CUDA: no host read; exact draws everywhere, kept where the bucket is impure
-        exact = sample_categorical(local.cdf_cols, idx.view(-1).bitwise_right_shift(bits).long(), u.view(-1))
-        return torch.where(out == IMPURE, exact.to(torch.uint8), out).view(u.shape)
+    # nonzero reads the count on the host: once per sampling chunk of the build (set-up, not the sweep loop);
+    # resolving every draw exactly instead (as the Monte Carlo step loop does on CUDA) costs ~40 bytes a draw
     bad = torch.nonzero(out == IMPURE).squeeze(1)
     if bad.numel():  # sample_categorical's count of CDF values <= u, over all outcomes in one compare
         row = idx.view(-1)[bad].bitwise_right_shift(bits)
@@ -484,11 +483,12 @@ def table_memory_gib(
     the samples and r_Delta are freed the final Q and its ``[G, N, A]`` copy); four ``[G, N]``
     arrays (V and the buffer the next V is written into, their difference, V^T); per worker
     thread the larger of one gather chunk (int32 indices + values of ``rows * m * G``) and one
-    sampling chunk (k float64 uniforms, k uint8 states and their sorting network, ranks:
-    ``(11 k + 40)`` bytes per row and sample); ``8 N k`` bytes for the sorted local states of the
-    build (int32 ``[k, N]``) and the sampling threads' scratch, which the C allocator keeps
-    resident after it is freed. Chunk rows depend on the device (:func:`gather_chunk_rows`). For
-    ``m = "exact"`` the count kernel is sized separately (:func:`sqtorch.tabular.exact.count_kernel`).
+    sampling chunk (k float64 uniforms, k int32 bucket indices, k uint8 states and their
+    impurity mask, then the sorting network and int32 ranks: ``(14 k + 16)`` bytes per row and
+    sample); ``8 N k`` bytes for the sorted local states of the build (int32 ``[k, N]``) and the
+    sampling threads' scratch, which the C allocator keeps resident after it is freed. Chunk rows
+    depend on the device (:func:`gather_chunk_rows`). For ``m = "exact"`` the count kernel is sized
+    separately (:func:`sqtorch.tabular.exact.count_kernel`).
     Measured against the peak resident memory in tests/test_tabular.py and bench/tabular.py, and
     against ``torch.cuda.max_memory_allocated`` in bench/gpu_check.sh.
     """
@@ -500,7 +500,7 @@ def table_memory_gib(
     B = G * A if blocks is None else blocks
     samples = B * N * int(m) * 4
     gather = min(N, gather_chunk_rows(device)) * int(m) * G * (4 + 2 * s)
-    sampling = min(B * N, sample_chunk_rows(device)) * int(m) * (11 * k + 40)
+    sampling = min(B * N, sample_chunk_rows(device)) * int(m) * (14 * k + 16)
     return (samples + tables + workers * max(gather, sampling)) / GiB
 
 
