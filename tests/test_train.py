@@ -234,3 +234,15 @@ def test_experiment_presets_compose_and_validate(make_cfg, name) -> None:
     cfg = make_cfg(f"experiment={name}")
     validate_config(cfg)
     assert cfg.algo.name in ("deepsets", "tabular") and 1 <= cfg.k <= cfg.n
+
+
+@pytest.mark.slow
+def test_default_deepsets_run_is_bitwise_reproducible_with_two_threads(make_cfg, tmp_path) -> None:
+    """The default trainer is deterministic: with it off, 2 CPU threads made two runs of this config differ."""
+    common = ("threads=2", "logger=none", "algo.max_steps=40", "eval.every=40", "eval.num_initial=4",
+              "eval.rollouts=4", "eval.horizon=20", "eval.reference=none")
+    states = []
+    for name in ("a", "b"):
+        run(make_cfg(*common, out=tmp_path / name))
+        states.append(torch.load(tmp_path / name / "checkpoints/final.ckpt", weights_only=True)["state_dict"])
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
