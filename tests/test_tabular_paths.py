@@ -2,7 +2,7 @@
 
 - small tables (one gather, ``_FlatGather``) and the chunked, fused greedy sweep agree bitwise,
   including stochastic ``P_g`` (weighted means) and the huge-page ``V^T`` buffer;
-- the bucket table built by counting is ``LookupSampler.build``'s table;
+- ``LookupSampler.build``'s bucket table (by counting) is the binary-search table of its definition;
 - int32 ranks, cached state columns and the chunked ``r_Delta`` equal their definitions;
 - ``stop_early=False`` runs exactly T sweeps; m = 1 tables are bitwise those of sqtorch 0.2.
 """
@@ -19,7 +19,7 @@ from test_properties import PROFILE, small_envs
 
 from sqtorch.envs import make_env
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import LookupSampler
+from sqtorch.envs.simulator import IMPURE, LookupSampler
 from sqtorch.tabular import learn, learner
 from sqtorch.tabular.bellman import subsampled_reward
 from sqtorch.tabular.counts import all_counts, all_sorted_states, rank_columns, rank_states, state_columns
@@ -48,7 +48,7 @@ def test_chunked_expected_next_matches_its_fused_sweep() -> None:
 
 @settings(PROFILE)
 @given(seed=st.integers(0, 2**31 - 1), K=st.integers(2, 30), dyadic=st.booleans(), entries=st.integers(16, 1 << 20))
-def test_bucket_table_by_counting_is_lookup_samplers_table(seed: int, K: int, dyadic: bool, entries: int) -> None:
+def test_bucket_table_by_counting_is_the_binary_search_table(seed: int, K: int, dyadic: bool, entries: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     P = torch.rand(6, K, generator=gen, dtype=torch.float64) ** 3
     P[torch.rand(6, K, generator=gen) < 0.3] = 0
@@ -56,8 +56,14 @@ def test_bucket_table_by_counting_is_lookup_samplers_table(seed: int, K: int, dy
         P = torch.round(P * 8)
     P[:, 0] += 1
     P = P / P.sum(-1, keepdim=True)
-    ours, theirs = learner._bucket_sampler(P, entries), LookupSampler.build(P, entries)
-    assert ours.bits == theirs.bits and torch.equal(ours.table, theirs.table)
+    S = LookupSampler.build(P, entries)
+    # the definition: outcome = #boundaries <= q / s unless #boundaries < (q + 1) / s is larger (binary search)
+    bits = max(4, min(16, (entries // 6).bit_length() - 1))
+    edges = torch.arange(2**bits + 1, dtype=torch.float64) / 2**bits
+    inner = S.cdf_cols[:-1].T.contiguous()
+    lo = torch.searchsorted(inner, edges[:-1].expand(6, -1).contiguous(), right=True)
+    hi = torch.searchsorted(inner, edges[1:].expand(6, -1).contiguous(), right=False)
+    assert S.bits == bits and torch.equal(S.table, torch.where(hi > lo, IMPURE, lo).to(torch.uint8).reshape(-1))
 
 
 @pytest.mark.parametrize("k,L", [(1, 4), (3, 5), (4, 25)])

@@ -123,16 +123,26 @@ class LookupSampler:
 
     @classmethod
     def build(cls, P: Tensor, entries: int = LOOKUP_ENTRIES) -> LookupSampler:
-        """Table for the rows of ``P [..., K]`` (``K <= 254``)."""
+        """Table for the rows of ``P [..., K]`` (``K <= 254``), by counting boundaries per bucket.
+
+        Bucket q of row r holds outcome ``lo = #{inner CDF values b <= q / s}`` (``s = 2^bits``)
+        unless ``hi = #{b < (q + 1) / s}`` is larger (a boundary cuts it: ``IMPURE``). As ``b s`` is
+        exact, ``b <= q / s`` iff ``ceil(b s) <= q`` and ``b < (q + 1) / s`` iff ``floor(b s) <= q``:
+        both counts are cumulative histograms, no binary search.
+        """
         cdf_cols = cdf_columns(P)
         K, R = cdf_cols.shape
         if K >= IMPURE:
             raise ValueError(f"LookupSampler supports at most {IMPURE - 1} outcomes, got {K}")
         bits = max(4, min(16, (entries // max(R, 1)).bit_length() - 1))
-        edges = torch.arange(2**bits + 1, dtype=torch.float64, device=P.device) / 2**bits
-        inner = cdf_cols[:-1].T.contiguous()  # [R, K-1] boundaries, non-decreasing per row
-        lo = torch.searchsorted(inner, edges[:-1].expand(R, -1).contiguous(), right=True)
-        hi = torch.searchsorted(inner, edges[1:].expand(R, -1).contiguous(), right=False)
+        scaled = cdf_cols[:-1].T.mul(1 << bits)  # [R, K - 1] boundaries in bucket units, exact
+
+        def count_le(key: Tensor) -> Tensor:  # [R, 2^bits]: boundaries with key <= q
+            hist = torch.zeros(R, (1 << bits) + 2, dtype=torch.int32, device=P.device)
+            hist.scatter_add_(1, key.clamp_(0, (1 << bits) + 1).long(), torch.ones_like(key, dtype=torch.int32))
+            return hist.cumsum_(1)[:, : 1 << bits]
+
+        lo, hi = count_le(scaled.ceil()), count_le(scaled.floor())
         table = torch.where(hi > lo, IMPURE, lo).to(torch.uint8).reshape(-1)
         return cls(table=table, cdf_cols=cdf_cols, bits=bits)
 

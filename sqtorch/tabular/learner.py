@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler, cdf_columns
+from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler
 from sqtorch.runtime import GiB, check_int, derive_seed, torch_threads
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
@@ -378,28 +378,6 @@ class SampledKernel:
                     torch.mv(means, w.to(vt.dtype), out=out[p])
 
 
-def _bucket_sampler(P: Tensor, entries: int) -> LookupSampler:
-    """:meth:`LookupSampler.build` of the rows of ``P [..., K]`` by counting, not binary search (same table).
-
-    With ``s = 2^bits`` and a boundary ``b`` (an inner CDF value), ``b <= q / s`` iff
-    ``ceil(b s) <= q`` and ``b < (q + 1) / s`` iff ``floor(b s) <= q`` (``b s`` is exact), so the
-    two ``searchsorted`` counts per bucket are cumulative histograms of ``ceil(b s)`` and ``floor(b s)``.
-    """
-    cdf_cols = cdf_columns(P)
-    K, R = cdf_cols.shape
-    bits = max(4, min(16, (entries // max(R, 1)).bit_length() - 1))
-    scaled = cdf_cols[:-1].T.mul(1 << bits)  # [R, K - 1], exact
-
-    def count_le(key: Tensor) -> Tensor:  # [R, 2^bits]: boundaries with key <= q
-        hist = torch.zeros(R, (1 << bits) + 2, dtype=torch.int32, device=P.device)
-        hist.scatter_add_(1, key.clamp_(0, (1 << bits) + 1).long(), torch.ones_like(key, dtype=torch.int32))
-        return hist.cumsum_(1)[:, : 1 << bits]
-
-    lo, hi = count_le(scaled.ceil()), count_le(scaled.floor())
-    table = torch.where(hi > lo, IMPURE, lo).to(torch.uint8).reshape(-1)
-    return LookupSampler(table=table, cdf_cols=cdf_cols, bits=bits)
-
-
 def _lookup_draw(local: LookupSampler, rows: Tensor, u: Tensor) -> Tensor:
     """Next local states (uint8 ``[k, n, m]``) of bucket-table rows ``rows`` (int32 ``[k, n]``) for uniforms ``u``.
 
@@ -441,7 +419,7 @@ def sample_kernel(
     B = kernels.shape[0]
     X = state_columns(k, L, dev) if X is None else X  # [k, N]: agent i's state in each c
     # rows (b, x); a bucket table no larger than the number of draws (building it costs more otherwise)
-    local = _bucket_sampler(kernels, entries=min(LOOKUP_ENTRIES, B * N * m * k))
+    local = LookupSampler.build(kernels, entries=min(LOOKUP_ENTRIES, B * N * m * k))
     nxt = torch.empty(B * N, m, dtype=torch.int32, device=dev)
     chunks = _chunks(B * N, sample_chunk_rows(dev))
     per_task = len(chunks) if nxt.numel() * k <= SAMPLE_TASK_DRAWS else 1  # a small table: one task
