@@ -31,12 +31,6 @@ class NextStateKernel(Protocol):
     def expected_next(self, V: Tensor) -> Tensor: ...
 
 
-class FusedKernel(NextStateKernel, Protocol):
-    """A kernel that also computes a whole greedy sweep without materializing Q (the sampled learner)."""
-
-    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float, out: Tensor | None = None) -> Tensor: ...
-
-
 Backup = Callable[[Tensor], Tensor]  # Q [G, A, N] -> V [G, N]
 
 
