@@ -73,6 +73,7 @@ def test_state_columns_and_int32_ranks(k: int, L: int) -> None:
     x = torch.randint(0, L, (k, 50, 3), generator=torch.Generator().manual_seed(k)).to(torch.uint8)
     r32 = rank_columns(list(x), L, dtype=torch.int32)
     assert r32.dtype == torch.int32 and torch.equal(r32.long(), rank_states(x.permute(1, 2, 0).long(), L))
+    assert torch.equal(rank_columns(list(x), L), r32.long())  # the default int64 ranks: the same integers
 
 
 @pytest.mark.parametrize("name,k", [("demand_response", 3), ("queue", 6)])

@@ -149,11 +149,6 @@ def rank_columns(x: list[Tensor], L: int, dtype: torch.dtype = torch.int64) -> T
     binom = binomial_table(k, L, x[0].device)
     i = torch.arange(k, device=x[0].device)
     table = binom[torch.arange(L, device=x[0].device)[None, :] + i[:, None], i[:, None] + 1].to(dtype)  # [k, L]
-    if dtype == torch.int64:
-        out = table[0].take(x[0].long())
-        for i in range(1, k):
-            out += table[i].take(x[i].long())
-        return out
     out = table[0].index_select(0, x[0].reshape(-1).int()).view(x[0].shape)  # int32 indices: no int64 copy
     for i in range(1, k):
         out += table[i].index_select(0, x[i].reshape(-1).int()).view(x[0].shape)
