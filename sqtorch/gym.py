@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sqtorch.checks import check_int, check_k, out_of_range
+
 try:
     import gymnasium
     from gymnasium import spaces
@@ -54,7 +56,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "sqtorch.gym needs gymnasium>=1.0: pip install -e '.[gym]' (or '.[baselines]')"
     ) from e
 
-from sqtorch.envs import ENVS, GlobalLocalMDP, make_env
+from sqtorch.envs import ENVS, GlobalLocalMDP, build_env, env_params
 from sqtorch.envs.simulator import cdf_columns, make_generator, sample_initial_state, sample_subset, step
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.tabular.counts import counts_of
@@ -73,27 +75,10 @@ VECTOR_ENTRY_POINT = "sqtorch.gym:GlobalLocalVectorEnv"
 
 
 def preset_params(name: str) -> dict[str, Any]:
-    """Default constants of preset ``name`` (the keyword defaults of its builder)."""
+    """Default constants of the registered env ``name`` (the keyword defaults of its builder)."""
     if name not in ENVS:
         raise ValueError(f"mdp = '{name}' is unknown; allowed: {sorted(ENVS)}")
-    sig = inspect.signature(ENVS[name])
-    return {p.name: p.default for p in sig.parameters.values() if p.default is not inspect.Parameter.empty}
-
-
-def build_mdp(mdp: GlobalLocalMDP | str, **env_kwargs: Any) -> GlobalLocalMDP:
-    """A :class:`GlobalLocalMDP` itself, or preset ``mdp`` built with ``env_kwargs`` (docs/model.md §4)."""
-    if isinstance(mdp, GlobalLocalMDP):
-        if env_kwargs:
-            raise ValueError(f"env constants {sorted(env_kwargs)} given with an explicit GlobalLocalMDP; "
-                             "pass constants only with a preset name")
-        return mdp
-    if not isinstance(mdp, str):
-        raise ValueError(f"mdp = {mdp!r} must be a GlobalLocalMDP or a preset name in {sorted(ENVS)}")
-    allowed = preset_params(mdp)
-    unknown = sorted(set(env_kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown constants {unknown} for env '{mdp}'; allowed: {sorted(allowed)}")
-    return make_env(mdp, **env_kwargs)
+    return {key: d for key, d in env_params(ENVS[name]).items() if d is not inspect.Parameter.empty}
 
 
 def count_features(s_g: Tensor, counts: Tensor, G: int) -> Tensor:
@@ -109,13 +94,6 @@ def count_features(s_g: Tensor, counts: Tensor, G: int) -> Tensor:
     return out
 
 
-def _check_int(name: str, value: Any, lo: int, what: str, hi: int | None = None) -> int:
-    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
-    if not ok or value < lo or (hi is not None and value > hi):
-        rng = f"{lo} <= {name} <= {hi}" if hi is not None else f"{name} >= {lo}"
-        raise ValueError(f"{name} = {value!r} is outside the allowed range {rng} ({what})")
-    return int(value)
-
 
 class _Core:
     """Batched state of B systems, their generators and the observation encoder (shared core)."""
@@ -130,18 +108,18 @@ class _Core:
         batch: int,
         device: torch.device | str | None,
     ) -> None:
-        self.n = _check_int("n", n, 1, "number of local agents")
+        self.n = check_int("n", n, 1, "number of local agents")
         if obs not in OBS_MODES:
             raise ValueError(f"obs = {obs!r} is not an observation mode; allowed: {list(OBS_MODES)}")
         if obs == "subsample":
             if k is None:
-                raise ValueError(f"obs = 'subsample' needs k, the subsample size, in 1 <= k <= n = {n}")
-            k = _check_int("k", k, 1, "subsample size", hi=n)
+                raise out_of_range("k", k, f"1 <= k <= n = {n}", "obs = 'subsample' needs the subsample size")
+            k = check_k(k, n, "subsample size")
         elif k is not None:
             raise ValueError(f"k = {k!r} is only used with obs = 'subsample' (got obs = {obs!r}); leave it None")
         self.obs, self.k = obs, k
         self.mdp = mdp.to(device) if device is not None else mdp
-        self.horizon = horizon_for(mdp.gamma) if horizon is None else _check_int("horizon", horizon, 1, "steps")
+        self.horizon = horizon_for(mdp.gamma) if horizon is None else check_int("horizon", horizon, 1, "steps")
         self.batch = batch
         dev = self.mdp.device
         self.cdf_g = cdf_columns(self.mdp.P_g)
@@ -256,7 +234,7 @@ class GlobalLocalEnv(gymnasium.Env):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode = {render_mode!r}; allowed: None or {self.metadata['render_modes']}")
-        self.mdp = build_mdp(mdp, **env_kwargs)
+        self.mdp = build_env(mdp, **env_kwargs)
         self._core = _Core(self.mdp, n, obs, k, horizon, 1, device)
         self.mdp = self._core.mdp
         self.n, self.obs, self.k, self.horizon = n, obs, self._core.k, self._core.horizon
@@ -316,7 +294,7 @@ class GlobalLocalVectorEnv(VectorEnv):
         render_mode: str | None = None,
         **env_kwargs: Any,
     ) -> None:
-        self.num_envs = _check_int("num_envs", num_envs, 1, "batch of systems")
+        self.num_envs = check_int("num_envs", num_envs, 1, "batch of systems")
         modes = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
         try:
             mode = AutoresetMode(autoreset_mode)
@@ -329,7 +307,7 @@ class GlobalLocalVectorEnv(VectorEnv):
         self.autoreset_mode = mode
         self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.render_mode = render_mode
-        mdp = build_mdp(mdp, **env_kwargs)
+        mdp = build_env(mdp, **env_kwargs)
         self._core = _Core(mdp, n, obs, k, horizon, self.num_envs, device)
         self.mdp = self._core.mdp
         self.n, self.obs, self.k, self.horizon = n, obs, self._core.k, self._core.horizon
@@ -427,7 +405,6 @@ __all__ = [
     "PRESET_IDS",
     "GlobalLocalEnv",
     "GlobalLocalVectorEnv",
-    "build_mdp",
     "count_features",
     "preset_params",
     "register_envs",

@@ -13,15 +13,10 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from sqtorch.checks import check_int
+
 GiB = float(1 << 30)
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
-
-
-def check_int(name: str, value: object, lo: int, what: str) -> int:
-    """``int(value)`` if it is an integer (numpy integers too, bools not) ``>= lo``, else ``ValueError``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} = {value!r} is outside the allowed range {name} >= {lo} ({what})")
-    return int(value)
 
 
 def derive_seed(seed: int, *stream: int) -> int:

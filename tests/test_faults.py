@@ -281,7 +281,7 @@ def test_learn_and_make_env_accept_numpy_integers():
     ("params", "message"),
     [
         (dict(Q=2.5), "Q = 2.5 is outside the allowed range Q >= 1"),
-        (dict(h=float("inf")), "h = inf is outside the allowed range: a finite cost"),
+        (dict(h=float("inf")), r"h = inf is outside the allowed range \(-inf, inf\) \(a finite cost\)"),
         (dict(G=True), "G = True is outside the allowed range G >= 2"),
         (dict(lam=float("nan")), "lam = nan is outside the allowed range"),
     ],

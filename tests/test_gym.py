@@ -77,13 +77,13 @@ def test_envs_package_does_not_import_gymnasium():
     "kwargs, match",
     [
         (dict(obs="pixels"), "obs = 'pixels'"),
-        (dict(obs="subsample"), "needs k"),
-        (dict(obs="subsample", k=7), "k = 7 is outside the allowed range 1 <= k <= 6"),
+        (dict(obs="subsample"), "k = None is outside the allowed range 1 <= k <= n = 6 .obs = 'subsample' needs"),
+        (dict(obs="subsample", k=7), "k = 7 is outside the allowed range 1 <= k <= n = 6"),
         (dict(obs="counts", k=2), "k = 2 is only used with obs = 'subsample'"),
         (dict(n=0), "n = 0 is outside the allowed range n >= 1"),
         (dict(horizon=0), "horizon = 0 is outside"),
-        (dict(lamda=0.3), r"unknown constants \['lamda'\] for env 'queue'"),
-        (dict(mdp="qeueu"), "mdp = 'qeueu' is unknown"),
+        (dict(lamda=0.3), r"env.lamda is not a parameter of queue\(Q, G, "),
+        (dict(mdp="qeueu"), "env = 'qeueu' is unknown"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
@@ -282,7 +282,8 @@ def test_sb3_env_records_round_trip(tmp_path):
     pytest.importorskip("stable_baselines3")
     from dataclasses import replace
 
-    from sqtorch.baselines.sb3 import _env_record, _load_env_record, mdp_from_cfg
+    from sqtorch.baselines.sb3 import _env_record, _load_env_record
+    from sqtorch.envs import build_env
 
     preset = make_env("queue", Q=3, lam=0.4)
     rec = _env_record(preset, tmp_path / "a")
@@ -292,7 +293,7 @@ def test_sb3_env_records_round_trip(tmp_path):
     assert rec == {"tensors": "b.mdp.pt", "name": "mine"}
     back = _load_env_record(rec, tmp_path)
     assert torch.equal(back.P_l, custom.P_l) and back.gamma == custom.gamma
-    built = mdp_from_cfg({"_target_": "sqtorch.envs.queue", "Q": 2})
+    built = build_env({"_target_": "sqtorch.envs.queue", "Q": 2})
     assert torch.equal(built.P_l, custom.P_l)
 
 
@@ -301,8 +302,8 @@ def test_sb3_env_records_round_trip(tmp_path):
     [
         (dict(algo="a2c"), r"algo = 'a2c' is not supported; allowed: \['dqn', 'ppo'\]"),
         (dict(obs="agents"), r"obs = 'agents' is not supported for baselines"),
-        (dict(obs="subsample"), "needs k"),
-        (dict(env_or_cfg={"Q": 2}), "env config needs 'name'"),
+        (dict(obs="subsample"), "k = None is outside the allowed range 1 <= k <= n = 4 .obs = 'subsample' needs"),
+        (dict(env_or_cfg={"Q": 2}), "env config needs ._target_. or .name."),
         (dict(total_timesteps=0), "total_timesteps = 0 is outside"),
     ],
 )

@@ -12,16 +12,12 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqtorch.runtime import check_int
+from sqtorch.checks import check_int, check_positive
 
 OBS = ("counts", "subsample")
 ARTIFACT_STEM = "policy"  # a run dir's SB3 artifact: policy.zip + policy.json (sqtorch.baselines.sb3)
 _COMMON = ("name", "obs", "total_timesteps", "num_envs", "horizon")
 
-
-def _positive(name: str, x: float | None) -> None:
-    if x is not None and not (0 < float(x) < math.inf):
-        raise ValueError(f"{name} = {x} is outside the allowed range: a finite number > 0 (or null)")
 
 
 @dataclass
@@ -51,7 +47,7 @@ class Sb3Config:
         for key in ("horizon", "batch_size"):
             if getattr(self, key) is not None:
                 check_int(f"algo.{key}", getattr(self, key), 1, "a positive integer, or null for the default")
-        _positive("algo.learning_rate", self.learning_rate)
+        check_positive("algo.learning_rate", self.learning_rate, allow_none=True)
 
     def algo_kwargs(self) -> dict[str, Any]:
         """The keys set (not ``None``) that go to the SB3 constructor."""

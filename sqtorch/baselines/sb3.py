@@ -21,7 +21,6 @@ wall time). Custom envs that are not a preset are saved as tensors in ``<stem>.m
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from collections.abc import Mapping
@@ -44,7 +43,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "sqtorch.baselines.sb3 needs stable-baselines3 and gymnasium: pip install -e '.[baselines]'"
     ) from e
 
-from sqtorch.envs import ENVS, GlobalLocalMDP, make_env
+from sqtorch.checks import check_int
+from sqtorch.envs import ENVS, GlobalLocalMDP, build_env, make_env
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.gym import GlobalLocalEnv, count_features, preset_params
 from sqtorch.metrics import SAMPLES_PER_SECOND, TRAIN_SAMPLES
@@ -56,39 +56,6 @@ OBS = ("counts", "subsample")
 FORMAT = "sqtorch-sb3/1"
 CHUNK = 1 << 16  # rows per forward pass in greedy()
 
-
-def _check_int(name: str, value: Any, lo: int, what: str, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        rng = f"{lo} <= {name} <= {hi}" if hi is not None else f"{name} >= {lo}"
-        raise ValueError(f"{name} = {value!r} is outside the allowed range {rng} ({what})")
-    return value
-
-
-def mdp_from_cfg(cfg: GlobalLocalMDP | str | Mapping[str, Any]) -> GlobalLocalMDP:
-    """An MDP from itself, a preset name, or a config mapping (``name`` or ``_target_`` + constants)."""
-    if isinstance(cfg, GlobalLocalMDP):
-        return cfg
-    if isinstance(cfg, str):
-        return make_env(cfg)
-    if isinstance(cfg, Mapping):
-        params = {str(k): v for k, v in dict(cfg).items()}
-        if "_target_" in params:
-            module, _, attr = str(params.pop("_target_")).rpartition(".")
-            try:
-                builder = getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError, ValueError) as e:
-                raise ValueError(f"env config _target_ = '{module}.{attr}' cannot be imported: {e}") from e
-            mdp = builder(**params)
-        elif "name" in params:
-            mdp = make_env(str(params.pop("name")), **params)
-        else:
-            raise ValueError(
-                f"env config needs 'name' (one of {sorted(ENVS)}) or '_target_', got keys {sorted(params)}"
-            )
-        if not isinstance(mdp, GlobalLocalMDP):
-            raise ValueError(f"env config built {type(mdp).__name__}, expected GlobalLocalMDP")
-        return mdp
-    raise ValueError(f"env_or_cfg = {cfg!r} must be a GlobalLocalMDP, a preset name or a config mapping")
 
 
 def _same_mdp(a: GlobalLocalMDP, b: GlobalLocalMDP) -> bool:
@@ -116,7 +83,7 @@ def _load_env_record(rec: Mapping[str, Any], folder: Path) -> GlobalLocalMDP:
     if "tensors" in rec:
         d = torch.load(folder / rec["tensors"], weights_only=True)
         return GlobalLocalMDP(d["P_g"], d["P_l"], d["r_g"], d["r_l"], d["gamma"], name=d["name"])
-    return mdp_from_cfg(rec)
+    return build_env(rec)
 
 
 def default_algo_kwargs(algo: str, total_timesteps: int, num_envs: int) -> dict[str, Any]:
@@ -168,12 +135,12 @@ def train_sb3(
         raise ValueError(f"algo = {algo!r} is not supported; allowed: {sorted(ALGOS)}")
     if obs not in OBS:
         raise ValueError(f"obs = {obs!r} is not supported for baselines; allowed: {list(OBS)}")
-    _check_int("n", n, 1, "number of local agents")
-    _check_int("total_timesteps", total_timesteps, 1, "env steps")
-    _check_int("num_envs", num_envs, 1, "parallel envs")
-    _check_int("seed", seed, 0, "random seed")
-    mdp = mdp_from_cfg(env_or_cfg)
-    horizon = horizon_for(mdp.gamma) if horizon is None else _check_int("horizon", horizon, 1, "steps")
+    check_int("n", n, 1, "number of local agents")
+    check_int("total_timesteps", total_timesteps, 1, "env steps")
+    check_int("num_envs", num_envs, 1, "parallel envs")
+    check_int("seed", seed, 0, "random seed")
+    mdp = build_env(env_or_cfg)
+    horizon = horizon_for(mdp.gamma) if horizon is None else check_int("horizon", horizon, 1, "steps")
     env_kw = dict(mdp=mdp, n=n, obs=obs, k=k if obs == "subsample" else None, horizon=horizon)
     GlobalLocalEnv(**env_kw)  # validate n / obs / k before SB3 builds anything
     kwargs = {**default_algo_kwargs(algo, total_timesteps, num_envs), **dict(algo_kwargs or {})}
@@ -248,7 +215,7 @@ class SB3Policy:
 
     def __init__(self, model: BaseAlgorithm, mdp: GlobalLocalMDP, meta: dict[str, Any], k: int | None = None) -> None:
         self.model, self.mdp, self.meta = model, mdp, meta
-        self.k = _check_int("k", meta["k"] if k is None else k, 1, "agents the policy sees")
+        self.k = check_int("k", meta["k"] if k is None else k, 1, "agents the policy sees")
         self.n, self.obs, self.algo = int(meta["n"]), str(meta["obs"]), str(meta["algo"])
         self.samples = int(meta.get("samples", 0))
 
@@ -313,4 +280,4 @@ class SB3Policy:
         return f"SB3Policy(algo={self.algo!r}, obs={self.obs!r}, n={self.n}, k={self.k}, env={self.mdp.name!r})"
 
 
-__all__ = ["ALGOS", "SB3Policy", "default_algo_kwargs", "mdp_from_cfg", "train_sb3"]
+__all__ = ["ALGOS", "SB3Policy", "default_algo_kwargs", "train_sb3"]

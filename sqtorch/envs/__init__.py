@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,47 +26,78 @@ def register_env(name: str, builder: Callable[..., GlobalLocalMDP]) -> None:
     ENVS[name] = builder
 
 
-def make_env(name: str, **params) -> GlobalLocalMDP:
-    """Build a named environment; unknown names raise with the list of known ones."""
-    if name not in ENVS:
-        raise ValueError(f"env = '{name}' is unknown; allowed: {sorted(ENVS)}")
-    return ENVS[name](**params)
-
-
-def build_env(cfg: Mapping[str, Any]) -> GlobalLocalMDP:
-    """An env from a plain config: ``{"_target_": "pkg.module.builder", **params}`` or ``{"name": ..., **params}``.
-
-    ``{"_target_": "sqtorch.envs.queue", "Q": 4}`` calls ``queue(Q=4)``; ``{"name": "queue"}`` goes
-    through :func:`make_env`. A custom env is a function returning a :class:`GlobalLocalMDP`
-    (docs/model.md §4.3). Errors are ``ValueError`` naming the bad key.
-    """
-    params = dict(cfg)
-    if "_target_" in params:
-        target = str(params.pop("_target_"))
-        module, _, attr = target.rpartition(".")
-        try:
-            builder = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ValueError(f"env._target_ = '{target}' cannot be imported: {e}") from e
-    elif "name" in params:
-        name = params.pop("name")
-        if name not in ENVS:
-            raise ValueError(f"env = '{name}' is unknown; allowed: {sorted(ENVS)}")
-        builder = ENVS[name]
-    else:
-        raise ValueError(f"env config needs '_target_' or 'name' (known names: {sorted(ENVS)})")
+def _builder(target: str) -> Callable[..., GlobalLocalMDP]:
+    module, _, attr = target.rpartition(".")
     try:
-        env = builder(**params)
-    except TypeError as e:  # an unknown or missing keyword of the builder
-        raise ValueError(f"env: {e}") from e
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"env._target_ = '{target}' cannot be imported: {e}") from e
+
+
+def env_params(builder: Callable[..., GlobalLocalMDP]) -> dict[str, Any]:
+    """The keyword parameters of an env builder with their defaults (``inspect.Parameter.empty``: required)."""
+    sig = inspect.signature(builder)
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def build_env(spec: GlobalLocalMDP | str | Mapping[str, Any], /, **params: Any) -> GlobalLocalMDP:
+    """The one way to get an env: from itself, a registered name, or a config mapping.
+
+    - a :class:`GlobalLocalMDP` is returned as it is (``params`` must be empty);
+    - ``"queue"`` (a name of :func:`register_env`) calls the registered builder with ``params``;
+    - ``{"_target_": "pkg.module.builder", **params}`` imports the builder (``{"_target_":
+      "sqtorch.envs.queue", "Q": 4}`` calls ``queue(Q=4)``); ``{"name": "queue", **params}`` looks
+      the name up. A custom env is a function returning a :class:`GlobalLocalMDP` (docs/model.md §4.3).
+
+    Training (Hydra's ``env`` node), the Gymnasium interface, the baselines and evaluation all call
+    this. Errors are one-line ``ValueError`` naming the bad key, e.g. ``env.not_a_param is not a
+    parameter of queue(Q, G, ...)``, raised before the builder runs.
+    """
+    if isinstance(spec, GlobalLocalMDP):
+        if params:
+            raise ValueError(f"env constants {sorted(params)} given with a GlobalLocalMDP; "
+                             "pass constants only with a name or a config")
+        return spec
+    if isinstance(spec, str):
+        cfg: dict[str, Any] = {"name": spec, **params}
+    elif isinstance(spec, Mapping):
+        cfg = {str(key): v for key, v in dict(spec).items()} | params
+    else:
+        raise ValueError(f"env = {spec!r} must be a GlobalLocalMDP, a registered name or a config mapping")
+    if "_target_" in cfg:
+        target = str(cfg.pop("_target_"))
+        builder, label = _builder(target), target.rpartition(".")[2]
+    elif "name" in cfg:
+        label = cfg.pop("name")
+        if label not in ENVS:
+            raise ValueError(f"env = '{label}' is unknown; allowed: {sorted(ENVS)}")
+        builder = ENVS[label]
+    else:
+        raise ValueError(f"env config needs '_target_' or 'name' (known names: {sorted(ENVS)}), got keys {sorted(cfg)}")
+    allowed = env_params(builder)
+    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
+    unknown = [key for key in cfg if key not in allowed]
+    if unknown and not takes_any:
+        raise ValueError(f"env.{unknown[0]} is not a parameter of {label}({', '.join(allowed)})")
+    missing = [key for key, d in allowed.items() if d is inspect.Parameter.empty and key not in cfg]
+    if missing:
+        raise ValueError(f"env.{missing[0]} is required by {label}({', '.join(allowed)}) but not set")
+    env = builder(**cfg)
     if not isinstance(env, GlobalLocalMDP):
-        raise ValueError(f"env builder returned {type(env).__name__}, expected GlobalLocalMDP")
+        raise ValueError(f"env builder {label} returned {type(env).__name__}, expected GlobalLocalMDP")
     return env
+
+
+def make_env(name: str, **params: Any) -> GlobalLocalMDP:
+    """A registered environment by name: ``build_env(name, **params)``."""
+    return build_env(name, **params)
 
 
 __all__ = [
     "build_env",
     "ENVS",
+    "env_params",
     "GlobalLocalMDP",
     "demand_response",
     "demand_response_script",

@@ -97,6 +97,10 @@ class GlobalLocalMDP:
         if self.P_l.dim() != 4:
             raise ValueError(f"P_l must have 4 dims [G, A, L, L], got shape {tuple(self.P_l.shape)}")
         L = self.P_l.shape[-1]
+        for dim, size, where in (("G", G, "P_g.shape[0]"), ("A", A, "P_g.shape[1]"), ("L", L, "P_l.shape[-1]")):
+            if size < 1:
+                raise ValueError(f"{dim} = {size} ({where}) is outside the allowed range {dim} >= 1: "
+                                 "an MDP needs at least one global state, global action and local state")
         _check_shape("P_g", self.P_g, (G, A, G), "[G, A, G]")
         _check_shape("P_l", self.P_l, (G, A, L, L), "[G, A, L, L]")
         _check_shape("r_g", self.r_g, (G, A), "[G, A]")

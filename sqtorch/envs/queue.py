@@ -10,19 +10,13 @@ service probability ``mu_g = mu_min + g (mu_max - mu_min) / (G - 1)``. Action
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from sqtorch.checks import check_float, check_int, check_unit
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.runtime import check_int
 
 ACTIONS = (-1, 0, 1)
 
-
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):  # NaN fails too
-        raise ValueError(f"{name} = {value!r} is outside the allowed range [{lo}, {hi}]")
 
 
 def queue(
@@ -41,10 +35,9 @@ def queue(
     Q = check_int("Q", Q, 1, "queue capacity")
     G = check_int("G", G, 2, "service levels")
     for name, value in (("mu_min", mu_min), ("mu_max", mu_max), ("lam", lam)):
-        _check_range(name, value, 0.0, 1.0)
+        check_unit(name, value)
     for name, value in (("h", h), ("b", b), ("c", c), ("s", s)):  # inf would make r_l NaN
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} = {value!r} is outside the allowed range: a finite cost")
+        check_float(name, value, lo_open=True, hi_open=True, what="a finite cost")
     L = Q + 1
     a = torch.tensor(ACTIONS, dtype=torch.float64)
     g = torch.arange(G)

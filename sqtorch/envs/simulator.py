@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from sqtorch import runtime
+from sqtorch.checks import check_k
 from sqtorch.envs.base import GlobalLocalMDP
 
 
@@ -92,8 +93,7 @@ def sample_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Ten
     (k draws per row); otherwise the top-k of n uniform keys. The number of draws depends only
     on ``(n, k, batch)``, which keeps common random numbers common across policies.
     """
-    if not 1 <= k <= n:
-        raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
+    check_k(k, n)
     dev = generator.device
     if k == n:
         return torch.arange(n, device=dev).expand(batch, n).clone()

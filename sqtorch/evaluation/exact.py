@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from sqtorch.checks import check_k
 from sqtorch.envs.base import GlobalLocalMDP, check_states
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.counts import all_counts, num_counts, rank_states
@@ -87,8 +88,7 @@ def subsampled_policy_probs(greedy: Tensor, n: int, k: int, L: int, A: int) -> T
 
 
 def _check_greedy(env: GlobalLocalMDP, greedy: Tensor, n: int, k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k = {k!r} is outside the allowed range 1 <= k <= n = {n}")
+    check_k(k, n)
     expected = (env.G, num_counts(k, env.L))
     if tuple(greedy.shape) != expected:
         raise ValueError(

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from sqtorch import runtime
+from sqtorch.checks import check_int, check_k
 from sqtorch.envs.base import GlobalLocalMDP, check_states
 from sqtorch.envs.simulator import (
     cdf_columns,
@@ -31,7 +32,7 @@ from sqtorch.envs.simulator import (
     sample_subset,
     step,
 )
-from sqtorch.runtime import Z95, check_int, derive_seed, torch_threads
+from sqtorch.runtime import Z95, derive_seed, torch_threads
 
 TAIL_TOL = 1e-4  # docs/model.md §5: smallest H with gamma^H <= 1e-4
 MAX_BATCH_ELEMS = 1 << 22  # agent entries per simulated chunk (bounds memory at large n)
@@ -142,9 +143,7 @@ def check_policy(env: GlobalLocalMDP, policy: SubsampledPolicy, n: int) -> int:
     k = getattr(policy, "k", None)
     if not callable(getattr(policy, "act", None)) or k is None:
         raise ValueError("policy must have an attribute k and a method act(s_g, s_sub) -> a_g")
-    check_int("k", k, 1, "subsample size")
-    if k > n:
-        raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n} at execution")
+    check_k(k, n, "subsample size at execution")
     if callable(getattr(policy, "check_env", None)):
         policy.check_env(env)
     return int(k)

@@ -19,10 +19,10 @@ from typing import Any
 from torch import Tensor
 
 from sqtorch import metrics as M
+from sqtorch.checks import check_int
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import SubsampledPolicy, evaluate_mc, initial_states
-from sqtorch.runtime import check_int
 from sqtorch.tabular.exact import count_kernel, is_tractable, optimal_q
 
 REFERENCES = ("auto", "none")

@@ -23,12 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sqtorch.baselines.config import SB3_CONFIGS
+from sqtorch.checks import check_int, check_k
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.reference import ValidationConfig
 from sqtorch.neural.checkpoint import check_compatible, latest_checkpoint
 from sqtorch.neural.config import DeepSetsConfig
-from sqtorch.runtime import check_int
 from sqtorch.tabular.config import TabularConfig
 
 ALGOS: dict[str, type] = {"deepsets": DeepSetsConfig, "tabular": TabularConfig}
@@ -126,13 +126,11 @@ def validate_config(cfg: DictConfig) -> RunSpec:
     ev = _typed(c.get("eval") or {}, ValidationConfig, "eval")
     try:
         n = check_int("n", c.get("n"), 1, "number of local agents")
-        k = check_int("k", c.get("k"), 1, "sampled local agents")
+        k = check_k(c.get("k"), n)
         seed = check_int("seed", c.get("seed"), 0, "a seed")
         threads = None if c.get("threads") is None else check_int("threads", c["threads"], 1, "torch CPU threads")
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if k > n:
-        raise ConfigError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
     try:
         env = build_env(c["env"])
     except ValueError as e:

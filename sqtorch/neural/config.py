@@ -9,19 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqtorch.checks import check_float, check_int, check_positive
 from sqtorch.neural.data import DataConfig
 from sqtorch.neural.deepsets import NetConfig
-from sqtorch.runtime import check_int
 
 LOSSES = ("huber", "mse")
 LR_SCHEDULES = ("constant", "cosine")
 
-
-def _check_positive(name: str, x: float | None, allow_none: bool = False) -> None:
-    if x is None and allow_none:
-        return
-    if x is None or not float(x) > 0 or float(x) == float("inf"):  # NaN fails too
-        raise ValueError(f"{name} = {x} is outside the allowed range: a finite number > 0{' or null' * allow_none}")
 
 
 @dataclass
@@ -34,10 +28,9 @@ class OptimConfig:
     lr_schedule: str = "cosine"  # constant | cosine (over max_steps)
 
     def __post_init__(self) -> None:
-        _check_positive("algo.optim.lr", self.lr)
-        if not 0.0 <= float(self.weight_decay) < float("inf"):
-            raise ValueError(f"algo.optim.weight_decay = {self.weight_decay} is outside the allowed range >= 0")
-        _check_positive("algo.optim.grad_clip", self.grad_clip, allow_none=True)
+        check_positive("algo.optim.lr", self.lr)
+        check_float("algo.optim.weight_decay", self.weight_decay, 0.0, hi_open=True)
+        check_positive("algo.optim.grad_clip", self.grad_clip, allow_none=True)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"algo.optim.lr_schedule = '{self.lr_schedule}' is unknown; allowed: {list(LR_SCHEDULES)}")
 
@@ -66,7 +59,7 @@ class DeepSetsConfig:
             check_int(f"algo.{key}", getattr(self, key), 1, "a positive integer")
         if self.loss not in LOSSES:
             raise ValueError(f"algo.loss = '{self.loss}' is unknown; allowed: {list(LOSSES)}")
-        _check_positive("algo.huber_delta", self.huber_delta)
+        check_positive("algo.huber_delta", self.huber_delta)
         if self.tau is not None and not 0.0 < float(self.tau) <= 1.0:
             raise ValueError(f"algo.tau = {self.tau} is outside the allowed range 0 < tau <= 1 (or null)")
         # nested dicts (a checkpoint's hyper-parameters, plain-Python callers) become configs

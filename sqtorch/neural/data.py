@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
+from sqtorch.checks import check_int, check_k, check_unit
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.simulator import (
     cdf_columns,
@@ -40,16 +41,11 @@ from sqtorch.envs.simulator import (
     sample_subset,
     step,
 )
-from sqtorch.runtime import check_int
 from sqtorch.tabular.counts import counts_of
 
 STATE_DISTS = ("uniform", "simplex", "visited")
 Policy = Callable[[Tensor, Tensor], Tensor]
 
-
-def _check_unit(name: str, x: float) -> None:
-    if not 0.0 <= float(x) <= 1.0:  # NaN fails too
-        raise ValueError(f"{name} = {x} is outside the allowed range [0, 1]")
 
 
 @dataclass
@@ -67,7 +63,7 @@ class DataConfig:
             raise ValueError(f"algo.data.state_dist = '{self.state_dist}' is unknown; allowed: {list(STATE_DISTS)}")
         check_int("algo.data.pool_size", self.pool_size, 1, "parallel n-agent systems")
         for key in ("uniform_frac", "epsilon", "reset_prob"):
-            _check_unit(f"algo.data.{key}", getattr(self, key))
+            check_unit(f"algo.data.{key}", getattr(self, key))
 
 
 @dataclass
@@ -99,8 +95,7 @@ class GenerativeSource:
         seed: int = 0,
     ) -> None:
         d = data if data is not None else DataConfig()
-        if not 1 <= check_int("k", k, 1, "sampled agents") <= n:
-            raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
+        check_k(k, n)
         self.env, self.n, self.k, self.m = env, n, k, check_int("m", m, 1, "next-state samples per item")
         self.state_dist, self.uniform_frac = d.state_dist, float(d.uniform_frac)
         self.epsilon, self.reset_prob = float(d.epsilon), float(d.reset_prob)

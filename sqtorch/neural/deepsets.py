@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sqtorch.checks import check_int
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.runtime import check_int
 
 POOLINGS = ("mean", "sum", "max")
 

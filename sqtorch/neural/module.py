@@ -27,13 +27,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from sqtorch import metrics as M
+from sqtorch.checks import check_int, check_k
 from sqtorch.envs import build_env
 from sqtorch.evaluation.reference import Reference, ValidationConfig, build_reference, validation_metrics
 from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.neural.data import GenerativeSource, StepDataset
 from sqtorch.neural.deepsets import DeepSetsQ, q_scale_of
 from sqtorch.neural.policy import DeepSetsPolicy
-from sqtorch.runtime import check_int, derive_seed
+from sqtorch.runtime import derive_seed
 from sqtorch.tabular.counts import counts_of
 
 
@@ -56,9 +57,7 @@ class SubsampleQModule(pl.LightningModule):
         super().__init__()
         self.algo = algo if isinstance(algo, DeepSetsConfig) else DeepSetsConfig(**(algo or {}))
         self.eval_cfg = eval if isinstance(eval, ValidationConfig) else ValidationConfig(**(eval or {}))
-        n = check_int("n", n, 1, "local agents")
-        if not 1 <= check_int("k", k, 1, "sampled agents") <= n:
-            raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
+        k = check_k(k, n)
         hparams = dict(env=dict(env), n=n, k=int(k), algo=asdict(self.algo), eval=asdict(self.eval_cfg))
         self.save_hyperparameters({**hparams, "seed": check_int("seed", seed, 0, "a seed")}, logger=False)
         self.env = build_env(env)

@@ -13,11 +13,11 @@ import torch
 from torch import Tensor
 
 from sqtorch import runtime
+from sqtorch.checks import check_int
 from sqtorch.envs import build_env
 from sqtorch.envs.base import check_states
 from sqtorch.neural.checkpoint import load_checkpoint
 from sqtorch.neural.deepsets import DeepSetsQ, NetConfig, q_scale_of
-from sqtorch.runtime import check_int
 from sqtorch.tabular.counts import all_counts, counts_of
 
 NET_PREFIX = "net."  # the online network's weights in a checkpoint's state_dict

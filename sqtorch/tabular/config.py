@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sqtorch.runtime import check_int
+from sqtorch.checks import check_int
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -37,9 +37,10 @@ import numpy.random  # noqa: F401  (derive_seed's SeedSequence: imported with th
 import torch
 from torch import Tensor
 
+from sqtorch.checks import check_int, check_k
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler
-from sqtorch.runtime import GiB, check_int, derive_seed, torch_threads
+from sqtorch.runtime import GiB, derive_seed, torch_threads
 from sqtorch.tabular.bellman import subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
 from sqtorch.tabular.counts import num_counts, rank_columns, state_columns
@@ -491,9 +492,7 @@ def _validate(
     k: int, m: int | str, T: int, tol: float, seed: int, n: int | None, dtype: torch.dtype, max_memory_gib: float
 ) -> None:
     """Every argument of :func:`learn`, with a message naming it (numpy integers pass, bools do not)."""
-    check_int("k", k, 1, "sampled local agents")
-    if n is not None and k > check_int("n", n, 1, "local agents"):
-        raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
+    check_int("k", k, 1, "sampled local agents") if n is None else check_k(k, n)
     if m != "exact":
         check_int("m", m, 1, "next-state samples per entry, or 'exact'")
     check_int("T", T, 1, "maximum iterations")
