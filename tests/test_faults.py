@@ -53,7 +53,7 @@ def _train(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
         (["seed=-1"], "seed = -1 is outside the allowed range seed >= 0"),
         (["algo=nosuch"], "Could not find 'algo/nosuch'"),
         (["ckpt_path=/no/such/run"], "ckpt_path = '/no/such/run': no checkpoint file"),
-        (["algo=tabular", "ckpt_path=/tmp"], "ckpt_path is for algo=deepsets"),
+        (["algo=tabular", "ckpt_path=/tmp"], "ckpt_path is not supported by algo = 'tabular'"),
         (["trainer.accelerator=mps"], "trainer.accelerator = 'mps' is not supported; allowed: ['cpu', 'gpu', 'cuda']"),
         (["trainer.accelerator=auto"], "trainer.accelerator = 'auto' is not supported"),
     ],

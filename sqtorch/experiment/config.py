@@ -1,10 +1,10 @@
 """From a composed Hydra config to typed settings, validated before anything is written.
 
-The algorithm and evaluation settings are dataclasses that live beside the code that uses them
-(:class:`~sqtorch.neural.config.DeepSetsConfig`, :class:`~sqtorch.tabular.config.TabularConfig`,
-:class:`~sqtorch.evaluation.reference.ValidationConfig`); :func:`register_configs` makes them the
-Hydra config groups ``algo/deepsets``, ``algo/tabular`` and ``eval/default``, so each default is
-written once, overrides are type-checked when Hydra composes, and unknown keys are refused.
+The algorithm and evaluation settings are dataclasses that live beside the code that uses them:
+each registered algorithm's config (:mod:`sqtorch.experiment.registry`, the Hydra options
+``algo=<name>``) and :class:`~sqtorch.evaluation.reference.ValidationConfig` (``eval/default``),
+so each default is written once, overrides are type-checked when Hydra composes, and unknown keys
+are refused.
 :func:`validate_config` then checks every range and builds the env, and raises :class:`ConfigError`
 with a message that names the key, the bad value and the allowed range.
 """
@@ -22,19 +22,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sqtorch.baselines.config import SB3_CONFIGS
 from sqtorch.checks import check_int, check_k
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.reference import ValidationConfig
-from sqtorch.neural.checkpoint import check_compatible, latest_checkpoint
-from sqtorch.neural.config import DeepSetsConfig
-from sqtorch.tabular.config import TabularConfig
+from sqtorch.experiment.registry import Algorithm, get_algorithm
 
-ALGOS: dict[str, type] = {"deepsets": DeepSetsConfig, "tabular": TabularConfig}
-# ---- SB3 baselines (sqtorch/baselines/config.py; trained by sqtorch/experiment/run_sb3.py) ----
-ALGOS.update(SB3_CONFIGS)  # algo=sb3_dqn | algo=sb3_ppo
-# ---- end SB3 baselines ----
 DEVICES = ("cpu", "gpu", "cuda")  # Lightning's "auto" could pick Apple's MPS, which has no float64
 
 
@@ -59,22 +52,22 @@ class ConfigError(ValueError):
 
 
 def register_configs() -> None:
-    """Register the typed config groups ``algo/{deepsets,tabular}``, ``eval/default`` and ``${sqtorch.run_name:}``."""
+    """Register ``eval/default`` and the resolvers ``${sqtorch.run_name:}``, ``${sqtorch.accelerator:}``.
+
+    The ``algo/<name>`` options are stored by :func:`sqtorch.experiment.registry.register_algorithm`.
+    """
     if not OmegaConf.has_resolver("sqtorch.run_name"):
         OmegaConf.register_new_resolver("sqtorch.run_name", lambda: RUN_NAME)
     if not OmegaConf.has_resolver("sqtorch.accelerator"):  # trainer=default: the GPU when there is one
         OmegaConf.register_new_resolver("sqtorch.accelerator", lambda: "gpu" if torch.cuda.is_available() else "cpu")
-    cs = ConfigStore.instance()
-    for name, node in ALGOS.items():
-        cs.store(group="algo", name=name, node=node)
-    cs.store(group="eval", name="default", node=ValidationConfig)
+    ConfigStore.instance().store(group="eval", name="default", node=ValidationConfig)
 
 
 @dataclass
 class RunSpec:
     """A validated run: typed settings and the env they describe."""
 
-    algo: DeepSetsConfig | TabularConfig
+    algo: Any  # an instance of the algorithm's config dataclass (sqtorch.experiment.registry)
     eval: ValidationConfig
     env: GlobalLocalMDP
     env_cfg: dict
@@ -83,7 +76,7 @@ class RunSpec:
     seed: int
     threads: int | None
     device: torch.device
-    ckpt_path: str | None = None  # the checkpoint a DeepSets run resumes from (validated)
+    ckpt_path: str | None = None  # the checkpoint the run resumes from (validated by its algorithm)
 
 
 def device_of(accelerator: Any) -> torch.device:
@@ -119,12 +112,16 @@ def validate_config(cfg: DictConfig) -> RunSpec:
     c = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
          for key in cfg if key not in ("paths", "hydra", "trainer", "callbacks", "logger")}
     c["trainer"] = {"accelerator": OmegaConf.select(cfg, "trainer.accelerator", default="cpu")}
-    name = (c.get("algo") or {}).get("name")
-    if name not in ALGOS:
-        raise ConfigError(f"algo = '{name}' is unknown; allowed: {list(ALGOS)} (e.g. algo=tabular)")
-    algo = _typed(c["algo"], ALGOS[name], "algo")
+    try:
+        algorithm = get_algorithm((c.get("algo") or {}).get("name"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    algo = _typed(c["algo"], algorithm.config, "algo")
     ev = _typed(c.get("eval") or {}, ValidationConfig, "eval")
     try:
+        if c.get("n") is None:
+            raise ValueError("n is not set: the env preset sets it (e.g. 'n: 10' in conf/env/queue.yaml); "
+                             "or pass n=<number of local agents>")
         n = check_int("n", c.get("n"), 1, "number of local agents")
         k = check_k(c.get("k"), n)
         seed = check_int("seed", c.get("seed"), 0, "a seed")
@@ -136,19 +133,15 @@ def validate_config(cfg: DictConfig) -> RunSpec:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     device = device_of(c["trainer"]["accelerator"])
-    ckpt = _resume_from(c.get("ckpt_path"), algo, c, n, k, device.type)
+    ckpt = _resume_from(algorithm, c.get("ckpt_path"), c, n, k, device.type)
     return RunSpec(algo, ev, env, c["env"], n, k, seed, threads, device, ckpt)
 
 
-def _resume_from(ckpt_path: Any, algo: Any, c: dict, n: int, k: int, device: str) -> str | None:
-    """The checkpoint file of ``ckpt_path`` (a file or a run dir: highest step), checked against the run."""
+def _resume_from(algorithm: Algorithm, ckpt_path: Any, c: dict, n: int, k: int, device: str) -> str | None:
+    """The checkpoint file of ``ckpt_path`` as the algorithm resolves and checks it (``None``: fresh run)."""
     if ckpt_path is None:
         return None
-    if not isinstance(algo, DeepSetsConfig):
-        raise ConfigError("ckpt_path is for algo=deepsets; a tabular run is deterministic: rerun the same command")
     try:
-        path = latest_checkpoint(str(ckpt_path))
-        check_compatible(path, c["env"], n, k, c["algo"]["net"], device)
+        return algorithm.resume_from(ckpt_path, c, n, k, device)
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from e
-    return str(path)

@@ -1,12 +1,14 @@
 """What every run leaves in its directory, written the same way by every algorithm.
 
 ``config.yaml`` first, the artifact, TensorBoard scalars and the HPARAMS tab, then ``metrics.json``
-last (atomically: a run dir is complete exactly when it has one), and one printed summary line.
+last (atomically: a run dir is complete exactly when it has one), and one summary line logged
+(``[sqtorch] <algo> env=... return=...``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ from sqtorch.runtime import write_text_atomic
 
 CONFIG, METRICS, QTABLE, FINAL_CKPT = "config.yaml", "metrics.json", "qtable.pt", "checkpoints/final.ckpt"
 LAST_CKPT = "checkpoints/last.ckpt"
+log = logging.getLogger(__name__)
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -64,9 +67,8 @@ def finish(
         logger.finalize("success")
     write_text_atomic(out / METRICS, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     gap = f" gap={metrics[M.EVAL_GAP]:.4f}" if M.EVAL_GAP in metrics else ""
-    print(
-        f"[sqtorch] {spec.algo.name} env={spec.env.name} n={spec.n} k={spec.k} seed={spec.seed} {details} "
-        f"return={metrics[M.EVAL_RETURN]:.4f}±{metrics[M.EVAL_RETURN_CI]:.4f}{gap} out={out}",
-        flush=True,
+    log.info(
+        "%s env=%s n=%d k=%d seed=%d %s return=%.4f±%.4f%s out=%s", spec.algo.name, spec.env.name, spec.n, spec.k,
+        spec.seed, details, metrics[M.EVAL_RETURN], metrics[M.EVAL_RETURN_CI], gap, out,
     )
     return metrics

@@ -55,8 +55,8 @@ def _gap_key(rows: list[dict]) -> str:
 
 
 def fitted_c(rows: list[dict], n: int) -> float | None:
-    """``c`` of the reference line, fitted to the tabular gaps (m = exact if present; exact values if available)."""
-    tabular = sorted({r["algo"] for r in rows if r["algo"].startswith("tabular")}, key=lambda a: a != "tabular m=exact")
+    """``c`` of the reference line, fitted to a deterministic algorithm's gaps (an exact operator first)."""
+    tabular = sorted({r["algo"] for r in rows if r.get("deterministic")}, key=lambda a: ("exact" not in a, a))
     if not tabular:
         return None
     ks, gaps, _ = _series(rows, tabular[0], _gap_key(rows))

@@ -10,7 +10,8 @@ A *run dir* is what ``train.py`` leaves: ``config.yaml`` (resolved), an artifact
 - The same dir reached twice (``runs=[X,X]``, or a multirun and one of its jobs) counts once.
 
 Every run also carries its **sample cost** in one unit for every algorithm, *local-agent
-transitions drawn from the model* (:func:`local_transitions`), and its learning wall time.
+transitions drawn from the model* (:meth:`sqtorch.experiment.registry.Algorithm.samples`), and its
+learning wall time. Each run is loaded by the algorithm named in its ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -23,16 +24,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from sqtorch import metrics as M
-from sqtorch.baselines.config import ARTIFACT_STEM
-from sqtorch.experiment.outputs import CONFIG, FINAL_CKPT, METRICS, QTABLE
-from sqtorch.neural.deepsets import num_parameters
-from sqtorch.neural.policy import DeepSetsPolicy
-from sqtorch.tabular.qtable import QTable
-
-SB3_ZIP = f"{ARTIFACT_STEM}.zip"
-ARTIFACTS = (QTABLE, FINAL_CKPT, SB3_ZIP)
-BASELINE, SUBSAMPLE_Q = "baseline", "subsample-q"
+from sqtorch.experiment.outputs import CONFIG, METRICS
+from sqtorch.experiment.registry import SUBSAMPLE_Q, get_algorithm
 
 
 class StudyError(ValueError):
@@ -55,30 +48,7 @@ class Run:
     size: int  # table entries (tabular) or parameters (DeepSets, SB3)
     samples: float = math.nan  # local-agent transitions drawn from the model (NaN: none, m = exact)
     kind: str = SUBSAMPLE_Q  # "subsample-q" or "baseline"
-
-
-def local_transitions(cfg: dict, metrics: dict, size: int) -> float:
-    """Local-agent transitions an algorithm drew from the model while learning (the study's sample unit).
-
-    One unit for everyone: one local agent moved once by ``P_l`` (docs/model.md §1). Global-state
-    draws are not counted (one per k or n local ones).
-
-    - tabular, m samples: every entry ``(g, c, a)`` moves its k agents m times (docs/model.md §2):
-      ``G N_k A * m * k`` = ``size * m * k``. ``m = exact`` draws none (NaN): it uses the kernels.
-    - DeepSets: per optimizer step, ``batch_size * m`` successors of k agents, plus (``visited``)
-      one step of the ``pool_size`` n-agent systems (docs/model.md §3).
-    - SB3: every env step moves all n agents: ``env steps * n`` (``train/samples``).
-    """
-    algo, k, n = cfg["algo"], int(cfg["k"]), int(cfg["n"])
-    name = algo["name"]
-    if name == "tabular":
-        return math.nan if algo["m"] == "exact" else float(size * int(algo["m"]) * k)
-    if name == "deepsets":
-        per_step = algo["batch_size"] * algo["m"] * k
-        if algo["data"]["state_dist"] == "visited":
-            per_step += algo["data"]["pool_size"] * n
-        return float(metrics[M.TRAIN_GLOBAL_STEP] * per_step)
-    return float(metrics[M.TRAIN_SAMPLES])
+    deterministic: bool = False  # a rerun gives the same policy bit for bit
 
 
 def job_dirs(root: Path) -> list[Path]:
@@ -110,45 +80,42 @@ def load_run(path: Path) -> Run:
     metrics = _read(path / METRICS, "metrics.json")
     try:
         algo = cfg["algo"]["name"]
-        env_cfg, n, k, seed = cfg["env"], int(cfg["n"]), int(cfg["k"]), int(cfg["seed"])
+        env_cfg, n, seed = cfg["env"], int(cfg["n"]), int(cfg["seed"])
+        int(cfg["k"])
     except (KeyError, TypeError, ValueError) as e:
         raise StudyError(f"{path / CONFIG}: corrupt config.yaml (missing or bad key {e})") from e
-    kind = SUBSAMPLE_Q
     try:
-        if algo == "tabular":
-            label = f"tabular m={cfg['algo']['m']}"
-            policy = QTable.load(path / QTABLE)
-            size = policy.q.numel()
-            seconds = metrics[M.TABULAR_LEARN_SECONDS] + metrics.get(M.TABULAR_BUILD_SECONDS, 0.0)
-        elif algo == "deepsets":
-            label = algo
-            policy = DeepSetsPolicy.from_checkpoint(path / FINAL_CKPT, k=k)
-            size = num_parameters(policy.net)
-            seconds = metrics[M.TRAIN_WALL_SECONDS]
-        else:  # SB3 baselines (optional extra)
-            from sqtorch.baselines.sb3 import SB3Policy
-
-            policy = SB3Policy.load(path / SB3_ZIP)
-            label, kind, k = f"sb3 {policy.algo} {policy.obs}", BASELINE, policy.k
-            size = policy.num_parameters()
-            seconds = metrics[M.TRAIN_WALL_SECONDS]
-        samples = local_transitions(cfg, metrics, size)
+        algorithm = get_algorithm(algo)
+    except ValueError as e:
+        raise StudyError(f"{path / CONFIG}: {e} (register it, e.g. through SQTORCH_PLUGINS)") from e
+    try:
+        loaded = algorithm.load(path, cfg, metrics)
+        samples = algorithm.samples(cfg, metrics, loaded.size)
     except KeyError as e:
         raise StudyError(f"{path / METRICS}: corrupt metrics.json (no key {e})") from e
     except Exception as e:  # any load failure names the run and the artifact
         raise StudyError(f"{path}: the {algo} artifact does not load ({type(e).__name__}: {e})") from e
     env_name = env_cfg.get("name") or env_cfg.get("_target_", "?").rsplit(".", 1)[-1]
-    return Run(path, label, env_name, env_cfg, n, k, seed, policy, float(seconds), size, samples, kind)
+    return Run(path, loaded.label, env_name, env_cfg, n, loaded.k, seed, loaded.policy, loaded.learn_seconds,
+               loaded.size, samples, loaded.kind, loaded.deterministic)
 
 
 def is_complete(path: Path) -> str | None:
-    """``None`` for a complete run dir, else why it is missing."""
+    """``None`` for a complete run dir (metrics.json, config.yaml and its algorithm's artifact), else why not.
+
+    A config that does not parse or names an unregistered algorithm counts as complete here, so
+    that :func:`load_run` reports it as corrupt with its reason.
+    """
     if not (path / METRICS).exists():
         return "no metrics.json (the job failed or was killed)"
-    if not any((path / a).exists() for a in ARTIFACTS):
-        return f"no artifact ({', '.join(ARTIFACTS)})"
     if not (path / CONFIG).exists():
         return "no config.yaml"
+    try:
+        algorithm = get_algorithm(_read(path / CONFIG, "config.yaml")["algo"]["name"])
+    except (StudyError, KeyError, TypeError, ValueError):
+        return None
+    if not (path / algorithm.artifact).exists():
+        return f"no artifact ({algorithm.artifact})"
     return None
 
 

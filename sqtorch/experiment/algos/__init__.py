@@ -1,0 +1,11 @@
+"""The built-in algorithms, one module each, registered on import (see :mod:`sqtorch.experiment.registry`)."""
+
+from sqtorch.experiment.algos.deepsets import DeepSets
+from sqtorch.experiment.algos.sb3 import Sb3Dqn, Sb3Ppo
+from sqtorch.experiment.algos.tabular import Tabular
+from sqtorch.experiment.registry import register_algorithm
+
+for _algo in (DeepSets(), Tabular(), Sb3Dqn(), Sb3Ppo()):
+    register_algorithm(_algo)
+
+__all__ = ["DeepSets", "Sb3Dqn", "Sb3Ppo", "Tabular"]
