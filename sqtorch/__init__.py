@@ -2,5 +2,5 @@
 
 from sqtorch.envs import GlobalLocalMDP, make_env, register_env
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 __all__ = ["GlobalLocalMDP", "make_env", "register_env", "__version__"]

@@ -42,7 +42,7 @@ def torch_threads(num_threads: int | None) -> Iterator[int]:
 
     Yields the thread count that was set before, so a caller may run its own pool of that size
     while torch ops stay single-threaded (``torch_threads(1)``). On a CPU shared with other busy
-    processes one thread can be several times faster than two (bench/RESULTS.md).
+    processes one thread is often faster than several (OpenMP barriers wait for preempted threads).
     """
     before = torch.get_num_threads()
     if num_threads is not None:

@@ -34,7 +34,7 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 @pytest.fixture
 def one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP barriers make 2 threads ~10x slower."""
+    """One torch thread: no OpenMP barriers waiting on threads that other processes preempt."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation import evaluate_mc, initial_states
 from sqtorch.evaluation.exact import policy_value, value_at
-from sqtorch.tabular import exact_q, learn, rank_states
+from sqtorch.tabular import learn, optimal_q, rank_states
 
 settings.register_profile(
     "default", max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -64,7 +64,7 @@ def small_envs(draw: st.DrawFn, max_G: int = 3, max_A: int = 3, max_L: int = 3) 
 @given(env=small_envs(), n=st.integers(1, 3))
 def test_exact_learner_at_k_equal_n_is_joint_value_iteration(env: GlobalLocalMDP, n: int) -> None:
     q_joint, tuples = joint_value_iteration(env, n)  # [G, L^n, A]
-    q_count = exact_q(env, n, tol=1e-13).q  # [G, N, A]
+    q_count = optimal_q(env, n, tol=1e-13).q  # [G, N, A]
     assert torch.allclose(q_count[:, rank_states(tuples, env.L)], q_joint, rtol=0, atol=1e-8)
 
 
@@ -76,7 +76,7 @@ def test_sampled_error_shrinks_with_m(env: GlobalLocalMDP, k: int, seed: int) ->
     Averaging over seeds matters: with a nearly deterministic kernel a few entries carry all the
     noise, and one lucky draw at m = 8 can be as good as m = 2048.
     """
-    q_exact = exact_q(env, k, tol=1e-12).q
+    q_exact = optimal_q(env, k, tol=1e-12).q
     err = {
         m: sum(float((learn(env, k, m=m, seed=seed + s, tol=1e-11).qtable.q - q_exact).abs().mean()) for s in range(4))
         for m in (8, 2048)
@@ -89,7 +89,7 @@ def test_sampled_error_shrinks_with_m(env: GlobalLocalMDP, k: int, seed: int) ->
 def test_exact_policy_value_matches_monte_carlo(env: GlobalLocalMDP, n: int, data: st.DataObject) -> None:
     """Exact V^{pi_k} of Algorithm 2's policy is inside 4 sigma (2 CI half-widths) of its MC estimate."""
     k = data.draw(st.integers(1, n))
-    table = exact_q(env, k)
+    table = optimal_q(env, k)
     V = policy_value(env, n, table.greedy(), k)
     s_g, s_l = initial_states(env, n, 4, seed=1)
     exact = float(value_at(V, s_g, s_l).mean())

@@ -5,7 +5,7 @@ import torch
 from brute_force import joint_value_iteration
 
 from sqtorch.envs import make_env
-from sqtorch.tabular import count_kernel, exact_q, learn, num_counts, optimal_q, rank_states, sample_kernel
+from sqtorch.tabular import count_kernel, learn, num_counts, optimal_q, rank_states, sample_kernel
 
 
 def small_queue():
@@ -30,13 +30,6 @@ def test_exact_variant_at_k_equal_n_is_the_joint_optimum(name, n):
     assert torch.allclose(q_star[:, rank_states(tuples, env.L)], q_joint, rtol=0, atol=1e-8)
     q_learned = learn(env, n, m="exact", tol=1e-12).qtable.q  # the learner's exact variant, same solver
     assert torch.allclose(q_learned[:, rank_states(tuples, env.L)], q_joint, rtol=0, atol=1e-8)
-
-
-def test_exact_q_is_a_deprecated_alias_of_optimal_q():
-    env = small_queue()
-    with pytest.warns(DeprecationWarning, match="optimal_q"):
-        old = exact_q(env, 2)
-    assert torch.equal(old.q, optimal_q(env, 2).q)
 
 
 def test_samples_follow_the_exact_next_count_law():

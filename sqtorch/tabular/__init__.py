@@ -1,7 +1,7 @@
 """Tabular SUBSAMPLE-Q over count vectors (docs/model.md §2)."""
 
 from sqtorch.tabular.counts import all_counts, num_counts, rank, rank_states, unrank
-from sqtorch.tabular.exact import CountKernel, check_tractable, count_kernel, exact_q, optimal_q
+from sqtorch.tabular.exact import CountKernel, check_tractable, count_kernel, optimal_q
 from sqtorch.tabular.learner import LearnResult, learn, sample_kernel
 from sqtorch.tabular.qtable import QTable
 
@@ -12,7 +12,6 @@ __all__ = [
     "all_counts",
     "check_tractable",
     "count_kernel",
-    "exact_q",
     "learn",
     "num_counts",
     "optimal_q",

@@ -138,7 +138,7 @@ def rank_columns(x: list[Tensor], L: int, dtype: torch.dtype = torch.int64) -> T
     Sorts with an odd-even transposition network (k rounds of elementwise min/max on whole
     columns, so every op is a contiguous vector op) and sums ``C(x_i + i, i + 1)`` from a
     ``[k, L]`` lookup table. Same result as :func:`rank_states` on the stacked columns. Any
-    integer dtype works (uint8 columns make the sorting network 8x lighter); returns ``dtype``
+    integer dtype works (uint8 columns make the sorting network lighter); returns ``dtype``
     (int32 halves the traffic of the lookups; ranks are exact integers either way).
     """
     k = len(x)

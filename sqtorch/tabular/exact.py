@@ -206,8 +206,3 @@ def optimal_q(
     meta = dict(m="exact", gamma=env.gamma, env_params=dict(env.params))
     return QTable(q=fp.q.permute(0, 2, 1).contiguous(), k=n, L=env.L, env_name=env.name, meta=meta)
 
-
-def exact_q(env: GlobalLocalMDP, k: int, tol: float = DEFAULT_TOL) -> QTable:
-    """Deprecated alias of :func:`optimal_q` (renamed in 0.2, removed in 0.3)."""
-    warnings.warn("exact_q(env, k) is deprecated; use optimal_q(env, k)", DeprecationWarning, stacklevel=2)
-    return optimal_q(env, k, tol)

@@ -39,7 +39,7 @@ class StopOnSignal(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.flag.signum is not None and not trainer.should_stop:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state: resumable
             trainer.should_stop = True
 
 
@@ -65,7 +65,7 @@ class DeepSets(Algorithm):
             flag.check(f"checkpoint {out / LAST_CKPT}; resume with ckpt_path={out}")
             wall = time.perf_counter() - t0
             module.to(spec.device)  # Lightning's teardown moved it to the CPU; evaluate where the simulator runs
-            trainer.save_checkpoint(out / FINAL_CKPT)
+            trainer.save_checkpoint(out / FINAL_CKPT, weights_only=False)  # full state, like last.ckpt
             metrics = module.evaluate()
             flag.check(f"after training, before the final metrics; resume with ckpt_path={out}")
             metrics.update({
