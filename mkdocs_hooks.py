@@ -127,8 +127,9 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     if section is None:
         raise ValueError(f"mkdocs.yml: nav has no '{NAV_SECTION}' section for the API pages")
     entries = section[NAV_SECTION]
-    entries = list(entries) if isinstance(entries, list) else [entries]
-    section[NAV_SECTION] = entries + [f"{API_DIR}/{page}.md" for page in api_pages()]
+    pages = [f"{API_DIR}/{page}.md" for page in api_pages()]
+    entries = [e for e in (entries if isinstance(entries, list) else [entries]) if e not in pages]  # idempotent
+    section[NAV_SECTION] = entries + pages
     return config
 
 
