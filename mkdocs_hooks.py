@@ -56,9 +56,9 @@ _LINK = re.compile(r"(\]\()([^)\s]+)(\s+\"[^\"]*\")?\)")
 
 
 def public_modules() -> list[tuple[str, Path]]:
-    """(dotted name, path) of every public module of the package, sorted by path, packages first."""
+    """(dotted name, path) of every public module of the package: a package, then its modules by name."""
     out = []
-    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+    for path in sorted((ROOT / PACKAGE).rglob("*.py"), key=lambda p: (p.parent.parts, p.name != "__init__.py", p.name)):
         parts = path.relative_to(ROOT).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
@@ -89,7 +89,7 @@ def own_names(path: Path) -> list[str]:
             names += [t.id for t in node.targets if isinstance(t, ast.Name)]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.append(node.target.id)
-    return [n for n in dict.fromkeys(names) if not n.startswith("_")]
+    return [n for n in dict.fromkeys(names) if not n.startswith("_") and n != "logger"]  # as filters in mkdocs.yml
 
 
 def api_pages() -> dict[str, str]:
@@ -174,7 +174,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         uri, anchor = _site_uri(target)
         if uri is None:
             why = "is not part of the site" if (ROOT / target).exists() else "does not exist"
-            log.warning(f"{real} links to '{url}', which {why} (the site: docs/, {', '.join(MIRRORED)}, sqtorch/)")
+            site = f"docs/, {', '.join(MIRRORED)}, public modules of {PACKAGE}/"
+            log.warning(f"{real} links to '{url}', which {why} (the site: {site})")
             return match.group(0)
         fragment = parts.fragment or anchor
         new = posixpath.relpath(uri, posixpath.dirname(page.file.src_uri) or ".") + (f"#{fragment}" if fragment else "")
