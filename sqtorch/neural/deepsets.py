@@ -66,10 +66,13 @@ class DeepSetsQ(nn.Module):
     """Permutation-invariant Q-network over (global state, k sampled local states) (docs/model.md §3).
 
     Args:
-        G, L, A: numbers of global states, local states and global actions.
+        G: number of global states.
+        L: number of local states.
+        A: number of global actions.
         net: the architecture (:class:`NetConfig`); or its fields as keyword arguments.
-        q_scale, q_offset: the output is ``q_offset + q_scale * rho(...)`` so the network works
-            with O(1) numbers (set from the reward range and gamma by the LightningModule).
+        q_scale: the output is ``q_offset + q_scale * rho(...)`` so the network works with O(1)
+            numbers (set from the reward range and gamma by the LightningModule).
+        q_offset: see ``q_scale``.
     """
 
     def __init__(
