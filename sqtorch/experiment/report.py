@@ -4,7 +4,7 @@ Plots (docs/model.md §5): optimality gap vs k on a log axis (tabular and neural
 exact values solid, Monte Carlo hollow, with the fitted ``c sqrt((n-k+1)/(n k))`` reference of
 docs/model.md §2; baselines as horizontal lines with their CI band), learning time vs k (log axis) and
 return vs k (with ``V*``). When a group has baselines: gap vs samples drawn (local-agent transitions,
-:func:`sqtorch.experiment.runs.local_transitions`) and gap vs learning wall-clock seconds.
+:meth:`sqtorch.experiment.registry.Algorithm.samples`) and gap vs learning wall-clock seconds.
 ``report.md`` and ``summary.json`` name the hardware and library versions, the skipped (corrupt)
 runs, and, with ``compare=``, whether each row reproduces the committed summary.
 """
