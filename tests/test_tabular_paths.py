@@ -1,10 +1,11 @@
-"""The sampled learner's fast paths compute the same numbers as its general path (issue 13, items 1-2).
+"""The sampled learner's fast paths compute the same numbers as its general path.
 
 - small tables (one gather, ``_FlatGather``) and the chunked, fused greedy sweep agree bitwise,
   including stochastic ``P_g`` (weighted means) and the huge-page ``V^T`` buffer;
 - ``LookupSampler.build``'s bucket table (by counting) is the binary-search table of its definition;
 - int32 ranks, cached state columns and the chunked ``r_Delta`` equal their definitions;
-- ``stop_early=False`` runs exactly T sweeps; m = 1 tables are bitwise those of sqtorch 0.2.
+- ``stop_early=False`` runs exactly T sweeps;
+- the Q-table bytes of representative calls, one per path, are pinned by SHA-256.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from sqtorch.envs import make_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.simulator import IMPURE, LookupSampler
 from sqtorch.runtime import torch_threads
-from sqtorch.tabular import learn, learner, sample_kernel
-from sqtorch.tabular.bellman import subsampled_reward
+from sqtorch.tabular import learn, sample_kernel, sampled_kernel
+from sqtorch.tabular.bellman import BellmanKernel, subsampled_reward
 from sqtorch.tabular.counts import all_counts, all_sorted_states, rank_columns, rank_states, state_columns
 
 
@@ -31,8 +32,8 @@ from sqtorch.tabular.counts import all_counts, all_sorted_states, rank_columns, 
 def test_small_table_path_equals_chunked_fused_path(env: GlobalLocalMDP, k: int, m: int) -> None:
     flat = learn(env, k, m=m, T=6, tol=1e-300, seed=5)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(learner, "FLAT_READS", -1)  # the chunked path, one chunk per block, fused sweeps
-        mp.setattr(learner, "HUGE_PAGE_MIN_BYTES", 0)  # V^T in the huge-page buffer
+        mp.setattr(sampled_kernel, "FLAT_READS", -1)  # the chunked path, one chunk per block, fused sweeps
+        mp.setattr(sampled_kernel, "HUGE_PAGE_MIN_BYTES", 0)  # V^T in the huge-page buffer
         chunked = learn(env, k, m=m, T=6, tol=1e-300, seed=5)
     assert torch.equal(flat.qtable.q, chunked.qtable.q)
     assert flat.residuals == chunked.residuals
@@ -40,11 +41,13 @@ def test_small_table_path_equals_chunked_fused_path(env: GlobalLocalMDP, k: int,
 
 def test_chunked_expected_next_matches_its_fused_sweep() -> None:
     env = make_env("demand_response")
-    K = learner.sample_kernel(env, 4, 20, seed=1)  # 4 chunks of count vectors
+    K = sample_kernel(env, 4, 20, seed=1)  # 4 chunks of count vectors
     assert K._flat is None
     r = subsampled_reward(env, 4)
     V = torch.rand(env.G, K.nxt.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(K.greedy_sweep(V, r, env.gamma), K.expected_next(V).mul_(env.gamma).add_(r).amax(1))
+    default = BellmanKernel.greedy_sweep(K, V, r, env.gamma)  # one whole Q from expected_next
+    assert torch.equal(K.greedy_sweep(V, r, env.gamma), default)
+    assert torch.equal(default, K.expected_next(V).mul_(env.gamma).add_(r).amax(1))
 
 
 @settings(PROFILE)
@@ -84,11 +87,11 @@ def test_subsampled_reward_is_the_count_formula(name: str, k: int) -> None:
     formula = env.r_g[:, :, None] + torch.einsum("gax,nx->gan", env.r_l, c) / k
     got = subsampled_reward(env, k)
     assert torch.allclose(got, formula, rtol=0, atol=1e-12)
-    X = all_sorted_states(k, env.L)  # the 0.2 summation order: positions one by one
-    old = env.r_l[:, :, X[:, 0]].clone()
+    X = all_sorted_states(k, env.L)  # the summation order: positions one by one
+    by_position = env.r_l[:, :, X[:, 0]].clone()
     for i in range(1, k):
-        old += env.r_l[:, :, X[:, i]]
-    assert torch.equal(got, old.div_(k).add_(env.r_g[:, :, None]))
+        by_position += env.r_l[:, :, X[:, i]]
+    assert torch.equal(got, by_position.div_(k).add_(env.r_g[:, :, None]))
 
 
 def test_stop_early_false_runs_exactly_T_sweeps() -> None:

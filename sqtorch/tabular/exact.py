@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.runtime import GiB
-from sqtorch.tabular.bellman import FixedPoint, greedy_backup, subsampled_reward, value_iteration
+from sqtorch.tabular.bellman import BellmanKernel, FixedPoint, greedy_backup, subsampled_reward, value_iteration
 from sqtorch.tabular.counts import all_counts, all_sorted_states, num_counts, rank
 from sqtorch.tabular.qtable import QTable
 
@@ -35,8 +35,8 @@ DENSE_COALESCE_MAX = 1 << 25  # keys (count vector, partial next count) summed i
 
 
 @dataclass
-class CountKernel:
-    """Exact transition law of count vectors of k agents (docs/model.md §2)."""
+class CountKernel(BellmanKernel):
+    """Exact transition law of count vectors of k agents (docs/model.md §2); greedy sweeps hold one Q."""
 
     k: int
     N: int
@@ -208,6 +208,6 @@ def optimal_q(
 
 
 def exact_q(env: GlobalLocalMDP, k: int, tol: float = DEFAULT_TOL) -> QTable:
-    """Deprecated alias of :func:`optimal_q` (renamed in 0.2, removed in 0.3)."""
+    """Deprecated alias of :func:`optimal_q`."""
     warnings.warn("exact_q(env, k) is deprecated; use optimal_q(env, k)", DeprecationWarning, stacklevel=2)
     return optimal_q(env, k, tol)
