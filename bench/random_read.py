@@ -9,7 +9,7 @@ nothing else around it: ``torch.index_select`` of int32 random indices from a fl
 output buffer; torch itself on one thread, as inside ``learn``). Also reported: the rate when
 3 consecutive reads share a cache line (the learner's layout for 3 actions; docs/model.md §2),
 the in-cache rate (a 1 MiB array), which bounds small k, and the rate from an array on
-transparent huge pages (as the learner keeps ``V^T`` of large tables since issue 13).
+transparent huge pages (as the learner keeps ``V^T`` of large tables).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def read_rate(
     gen = torch.Generator().manual_seed(0)
     v = torch.rand(numel, dtype=torch.float64, generator=gen)
     if huge:
-        from sqtorch.tabular.learner import _huge_page_tensor
+        from sqtorch.tabular.buffers import huge_page_tensor
 
-        v = _huge_page_tensor(numel, torch.float64).copy_(v)
+        v = huge_page_tensor(numel, torch.float64).copy_(v)
     base = torch.randint(0, numel - line_share, (total // line_share, 1), dtype=torch.int32, generator=gen)
     idx = (base + torch.arange(line_share, dtype=torch.int32)).view(-1)
     chunks = [idx[s : s + CHUNK] for s in range(0, len(idx), CHUNK)]

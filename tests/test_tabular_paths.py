@@ -1,10 +1,11 @@
-"""The sampled learner's fast paths compute the same numbers as its general path (issue 13, items 1-2).
+"""The sampled learner's fast paths compute the same numbers as its general path.
 
 - small tables (one gather, ``_FlatGather``) and the chunked, fused greedy sweep agree bitwise,
   including stochastic ``P_g`` (weighted means) and the huge-page ``V^T`` buffer;
 - ``LookupSampler.build``'s bucket table (by counting) is the binary-search table of its definition;
 - int32 ranks, cached state columns and the chunked ``r_Delta`` equal their definitions;
-- ``stop_early=False`` runs exactly T sweeps; m = 1 tables are bitwise those of sqtorch 0.2.
+- ``stop_early=False`` runs exactly T sweeps;
+- the Q-table bytes of representative calls, one per path, are pinned by SHA-256.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from test_properties import PROFILE, small_envs
 from sqtorch.envs import make_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.simulator import IMPURE, LookupSampler
-from sqtorch.tabular import learn, learner
-from sqtorch.tabular.bellman import subsampled_reward
+from sqtorch.runtime import torch_threads
+from sqtorch.tabular import learn, sample_kernel, sampled_kernel
+from sqtorch.tabular.bellman import BellmanKernel, subsampled_reward
 from sqtorch.tabular.counts import all_counts, all_sorted_states, rank_columns, rank_states, state_columns
 
 
@@ -30,8 +32,8 @@ from sqtorch.tabular.counts import all_counts, all_sorted_states, rank_columns, 
 def test_small_table_path_equals_chunked_fused_path(env: GlobalLocalMDP, k: int, m: int) -> None:
     flat = learn(env, k, m=m, T=6, tol=1e-300, seed=5)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(learner, "FLAT_READS", -1)  # the chunked path, one chunk per block, fused sweeps
-        mp.setattr(learner, "HUGE_PAGE_MIN_BYTES", 0)  # V^T in the huge-page buffer
+        mp.setattr(sampled_kernel, "FLAT_READS", -1)  # the chunked path, one chunk per block, fused sweeps
+        mp.setattr(sampled_kernel, "HUGE_PAGE_MIN_BYTES", 0)  # V^T in the huge-page buffer
         chunked = learn(env, k, m=m, T=6, tol=1e-300, seed=5)
     assert torch.equal(flat.qtable.q, chunked.qtable.q)
     assert flat.residuals == chunked.residuals
@@ -39,11 +41,13 @@ def test_small_table_path_equals_chunked_fused_path(env: GlobalLocalMDP, k: int,
 
 def test_chunked_expected_next_matches_its_fused_sweep() -> None:
     env = make_env("demand_response")
-    K = learner.sample_kernel(env, 4, 20, seed=1)  # 4 chunks of count vectors
+    K = sample_kernel(env, 4, 20, seed=1)  # 4 chunks of count vectors
     assert K._flat is None
     r = subsampled_reward(env, 4)
     V = torch.rand(env.G, K.nxt.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(K.greedy_sweep(V, r, env.gamma), K.expected_next(V).mul_(env.gamma).add_(r).amax(1))
+    default = BellmanKernel.greedy_sweep(K, V, r, env.gamma)  # one whole Q from expected_next
+    assert torch.equal(K.greedy_sweep(V, r, env.gamma), default)
+    assert torch.equal(default, K.expected_next(V).mul_(env.gamma).add_(r).amax(1))
 
 
 @settings(PROFILE)
@@ -83,11 +87,11 @@ def test_subsampled_reward_is_the_count_formula(name: str, k: int) -> None:
     formula = env.r_g[:, :, None] + torch.einsum("gax,nx->gan", env.r_l, c) / k
     got = subsampled_reward(env, k)
     assert torch.allclose(got, formula, rtol=0, atol=1e-12)
-    X = all_sorted_states(k, env.L)  # the 0.2 summation order: positions one by one
-    old = env.r_l[:, :, X[:, 0]].clone()
+    X = all_sorted_states(k, env.L)  # the summation order: positions one by one
+    by_position = env.r_l[:, :, X[:, 0]].clone()
     for i in range(1, k):
-        old += env.r_l[:, :, X[:, i]]
-    assert torch.equal(got, old.div_(k).add_(env.r_g[:, :, None]))
+        by_position += env.r_l[:, :, X[:, i]]
+    assert torch.equal(got, by_position.div_(k).add_(env.r_g[:, :, None]))
 
 
 def test_stop_early_false_runs_exactly_T_sweeps() -> None:
@@ -98,11 +102,87 @@ def test_stop_early_false_runs_exactly_T_sweeps() -> None:
     assert forced.iterations == early.iterations + 7 and forced.converged
 
 
-@pytest.mark.parametrize(
-    "name,k,digest", [("demand_response", 3, "bebc005c787896ce"), ("queue", 4, "85a7d85be85950f4")]
-)
-def test_m1_tables_are_bitwise_those_of_0_2(name: str, k: int, digest: str) -> None:
-    """SHA-256 of the table sqtorch 0.2 (main at a0d84b3) learned: m = 1 uses no BLAS, so the bits are portable."""
-    q = learn(make_env(name), k, m=1, T=10, tol=1e-300, seed=0).qtable.q
-    assert hashlib.sha256(q.numpy().tobytes()).hexdigest()[:16] == digest
+def _stochastic_env() -> GlobalLocalMDP:
+    """A fixed environment with stochastic ``P_g`` rows (P_g-weighted means) and action-dependent ``P_l``."""
+    gen = torch.Generator().manual_seed(7)
+    G, A, L = 3, 2, 6
 
+    def rows(*shape: int) -> torch.Tensor:
+        w = torch.rand(shape, generator=gen, dtype=torch.float64) * (torch.rand(shape, generator=gen) < 0.6)
+        w[..., 0] += 0.1  # no empty row
+        return w / w.sum(-1, keepdim=True)
+
+    return GlobalLocalMDP(
+        P_g=rows(G, A, G),
+        P_l=rows(G, A, L, L),
+        r_g=torch.rand(G, A, generator=gen, dtype=torch.float64),
+        r_l=torch.rand(G, A, L, generator=gen, dtype=torch.float64),
+        gamma=0.9,
+    )
+
+
+def _digest(q: torch.Tensor) -> str:
+    return hashlib.sha256(q.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _learned_digest(name: str, k: int, m: int | str, seed: int, dtype: torch.dtype, T: int) -> str:
+    env = _stochastic_env() if name == "stochastic" else make_env(name)
+    with torch_threads(2):  # learn runs its chunks on a pool of this many threads (the values do not depend on it)
+        return _digest(learn(env, k, m=m, T=T, tol=1e-300, seed=seed, dtype=dtype).qtable.q)
+
+
+F64, F32 = torch.float64, torch.float32
+
+
+@pytest.mark.parametrize(
+    "name,k,m,seed,dtype,T,digest",
+    [
+        ("demand_response", 3, 1, 0, F64, 10, "bebc005c787896ce"),  # one gather, E^ = V[ix]
+        ("queue", 4, 1, 0, F64, 10, "85a7d85be85950f4"),
+        ("demand_response", 6, 1, 3, F64, 2, "5b09420c36828d00"),  # chunked, fused, thread pool, V^T on huge pages
+    ],
+)
+def test_m1_tables_are_pinned(name: str, k: int, m: int, seed: int, dtype: torch.dtype, T: int, digest: str) -> None:
+    """SHA-256 of the m = 1 Q-table bytes: the mean of one sample is the sample and every other op
+    is elementwise, so these bits are the same on any CPU."""
+    assert _learned_digest(name, k, m, seed, dtype, T) == digest
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() != "AVX512" or "BLAS_INFO=mkl" not in torch.__config__.show(),
+    reason="digests recorded with MKL on AVX-512 (m > 1 and the exact kernel sum through BLAS)",
+)
+@pytest.mark.parametrize(
+    "name,k,m,seed,dtype,T,digest",
+    [
+        ("queue", 4, 20, 0, F64, 10, "93e3081f26704169"),  # one gather, one mat-vec per block
+        ("demand_response", 3, 10, 1, F64, 10, "fdd95e6e8fa36ea1"),
+        ("demand_response", 3, 10, 1, F32, 10, "9a5c8ab88856ba48"),
+        ("demand_response", 4, 20, 2, F64, 5, "f5c6f9ff4c513010"),  # chunked, fused, thread pool
+        ("demand_response", 4, 20, 2, F32, 5, "79dbe3c370d3626c"),
+        ("stochastic", 3, 7, 4, F64, 10, "4300db9b7f14aafd"),  # one gather, P_g-weighted means
+        ("stochastic", 7, 100, 5, F64, 4, "04bc2875eae4dd4c"),  # chunked, P_g-weighted means
+        ("queue", 4, "exact", 0, F64, 10, "613668655ba6986a"),  # the exact operator
+        ("demand_response", 2, "exact", 0, F64, 10, "7cd531e82d2f8f10"),
+    ],
+)
+def test_blas_tables_are_pinned(
+    name: str, k: int, m: int | str, seed: int, dtype: torch.dtype, T: int, digest: str
+) -> None:
+    """SHA-256 of the Q-table bytes of representative calls, one per path of the operator: any change
+    to these bits is a numerical change, never a refactoring."""
+    assert _learned_digest(name, k, m, seed, dtype, T) == digest
+
+
+@pytest.mark.parametrize(
+    "name,k,m,flat",
+    [
+        ("queue", 4, 20, True),
+        ("demand_response", 4, 20, False),
+        ("stochastic", 3, 7, True),
+        ("stochastic", 7, 100, False),
+    ],
+)
+def test_pinned_calls_take_their_paths(name: str, k: int, m: int, flat: bool) -> None:
+    env = _stochastic_env() if name == "stochastic" else make_env(name)
+    assert (sample_kernel(env, k, m, seed=0)._flat is not None) == flat

@@ -6,16 +6,16 @@ Every exact or learned value in sqtorch is the fixed point of
 
 with ``backup(Q) = max_a Q`` for the optimal / SUBSAMPLE-Q operator (paper, Algorithm 1) and
 ``backup(Q) = sum_a pi(a | g, c) Q`` for the value of a fixed policy. The expectation comes from
-a kernel with ``expected_next(V [G, N]) -> [G, A, N]``: exact (:class:`sqtorch.tabular.exact.
-CountKernel`) or the mean over m fixed samples (:class:`sqtorch.tabular.learner.SampledKernel`).
+a :class:`BellmanKernel`: exact (:class:`sqtorch.tabular.exact.CountKernel`) or the mean over m
+fixed samples (:class:`sqtorch.tabular.sampled_kernel.SampledKernel`).
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -27,8 +27,20 @@ REWARD_CHUNK = 1 << 14  # count vectors per gather of subsampled_reward (k * G *
 NOISE_ULPS = 450  # one sweep's relative rounding noise, in units of the dtype's eps (1e-13 in float64)
 
 
-class NextStateKernel(Protocol):
-    def expected_next(self, V: Tensor) -> Tensor: ...
+class BellmanKernel(ABC):
+    """The next-state expectation of a count-vector Bellman operator, and its greedy sweep."""
+
+    @abstractmethod
+    def expected_next(self, V: Tensor) -> Tensor:
+        """``E[V(g', c') | g, c, a]`` for ``V [G, N]`` -> ``[G, A, N]``."""
+
+    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float, out: Tensor | None = None) -> Tensor:
+        """``max_a (r + gamma E[V])`` -> ``[G, N]`` (the greedy backup; into ``out`` if given).
+
+        This default holds one Q ``[G, A, N]``; a kernel may override it with a fused sweep that
+        never holds a whole Q and returns the same values.
+        """
+        return torch.amax(_sweep(self, r, gamma, V), 1, out=out)
 
 
 Backup = Callable[[Tensor], Tensor]  # Q [G, A, N] -> V [G, N]
@@ -72,21 +84,21 @@ def subsampled_reward(env: GlobalLocalMDP, k: int, X: Tensor | None = None) -> T
     return total.div_(k).add_(env.r_g.reshape(G * A, 1)).view(G, A, N)
 
 
-def _sweep(kernel: NextStateKernel, r: Tensor, gamma: float, V: Tensor) -> Tensor:
+def _sweep(kernel: BellmanKernel, r: Tensor, gamma: float, V: Tensor) -> Tensor:
     """``Q = r + gamma E[V(next)]`` with one table-sized allocation (the kernel's output)."""
     return kernel.expected_next(V).mul_(gamma).add_(r)
 
 
-def _backup_sweep(kernel: NextStateKernel, r: Tensor, gamma: float, V: Tensor, backup: Backup, spare: Tensor) -> Tensor:
-    """``backup(r + gamma E[V(next)])``; fused by the kernel for the greedy backup when it can (same
-    values), then written into ``spare`` (a free ``[G, N]`` buffer: no table-sized allocation)."""
-    if backup is greedy_backup and hasattr(kernel, "greedy_sweep"):
+def _backup_sweep(kernel: BellmanKernel, r: Tensor, gamma: float, V: Tensor, backup: Backup, spare: Tensor) -> Tensor:
+    """``backup(r + gamma E[V(next)])``; the greedy backup is the kernel's :meth:`BellmanKernel.greedy_sweep`,
+    written into ``spare`` (a free ``[G, N]`` buffer)."""
+    if backup is greedy_backup:
         return kernel.greedy_sweep(V, r, gamma, out=spare)
     return backup(_sweep(kernel, r, gamma, V))
 
 
 def value_iteration(
-    kernel: NextStateKernel,
+    kernel: BellmanKernel,
     r: Tensor,
     gamma: float,
     T: int,
@@ -105,8 +117,9 @@ def value_iteration(
     so this needs far fewer sweeps than stopping on ``||D||_inf``. Rounding makes a sweep noisy at
     about ``NOISE_ULPS * eps * ||V||_inf``: ``tol`` is raised to that floor. ``on_iteration(t,
     residual, elapsed_seconds)`` is called after every sweep. Only ``r``, one Q and two V are alive
-    (no Q during the sweeps of a kernel with ``greedy_sweep``). ``stop_early=False`` runs all T
-    sweeps (benchmarks of a fixed workload); ``converged`` then says whether the last one met the bound.
+    (no Q during greedy sweeps of a kernel that fuses :meth:`BellmanKernel.greedy_sweep`).
+    ``stop_early=False`` runs all T sweeps (benchmarks of a fixed workload); ``converged`` then says
+    whether the last one met the bound.
     """
     V = torch.zeros(r.shape[0], r.shape[2], dtype=r.dtype, device=r.device)
     spare, D = torch.empty_like(V), torch.empty_like(V)  # V and spare alternate: no [G, N] allocation per sweep

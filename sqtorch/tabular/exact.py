@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.runtime import GiB
-from sqtorch.tabular.bellman import FixedPoint, greedy_backup, subsampled_reward, value_iteration
+from sqtorch.tabular.bellman import BellmanKernel, FixedPoint, greedy_backup, subsampled_reward, value_iteration
 from sqtorch.tabular.counts import all_counts, all_sorted_states, num_counts, rank
 from sqtorch.tabular.qtable import QTable
 
@@ -35,8 +35,8 @@ DENSE_COALESCE_MAX = 1 << 25  # keys (count vector, partial next count) summed i
 
 
 @dataclass
-class CountKernel:
-    """Exact transition law of count vectors of k agents (docs/model.md §2)."""
+class CountKernel(BellmanKernel):
+    """Exact transition law of count vectors of k agents (docs/model.md §2); greedy sweeps hold one Q."""
 
     k: int
     N: int
@@ -205,4 +205,3 @@ def optimal_q(
     fp = solve_optimal(env, n, tol, max_states, max_gib, kernel)
     meta = dict(m="exact", gamma=env.gamma, env_params=dict(env.params))
     return QTable(q=fp.q.permute(0, 2, 1).contiguous(), k=n, L=env.L, env_name=env.name, meta=meta)
-

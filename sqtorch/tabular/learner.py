@@ -5,69 +5,35 @@ Bellman operator
 
 over count vectors c of k sampled agents, with ``r_Delta(g, c, a) = r_g[g, a] + (1/k) sum_x
 c_x r_l[g, a, x]``. The m next count vectors ``c'_j`` of every ``(b, c)`` (b: a distinct local
-kernel ``P_l[g, a]``) are drawn once from a seeded generator and reused every iteration and by
-every ``(g, a)`` with that kernel, so ``T^`` is a gamma-contraction; its fixed point is
-``Q^est_{k,m}``. The expectation over g' is exact (g' and c' are independent given ``(g, a)``): for
-a deterministic ``P_g`` (both shipped environments) this is the paper's m-sample estimator;
-otherwise it has the same mean and less variance. With ``m = "exact"`` the sample mean becomes
-the exact expectation (:mod:`sqtorch.tabular.exact`); at k = n that is Q*.
-
-Layout: samples ``G * rank(c')`` as int32 ``[B, N, m]`` (``B <= G * A``). A small table's sweep is
-one gather from ``V`` (at m = 1 the whole ``E^``; :class:`_FlatGather`); a large table's sweep
-gathers from ``V^T [N, G]`` (on transparent huge pages) so the values of every reachable g' of one
-sample share a cache line, in fixed chunks of count vectors on a persistent thread pool (torch
-releases the GIL), each chunk finishing its own ``max_a`` (no Q table per sweep): bitwise
-reproducible for any thread count, and bitwise the tables of sqtorch 0.2.
+kernel ``P_l[g, a]``) are drawn once from a seeded generator (:mod:`sqtorch.tabular.sampling`) and
+reused every iteration and by every ``(g, a)`` with that kernel, so ``T^`` is a gamma-contraction;
+its fixed point is ``Q^est_{k,m}``. The expectation over g' is exact (g' and c' are independent
+given ``(g, a)``; :mod:`sqtorch.tabular.sampled_kernel`): for a deterministic ``P_g`` (both
+shipped environments) this is the paper's m-sample estimator; otherwise it has the same mean and
+less variance. With ``m = "exact"`` the sample mean becomes the exact expectation
+(:mod:`sqtorch.tabular.exact`); at k = n that is Q*. The tables are bitwise reproducible for any
+thread count.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
-import threading
 import time
-import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from typing import TypeVar
 
-import numpy.random  # noqa: F401  (derive_seed's SeedSequence: imported with the module, not in the first learn)
 import torch
-from torch import Tensor
 
 from sqtorch.checks import check_int, check_k
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import IMPURE, LOOKUP_ENTRIES, LookupSampler
-from sqtorch.runtime import GiB, derive_seed, torch_threads
-from sqtorch.tabular.bellman import subsampled_reward, value_iteration
+from sqtorch.runtime import GiB, torch_threads
+from sqtorch.tabular.bellman import BellmanKernel, subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
-from sqtorch.tabular.counts import num_counts, rank_columns, state_columns
-from sqtorch.tabular.exact import CountKernel, count_kernel, local_kernels
+from sqtorch.tabular.counts import num_counts, state_columns
+from sqtorch.tabular.exact import count_kernel, local_kernels
 from sqtorch.tabular.qtable import QTable
-
-T_ = TypeVar("T_")
-CHUNK_ROWS = 1 << 12  # count vectors per gather chunk on CPU: its m * |U| reads stay in L2
-SMALL_TABLE = 1 << 18  # B * N * m at most: one chunk per block (fixed: it decides which rows a mat-vec sums)
-ALIGN_ELEMENTS = 16  # 64 bytes of float32 values (and so of float64)
-FLAT_READS = 1 << 20  # sum_b |U_b| * N * m at most: one precomputed gather, a handful of ops per sweep
-SAMPLE_CHUNK_ROWS = 1 << 13  # (block, count vector) rows per sampling chunk on CPU (k uniform columns of m)
-CUDA_CHUNK_ROWS = 1 << 17  # on CUDA one kernel launch must cover far more rows; one stream, no thread pool
-CUDA_SAMPLE_CHUNK_ROWS = 1 << 17
-SAMPLE_TASK_DRAWS = 1 << 20  # k * m * rows at most drawn in one task (else one chunk per task)
-HUGE_PAGE_MIN_BYTES = 1 << 24  # V^T from this size on lives on transparent huge pages
-PARALLEL_MIN_WORK = 1 << 22  # below this many element-ops a thread pool costs more than it saves
-
-
-def gather_chunk_rows(device: torch.device) -> int:
-    """Count vectors per gather chunk of a sweep: L2-sized on CPU, launch-sized on CUDA."""
-    return CUDA_CHUNK_ROWS if device.type == "cuda" else CHUNK_ROWS
-
-
-def sample_chunk_rows(device: torch.device) -> int:
-    """``(block, count vector)`` rows per sampling chunk (each has its own generator)."""
-    return CUDA_SAMPLE_CHUNK_ROWS if device.type == "cuda" else SAMPLE_CHUNK_ROWS
+from sqtorch.tabular.sampled_kernel import SampledKernel, gather_chunk_rows
+from sqtorch.tabular.sampling import sample_chunk_rows, sample_kernel
 
 
 @dataclass
@@ -87,360 +53,6 @@ class LearnResult:
         d.pop("qtable")
         d["final_residual"] = self.residuals[-1] if self.residuals else float("nan")
         return d
-
-
-def _run(fn: Callable[[T_], None], tasks: list[T_], work: int, workers: int) -> None:
-    """``fn(task)`` for every task, on ``workers`` threads when the work is large (torch releases the GIL)."""
-    if work < PARALLEL_MIN_WORK or workers < 2 or len(tasks) < 2:
-        for task in tasks:
-            fn(task)
-        return
-    list(_pool(workers).map(fn, tasks))
-
-
-@lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A persistent pool (its threads keep their scratch buffers between sweeps)."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sqtorch-tabular")
-
-
-def _chunks(n_rows: int, size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + size, n_rows)) for s in range(0, n_rows, size)]
-
-
-class _Buffers(threading.local):
-    """Per-thread scratch of the gather (reused across chunks and sweeps: no allocation per chunk)."""
-
-    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        buf = self.__dict__.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-            buf = self.__dict__[name] = torch.empty(numel, dtype=dtype, device=device)
-        return buf[:numel]
-
-
-def _huge_page_tensor(numel: int, dtype: torch.dtype) -> Tensor:
-    """An uninitialized 1-D CPU tensor in anonymous memory advised ``MADV_HUGEPAGE`` (plain memory elsewhere).
-
-    Linux backs it with 2 MiB pages when transparent huge pages are ``always`` or ``madvise``;
-    the mapping lives as long as the tensor (``torch.frombuffer`` keeps it referenced).
-    """
-    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is None:
-        return torch.empty(numel, dtype=dtype)
-    mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: shared memory gets no THP
-    try:
-        mem.madvise(advice)
-    except OSError:
-        pass  # THP disabled: still an ordinary buffer
-    with warnings.catch_warnings():  # "non-writable buffer": an anonymous mmap is writable
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(mem, dtype=dtype, count=numel)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How block b's samples are read and turned into rows of E^[V] (docs/model.md §2).
-
-    ``support[b]``: the g' reachable from some ``(g, a)`` with local kernel b (ascending);
-    ``pairs[b]``: those ``(g, a)`` as rows ``g * A + a``; ``cols[b][i]``: the column in
-    ``support[b]`` of pair i's deterministic g', or -1 with its ``P_g`` row ``weights[b][i]``
-    over ``support[b]`` (a weighted mean then). Lists over blocks and pairs, never entries.
-    """
-
-    support: list[list[int]]
-    pairs: list[list[int]]
-    cols: list[list[int]]
-    weights: list[list[Tensor | None]]
-
-    @classmethod
-    def build(cls, block_of: Tensor, P_g: Tensor, B: int) -> _Plan:
-        G, A = block_of.shape
-        P = P_g.reshape(G * A, G)
-        blocks = block_of.reshape(-1).tolist()
-        hits = (P > 0).to(P.dtype)
-        reach = torch.zeros(B, G, dtype=P.dtype, device=P.device).index_add_(0, block_of.reshape(-1), hits)
-        support = [[g for g, hit in enumerate(row) if hit] for row in reach.tolist()]
-        pairs: list[list[int]] = [[] for _ in range(B)]
-        cols: list[list[int]] = [[] for _ in range(B)]
-        weights: list[list[Tensor | None]] = [[] for _ in range(B)]
-        for p, (b, row) in enumerate(zip(blocks, P.tolist(), strict=True)):
-            pairs[b].append(p)
-            sure = [i for i, g in enumerate(support[b]) if row[g] == 1.0]
-            cols[b].append(sure[0] if sure else -1)
-            weights[b].append(None if sure else P[p, support[b]])
-        return cls(support, pairs, cols, weights)
-
-
-@dataclass
-class _FlatGather:
-    """The whole sweep of a small table as one gather from ``V [G, N]`` (no chunks, no transpose).
-
-    ``direct`` (m = 1 and a deterministic ``P_g``): ``ix[g, a, c] = g' N + rank(c')``, so
-    ``E^ = V.view(-1)[ix]`` (the mean of one sample is the sample: ``x * 1.0 == x``). Otherwise
-    ``ix`` holds the reads of rows ``(b, c, u)`` of m samples, block by block as the chunked
-    path's one chunk per block (same rows per mat-vec, each block starting 64-byte aligned:
-    MKL's mat-vec rounds differently at other row counts and alignments), ``sel[g, a, c]`` the
-    row ``(b(g, a), c, col)`` of a deterministic g', and ``mixed`` ``(pair, first row of its
-    block, |U_b|, P_g weights)`` for the other pairs.
-    """
-
-    ix: Tensor
-    direct: bool
-    sel: Tensor | None = None
-    mixed: list[tuple[int, int, int, Tensor]] = field(default_factory=list)
-    blocks: list[tuple[int, int]] = field(default_factory=list)  # rows of each block
-
-    @classmethod
-    def build(cls, nxt: Tensor, plan: _Plan, G: int) -> _FlatGather:
-        B, N, m = nxt.shape
-        rank = nxt.div(G, rounding_mode="floor")
-        if m == 1 and all(w is None for ws in plan.weights for w in ws):
-            block, g_next = cls._direct_rows(plan, B)
-            index = torch.tensor(block, device=nxt.device)
-            shift = torch.tensor(g_next, dtype=torch.int32, device=nxt.device) * N
-            return cls(rank.view(B, N).index_select(0, index).add_(shift[:, None]).view(-1), direct=True)
-        return cls._general(rank, plan)
-
-    @staticmethod
-    def _direct_rows(plan: _Plan, B: int) -> tuple[list[int], list[int]]:
-        """Block and deterministic g' of every ``(g, a)`` row, in row order."""
-        rows = sorted(
-            (p, b, plan.support[b][col]) for b in range(B) for p, col in zip(plan.pairs[b], plan.cols[b], strict=True)
-        )
-        return [b for _, b, _ in rows], [g for _, _, g in rows]
-
-    @classmethod
-    def _general(cls, rank: Tensor, plan: _Plan) -> _FlatGather:
-        B, N, m = rank.shape
-        dev = rank.device
-        ix, first, mixed, blocks = [], 0, [], []
-        off = torch.zeros(sum(map(len, plan.pairs)), dtype=torch.int64)
-        width = torch.zeros_like(off)
-        align = ALIGN_ELEMENTS // math.gcd(m, ALIGN_ELEMENTS)  # rows per aligned block start
-        for b in range(B):  # blocks (distinct local kernels), not entries
-            sup = torch.tensor(plan.support[b], dtype=torch.int32, device=dev)
-            pad = -first % align  # padding rows read V[0, 0]
-            ix.append(torch.zeros(pad * m, dtype=torch.int32, device=dev))
-            first += pad
-            ix.append((rank[b].view(N, 1, m) + sup[:, None] * N).view(-1))
-            for p, col, w in zip(plan.pairs[b], plan.cols[b], plan.weights[b], strict=True):
-                off[p], width[p] = first + max(col, 0), len(sup)
-                if w is not None:
-                    mixed.append((p, first, len(sup), w))
-            blocks.append((first, first + N * len(sup)))
-            first += N * len(sup)
-        sel = off.to(dev)[:, None] + torch.arange(N, device=dev)[None, :] * width.to(dev)[:, None]
-        return cls(torch.cat(ix), False, sel.view(-1), mixed, blocks)
-
-    def expected(self, V: Tensor, weights: Tensor) -> Tensor:
-        """``E^[V]`` as ``[G * A, N]`` for ``V [G, N]`` (contiguous)."""
-        G, N = V.shape
-        vals = V.view(-1).index_select(0, self.ix)
-        if self.direct:
-            return vals.view(-1, N)
-        vals = vals.view(-1, weights.shape[0])
-        means = torch.empty(vals.shape[0], dtype=V.dtype, device=V.device)
-        for s, e in self.blocks:  # one mat-vec per block, as in the chunked path: the same sums
-            torch.mv(vals[s:e], weights, out=means[s:e])
-        out = means.index_select(0, self.sel).view(-1, N)
-        for p, first, U, w in self.mixed:  # stochastic P_g rows only (none in the shipped environments)
-            torch.mv(means[first : first + N * U].view(N, U), w.to(V.dtype), out=out[p])
-        return out
-
-
-@dataclass
-class SampledKernel:
-    """The m fixed next count vectors of every ``(b, c)``, shared by all ``(g, a)`` with local kernel b.
-
-    ``nxt[b, c, j] = G * rank(c'_j)``: the offset of row ``c'_j`` of ``V^T [N, G]``, so the values
-    ``V(g', c'_j)`` of every g' lie in one cache line, and ``V(g', c'_j)`` is element ``nxt + g'``
-    of ``V^T``. With ``w = P_g[g, a]``,
-
-        E^[V | g, c, a] = sum_g' w[g'] (1/m) sum_j V(g', c'_j)      (docs/model.md §2)
-
-    i.e. the expectation over g' is exact (g' and c' are independent given ``(g, a)``) and the
-    expectation over c' is the m-sample mean. For a deterministic ``P_g`` (both shipped
-    environments) this is exactly the paper's estimator; otherwise it has the same mean and less
-    variance. Samples shared across the actions (and global states) with the same local kernel
-    are common random numbers: each entry's estimate keeps its law.
-
-    Small tables gather everything at once (:class:`_FlatGather`); large ones in fixed chunks of
-    count vectors on a thread pool, each chunk finishing its own rows (bitwise the same for any
-    thread count). The mean over the m samples is one BLAS mat-vec over rows of m values either way.
-    """
-
-    nxt: Tensor  # int32 [B, N, m]
-    block_of: Tensor  # int64 [G, A]: index of the distinct local kernel of (g, a)
-    P_g: Tensor  # [G, A, G]
-    workers: int = 1  # threads for the gathers
-    _plan: _Plan = field(init=False, repr=False)
-    _flat: _FlatGather | None = field(default=None, init=False, repr=False)
-    _buffers: _Buffers = field(default_factory=_Buffers, init=False, repr=False)
-    _mean_w: dict = field(default_factory=dict, init=False, repr=False)
-    _chunk: int = field(default=CHUNK_ROWS, init=False, repr=False)
-    _vt_buf: dict = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        B, N, m = self.nxt.shape
-        self._plan = _Plan.build(self.block_of, self.P_g, B)
-        self._chunk = N if self.nxt.numel() <= SMALL_TABLE else gather_chunk_rows(self.nxt.device)  # per chunk
-        if self._chunk >= N and sum(map(len, self._plan.support)) * N * m <= FLAT_READS:
-            self._flat = _FlatGather.build(self.nxt, self._plan, self.block_of.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """``(G, A, N, m)`` of the table the kernel serves."""
-        G, A = self.block_of.shape
-        return G, A, self.nxt.shape[1], self.nxt.shape[2]
-
-    def next_ranks(self) -> Tensor:
-        """``rank(c'_j)`` for every ``(g, a, c, j)``: int64 ``[G, A, N, m]`` (for tests; materializes)."""
-        G = self.block_of.shape[0]
-        return self.nxt[self.block_of].long() // G
-
-    def _weights(self, dtype: torch.dtype) -> Tensor:
-        """``1/m`` repeated m times: the sample mean as a BLAS mat-vec."""
-        w = self._mean_w.get(dtype)
-        if w is None:
-            m = self.nxt.shape[2]
-            w = self._mean_w[dtype] = torch.full((m,), 1.0 / m, dtype=dtype, device=self.nxt.device)
-        return w
-
-    def expected_next(self, V: Tensor) -> Tensor:
-        """``E^[V(g', c') | g, c, a]`` for ``V [G, N]`` -> ``[G, A, N]``."""
-        G, A, N, _ = self.shape
-        if self._flat is not None:
-            return self._flat.expected(V.contiguous(), self._weights(V.dtype)).view(G, A, N)
-        vt = self._vt(V)
-        out = torch.empty(G * A, N, dtype=V.dtype, device=V.device)
-        self._run_chunks(lambda s, e: self._chunk_expected(vt, s, e, out[:, s:e]))
-        return out.view(G, A, N)
-
-    def greedy_sweep(self, V: Tensor, r: Tensor, gamma: float, out: Tensor | None = None) -> Tensor:
-        """``max_a (r + gamma E^[V])`` -> ``[G, N]`` (SUBSAMPLE-Q's backup; into ``out`` if given).
-
-        Each chunk of count vectors computes its ``[G, A, n]`` slice of Q with the same ops as
-        ``expected_next(V).mul_(gamma).add_(r).amax(1)``, so the values are identical; Q is never
-        whole in memory.
-        """
-        G, A, N, _ = self.shape
-        V_new = torch.empty_like(V) if out is None else out
-        if self._flat is not None:
-            return torch.amax(self.expected_next(V).mul_(gamma).add_(r), 1, out=V_new)
-        vt = self._vt(V)
-
-        def chunk(s: int, e: int) -> None:
-            q = self._buffers.get("q", G * A * (e - s), V.dtype, V.device).view(G * A, e - s)
-            self._chunk_expected(vt, s, e, q)
-            V_new[:, s:e] = q.view(G, A, e - s).mul_(gamma).add_(r[:, :, s:e]).amax(1)
-
-        self._run_chunks(chunk)
-        return V_new
-
-    def _vt(self, V: Tensor) -> Tensor:
-        """``V^T`` flattened, ``[N * G]`` (c'-major: the g' of one sample share a cache line).
-
-        Large ones go to one persistent buffer on transparent huge pages where the OS allows it:
-        the sweep's random reads then miss the TLB far less (bench/RESULTS.md).
-        """
-        if V.device.type != "cpu" or V.numel() * V.element_size() < HUGE_PAGE_MIN_BYTES:
-            return V.T.contiguous().view(-1)
-        buf = self._vt_buf.get(V.dtype)
-        if buf is None or buf.numel() != V.numel():
-            buf = self._vt_buf[V.dtype] = _huge_page_tensor(V.numel(), V.dtype)
-        buf.view(V.shape[1], V.shape[0]).copy_(V.T)
-        return buf
-
-    def _run_chunks(self, fn: Callable[[int, int], None]) -> None:
-        """``fn(s, e)`` on fixed chunks of count vectors, in parallel when the sweep is large."""
-        N, m = self.nxt.shape[1], self.nxt.shape[2]
-        reads = sum(map(len, self._plan.support)) * N * m
-        _run(lambda se: fn(*se), _chunks(N, self._chunk), work=reads, workers=self.workers)
-
-    def _chunk_expected(self, vt: Tensor, s: int, e: int, out: Tensor) -> None:
-        """Rows ``[s, e)`` of ``E^`` into ``out [G * A, e - s]``: per block one gather of the m samples
-        of every reachable g' (adjacent in ``V^T``) and one mat-vec (the mean); per ``(g, a)`` a copy
-        of its g' column, or a ``P_g``-weighted mat-vec."""
-        buf, n, m, plan = self._buffers, e - s, self.nxt.shape[2], self._plan
-        for b, support in enumerate(plan.support):
-            U = len(support)
-            ix = buf.get("ix", n * U * m, torch.int32, vt.device).view(n, U, m)
-            for u, g_next in enumerate(support):  # U strided adds: faster than one broadcast add
-                torch.add(self.nxt[b, s:e], g_next, out=ix[:, u])
-            vals = torch.index_select(vt, 0, ix.view(-1), out=buf.get("vals", n * U * m, vt.dtype, vt.device))
-            mean_out = buf.get("means", n * U, vt.dtype, vt.device)
-            means = torch.mv(vals.view(n * U, m), self._weights(vt.dtype), out=mean_out)
-            means = means.view(n, U)
-            for p, col, w in zip(plan.pairs[b], plan.cols[b], plan.weights[b], strict=True):
-                if w is None:  # deterministic g': a copy
-                    out[p].copy_(means[:, col])
-                else:
-                    torch.mv(means, w.to(vt.dtype), out=out[p])
-
-
-def _lookup_draw(local: LookupSampler, rows: Tensor, u: Tensor) -> Tensor:
-    """Next local states (uint8 ``[k, n, m]``) of bucket-table rows ``rows`` (int32 ``[k, n]``) for uniforms ``u``.
-
-    The draws of :meth:`LookupSampler.sample_uint8` (bucket ``floor(u 2^bits)``, impure buckets
-    resolved by the exact CDF as :func:`sqtorch.envs.simulator.sample_categorical` does), for all
-    k agents in one pass and with int32 indices.
-    """
-    bits = local.bits
-    idx = u.mul(1 << bits).to(torch.int32).add_(rows.mul(1 << bits)[:, :, None])
-    out = local.table.index_select(0, idx.view(-1))
-    # nonzero reads the count on the host: once per sampling chunk of the build (set-up, not the sweep loop);
-    # resolving every draw exactly instead (as the Monte Carlo step loop does on CUDA) costs ~40 bytes a draw
-    bad = torch.nonzero(out == IMPURE).squeeze(1)
-    if bad.numel():  # sample_categorical's count of CDF values <= u, over all outcomes in one compare
-        row = idx.view(-1)[bad].bitwise_right_shift(bits)
-        cdf = local.cdf_cols[:-1].index_select(1, row)  # [K - 1, bad]
-        out[bad] = (cdf <= u.view(-1)[bad]).sum(0, dtype=torch.uint8)
-    return out.view(u.shape)
-
-
-def sample_kernel(
-    env: GlobalLocalMDP, k: int, m: int, seed: int, workers: int = 1, X: Tensor | None = None
-) -> SampledKernel:
-    """Draw the m next count vectors of every ``(b, c)`` once (docs/model.md §2), vectorized.
-
-    b runs over the distinct local kernels ``P_l[g, a]``; every ``(g, a)`` with kernel b reuses
-    its samples. Each of the k agents of c moves with one bucket-table draw from
-    ``P_l[b, x_i]`` and the next count vector is ranked straight from the k next-state columns
-    (:func:`rank_columns`, uint8 states, int32 ranks). Row ``r = b * N + c``; every chunk of
-    ``SAMPLE_CHUNK_ROWS`` rows draws its uniforms from its own generator, so the result does not
-    depend on the number of threads (or on how chunks are grouped into tasks). ``X``:
-    :func:`state_columns` of ``(k, L)``, if the caller has it.
-    """
-    G, L, N = env.G, env.L, num_counts(k, env.L)
-    if N * G >= 2**31:
-        raise ValueError(f"k = {k}: G * N = {G * N:,} next states overflow the int32 sample indices")
-    dev = env.device
-    kernels, block_of = local_kernels(env)
-    B = kernels.shape[0]
-    X = state_columns(k, L, dev) if X is None else X  # [k, N]: agent i's state in each c
-    # rows (b, x); a bucket table no larger than the number of draws (building it costs more otherwise)
-    local = LookupSampler.build(kernels, entries=min(LOOKUP_ENTRIES, B * N * m * k))
-    nxt = torch.empty(B * N, m, dtype=torch.int32, device=dev)
-    chunks = _chunks(B * N, sample_chunk_rows(dev))
-    per_task = len(chunks) if nxt.numel() * k <= SAMPLE_TASK_DRAWS else 1  # a small table: one task
-    tasks = [list(range(i, min(i + per_task, len(chunks)))) for i in range(0, len(chunks), per_task)]
-
-    def uniforms(chunk_id: int) -> Tensor:
-        s, e = chunks[chunk_id]
-        gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, chunk_id))
-        return torch.rand(k, e - s, m, generator=gen, device=dev, dtype=torch.float64)
-
-    def work(ids: list[int]) -> None:
-        s, e = chunks[ids[0]][0], chunks[ids[-1]][1]
-        u = torch.cat([uniforms(i) for i in ids], 1) if len(ids) > 1 else uniforms(ids[0])
-        rows = torch.arange(s, e, dtype=torch.int32, device=dev)
-        b = rows.div(N, rounding_mode="floor")
-        x_next = _lookup_draw(local, X.index_select(1, rows - b * N).add_(b * L), u)
-        torch.mul(rank_columns(list(x_next), L, dtype=torch.int32), G, out=nxt[s:e])
-
-    _run(work, tasks, work=nxt.numel() * k, workers=workers)
-    return SampledKernel(nxt.view(B, N, m), block_of, env.P_g, workers)
 
 
 def table_memory_gib(
@@ -467,9 +79,9 @@ def table_memory_gib(
     sample); ``8 N k`` bytes for the sorted local states of the build (int32 ``[k, N]``) and the
     sampling threads' scratch, which the C allocator keeps resident after it is freed. Chunk rows
     depend on the device (:func:`gather_chunk_rows`). For ``m = "exact"`` the count kernel is sized
-    separately (:func:`sqtorch.tabular.exact.count_kernel`).
-    Measured against the peak resident memory in tests/test_tabular.py and bench/tabular.py, and
-    against ``torch.cuda.max_memory_allocated`` in bench/gpu_check.sh.
+    separately (:func:`sqtorch.tabular.exact.count_kernel`). Checked against the peak resident
+    memory in tests/test_tabular.py and bench/tabular.py, and against
+    ``torch.cuda.max_memory_allocated`` in bench/gpu_check.sh.
     """
     s = torch.empty(0, dtype=dtype).element_size()
     tables = 2 * G * A * N * s + 4 * G * N * s + N * k * 8
@@ -546,8 +158,8 @@ def learn(
         if need > free:
             raise ValueError(f"the table at k = {k} needs {need:.2f} GiB but {env.device} has {free:.2f} GiB free")
     t0 = time.perf_counter()
-    with torch_threads(1):  # parallel over our own chunks only (see _run)
-        kernel: SampledKernel | CountKernel
+    with torch_threads(1):  # parallel over our own chunks only (sqtorch.tabular.buffers.run_tasks)
+        kernel: BellmanKernel
         X = state_columns(k, env.L, env.device)  # for the draws and for r_Delta
         if m == "exact":
             kernel = count_kernel(env, k, max_memory_gib=max_memory_gib)
@@ -581,7 +193,10 @@ def learn(
 __all__ = [
     "LearnResult",
     "SampledKernel",
+    "distinct_local_kernels",
+    "gather_chunk_rows",
     "learn",
+    "sample_chunk_rows",
     "sample_kernel",
     "table_memory_gib",
 ]
