@@ -146,3 +146,23 @@ def test_execution_of_formation_at_paper_size():
     assert res.returns.shape == (4, 16) and math.isfinite(res.mean)
     with pytest.raises(ValueError, match="1 <= k <= n = 2"):
         evaluate_mfq_mc(env, policy, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_learning_evaluation_and_execution():
+    env = random_env(*MATTERING[0])
+    cpu = learn_mfq(env, 3, tol=1e-12).table
+    gpu = learn_mfq(env.to("cuda"), 3, tol=1e-12).table
+    torch.testing.assert_close(gpu.q.cpu(), cpu.q, rtol=0, atol=1e-10)
+    p_cpu, p_gpu = MFQPolicy.from_table(cpu), MFQPolicy.from_table(gpu)
+    assert torch.equal(p_gpu.greedy_g.cpu(), p_cpu.greedy_g) and torch.equal(p_gpu.greedy_l.cpu(), p_cpu.greedy_l)
+    V = policy_value_mfq(env, 4, p_cpu)
+    torch.testing.assert_close(policy_value_mfq(env.to("cuda"), 4, p_gpu).cpu(), V, rtol=0, atol=1e-10)
+    sampled = learn_mfq(env.to("cuda"), 3, m=8, seed=0).table
+    assert sampled.q.is_cuda and torch.isfinite(sampled.q).all()
+    s_g, s_l = sample_initial_state(env, 4, 8, make_generator(0))
+    res = evaluate_mfq_mc(env, p_cpu, 4, s0=(s_g, s_l), rollouts=1000, device="cuda")
+    exact = value_at(V, s_g, s_l, env.L).mean().item()
+    tail = env.gamma ** horizon_for(env.gamma) * 2.0 / (1 - env.gamma)
+    assert abs(res.mean - exact) <= 1.5 * res.ci95 + tail

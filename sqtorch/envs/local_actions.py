@@ -1,4 +1,4 @@
-"""Local agents that act (docs/model.md §7; Anand & Qu, arXiv 2412.00661, §2).
+"""Local agents that act (docs/model.md §7; Anand, Karmarkar & Qu, arXiv 2412.00661, §2).
 
 One global agent (state ``s_g`` in ``{0..G-1}``, action ``a_g`` in ``{0..A-1}``) and ``n``
 exchangeable local agents (state ``s_i`` in ``{0..L-1}``, action ``a_i`` in ``{0..Al-1}``).

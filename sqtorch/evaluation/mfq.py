@@ -112,7 +112,7 @@ def policy_value_mfq(
     policy.check_sizes(env.G, env.A, env.L, env.Al)
     penv = pair_env(env)
     check_tractable(penv, n, max_states, max_gib)
-    policy = MFQPolicy(**{**policy.__dict__}).to(env.device)
+    policy = policy.on(env.device)
     index = pair_index(n, env.L, env.Al, env.device)
     pi_g = subsampled_policy_probs(policy.greedy_g, n, policy.k, env.L, env.A)  # [G, A, N_n]
     w = pi_g.index_select(2, index.state_of) * pair_count_probs(local_action_probs(policy, n), n)[:, None, :]

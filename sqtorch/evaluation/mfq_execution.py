@@ -148,7 +148,7 @@ def evaluate_mfq_mc(
         raise ValueError(f"policy.k = {policy.k} is outside the allowed range 1 <= k <= n = {n} at execution")
     policy.check_sizes(env.G, env.A, env.L, env.Al)
     env = env.to(device) if device is not None else env
-    policy = MFQPolicy(**policy.__dict__).to(env.device)
+    policy = policy.on(env.device)
     if s0 is None:
         check_int("num_initial", num_initial, 1, "number of initial states")
         s_g0, s_l0 = sample_initial_state(env, n, num_initial, make_generator(initial_seed, env.device))

@@ -1,4 +1,4 @@
-"""Tabular SUBSAMPLE-MFQ (Anand & Qu, arXiv 2412.00661, Algorithm 1; docs/model.md §7).
+"""Tabular SUBSAMPLE-MFQ (Anand, Karmarkar & Qu, arXiv 2412.00661, Algorithm 1; docs/model.md §7).
 
 Local agents act (:class:`~sqtorch.envs.local_actions.LocalActionMDP`). On the k-agent subsystem
 with ``r_Delta = r_g + (1/k) sum_{i in Delta} r_l``, Q is permutation invariant in the agents, so
@@ -16,7 +16,7 @@ next-count kernel (:func:`sqtorch.tabular.exact.count_kernel`), the m fixed samp
 are those of the pair MDP. The value lives on state counts ``c`` (the marginal of z); the solver
 (:func:`sqtorch.tabular.bellman.value_iteration`) keeps it as ``V[g, rank(z)] = V(g, c(z))`` (one
 copy per z), and the backup is the max over ``a_g`` and over **every assignment of actions to the
-agents consistent with the state counts** (paper, eq. 10):
+agents consistent with the state counts**:
 
     V(g, c) = max_{a_g} max_{z : c(z) = c} Q_k(g, a_g, z)
 

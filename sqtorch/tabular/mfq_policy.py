@@ -24,7 +24,7 @@ cannot tell apart count as ties, and the rule, not rounding noise, decides.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -98,8 +98,13 @@ class MFQPolicy:
         return self.greedy_g.shape[0]
 
     def to(self, device: torch.device | str) -> MFQPolicy:
+        """Move the tables to ``device`` (in place); returns ``self``."""
         self.greedy_g, self.greedy_l = self.greedy_g.to(device), self.greedy_l.to(device)
         return self
+
+    def on(self, device: torch.device | str) -> MFQPolicy:
+        """A copy with its tables on ``device`` (``self`` is unchanged)."""
+        return replace(self, greedy_g=self.greedy_g.to(device), greedy_l=self.greedy_l.to(device))
 
     def check_sizes(self, G: int, A: int, L: int, Al: int) -> None:
         """Raise ``ValueError`` unless the policy is for an env with these sizes."""
