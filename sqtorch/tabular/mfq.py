@@ -39,15 +39,17 @@ from torch import Tensor
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.local_actions import LocalActionMDP, as_local_action_mdp
 from sqtorch.runtime import GiB, check_int, torch_threads
-from sqtorch.tabular.bellman import FixedPoint, subsampled_reward, value_iteration
+from sqtorch.tabular.bellman import REWARD_CHUNK, FixedPoint, subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES
 from sqtorch.tabular.counts import all_counts, num_counts, rank, state_columns
-from sqtorch.tabular.exact import count_kernel, kernel_gib, local_kernels
+from sqtorch.tabular.exact import DENSE_COALESCE_MAX, count_kernel, kernel_gib, local_kernels
 
 DEFAULT_T = 1000
 DEFAULT_TOL = 1e-8
 DEFAULT_MAX_GIB = 8.0
 SAMPLE_CHUNK_ROWS = 1 << 13  # rows of one sampling chunk of sample_kernel (its scratch, per worker)
+GATHER_CHUNK_ROWS = 1 << 12  # rows of one gather chunk of a large sampled sweep, per worker
+FLAT_READS = 1 << 20  # reads of a small sampled table's one-shot gather
 
 
 def pair_env(env: LocalActionMDP | GlobalLocalMDP) -> GlobalLocalMDP:
@@ -196,10 +198,17 @@ def mfq_memory_gib(
     With ``s`` the dtype's size, ``NZ = C(k + L Al - 1, k)``, ``N = C(k + L - 1, k)``, ``K = L Al``:
     three ``[G, A, NZ]`` tables (r_Delta, the Q of a sweep, the final Q), five ``[G, NZ]`` (V, the
     next V, their difference, the max over a_g, the scatter target), the index tables
-    (``NZ (K + 2 min(k, K) + 1)`` int64), the greedy tables (``G (A + K) N`` float64); for
-    ``m = "exact"`` the sparse kernel (:func:`sqtorch.tabular.exact.kernel_gib`) and its float64
-    products ``B NZ G + G A NZ G``; for an integer m the int32 samples ``B NZ m`` and per worker
-    one sampling chunk (``(14 k + 16) m`` bytes a row, as the learner's).
+    (``NZ (K + 2 min(k, K) + 1)`` int64), the greedy tables (``G (A + K) N`` float64), the sorted
+    pairs of every z (int32 ``[k, NZ]``) and the gathers of r_Delta (``k G A min(NZ, REWARD_CHUNK)``
+    float64); for ``m = "exact"`` the sparse kernel (:func:`sqtorch.tabular.exact.kernel_gib`) and
+    its float64 products ``B NZ G + G A NZ G``; for an integer m the int32 samples ``B NZ m`` and
+    per worker one sampling chunk (``(14 k + 16) m`` bytes a row, as the learner's) and the reads of
+    one sweep's gather (all ``B G NZ m`` of a small table, else ``max(FLAT_READS, G m GATHER_CHUNK_ROWS)``
+    at most; ``4 + 2 s`` bytes each). The exact kernel's build
+    sums partial next counts in a dense float64 buffer when it has at most ``DENSE_COALESCE_MAX``
+    keys: 9 bytes a key (the buffer and the scan for its nonzeros), summed over the k buffers (the
+    C allocator may keep the smaller ones resident after they are freed).
+    Checked against the growth of the peak resident memory in bench/mfq.py.
     """
     env = as_local_action_mdp(env)
     G, A, L, Al = env.G, env.A, env.L, env.Al
@@ -207,11 +216,15 @@ def mfq_memory_gib(
     s = torch.empty(0, dtype=dtype).element_size()
     B = local_kernels(pair_env(env))[1].unique().numel()
     total = 3 * G * A * NZ * s + 5 * G * NZ * s + 8 * NZ * (K + 2 * min(k, K) + 1) + 8 * G * (A + K) * N
-    total += 4 * k * NZ  # the sorted pairs of every z (state_columns)
+    total += 4 * k * NZ + 8 * k * G * A * min(NZ, REWARD_CHUNK)  # sorted pairs of every z; r_Delta's gathers
     if m == "exact":
         total += kernel_gib(pair_env(env), k) * GiB + 8 * (B * NZ * G + G * A * NZ * G)
+        dense = [NZ * num_counts(i + 1, K) for i in range(k)]  # the kernel build's dense accumulators
+        total += 9 * sum(d for d in dense if d <= DENSE_COALESCE_MAX)
     else:
         total += B * NZ * int(m) * 4 + workers * min(B * NZ, SAMPLE_CHUNK_ROWS) * int(m) * (14 * k + 16)
+        reads = min(B * G * NZ * int(m), max(FLAT_READS, G * GATHER_CHUNK_ROWS * int(m)))
+        total += workers * reads * (4 + 2 * s)  # a sweep's gather: int32 indices, values, means
     return total / GiB
 
 
