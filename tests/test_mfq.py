@@ -201,3 +201,14 @@ def test_formation_definition():
     assert env.r_l[2, 0, 1, 1].item() == pytest.approx(2.0)  # 1 + 0.5 + 0.3 + 0.2
     assert env.r_l[0, 0, 2, 2].item() == pytest.approx(0.4)  # 0 + 0.4 + 0.0 + 0
     assert env.r_g[0, 2].item() == pytest.approx(1.4) and env.r_g[2, 0].item() == pytest.approx(1.1)
+    # every entry from the definition, in float64 (a float32 constant would be off by ~3e-9)
+    vals = range(-2, 3), range(-1, 2)
+    f64 = torch.float64
+    r_g = torch.tensor([[1 + (0.2 if a == 0 else 0.1) + 0.1 * abs(g) for a in vals[0]] for g in vals[0]], dtype=f64)
+    r_l = torch.tensor(
+        [[[max(0.1, (1 - abs(x)) + (0.5 - 0.1 * abs(a)) + (0.3 - 0.1 * abs(x - g)) + (0.2 if abs(x - g) <= 1 else 0.0))
+           for x in vals[1]] for a in vals[1]] for g in vals[0]],
+        dtype=f64,
+    )
+    assert torch.allclose(env.r_g, r_g, rtol=0, atol=1e-15)
+    assert torch.allclose(env.r_l, r_l[:, None].expand(5, 5, 3, 3), rtol=0, atol=1e-15)

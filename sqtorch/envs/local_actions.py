@@ -183,7 +183,8 @@ def formation(gamma: float = 0.9) -> LocalActionMDP:
     P_g = torch.nn.functional.one_hot(g_next, G).double()
     x_next = (x[None, None, :] + a[None, :, None] - sg[:, None, None]).clamp(-1, 1) + 1  # [G, Al, L]
     P_l = torch.nn.functional.one_hot(x_next, L).double()[:, None].expand(G, A, Al, L, L).clone()
-    r_g = 1.0 + torch.where(ag == 0, 0.2, 0.1).double()[None, :] + 0.1 * sg.abs().double()[:, None]
+    bonus = torch.where(ag == 0, torch.tensor(0.2, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64))
+    r_g = 1.0 + bonus[None, :] + 0.1 * sg.abs().double()[:, None]
     d = (x[None, None, :] - sg[:, None, None]).abs().double()  # [G, 1, L]
     r = (1 - x.abs().double())[None, None, :] + (0.5 - 0.1 * a.abs().double())[None, :, None] + (0.3 - 0.1 * d)
     r = (r + 0.2 * (d <= 1).double()).clamp(min=0.1)  # [G, Al, L]
