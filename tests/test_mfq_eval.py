@@ -146,6 +146,8 @@ def test_execution_of_formation_at_paper_size():
     assert res.returns.shape == (4, 16) and math.isfinite(res.mean)
     with pytest.raises(ValueError, match="1 <= k <= n = 2"):
         evaluate_mfq_mc(env, policy, 2)
+    with pytest.raises(ValueError, match=r"L \* Al = 3 \* 3 = 9 .* not tractable"):
+        policy_value_mfq(env, 14, policy)
 
 
 @pytest.mark.gpu

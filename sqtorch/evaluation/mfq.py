@@ -45,6 +45,24 @@ from sqtorch.tabular.mfq import pair_env, pair_index, solve_mfq
 from sqtorch.tabular.mfq_policy import MFQPolicy
 
 
+def check_tractable_mfq(
+    env: LocalActionMDP | GlobalLocalMDP, n: int, max_states: int = DEFAULT_MAX_STATES, max_gib: float = DEFAULT_MAX_GIB
+) -> None:
+    """The size rule of the exact values: :func:`sqtorch.tabular.exact.check_tractable` of the pair MDP.
+
+    ``G * C(n + L Al - 1, n)`` pair-count states at most ``max_states`` and the exact kernel at most
+    ``max_gib``; otherwise ``ValueError`` with the sizes.
+    """
+    env = as_local_action_mdp(env)
+    try:
+        check_tractable(pair_env(env), n, max_states, max_gib)
+    except ValueError as e:
+        raise ValueError(
+            f"exact values with local actions count (state, action) pairs: L * Al = {env.L} * {env.Al} = "
+            f"{env.L * env.Al} values below; {e}"
+        ) from e
+
+
 def optimal_value_mfq(
     env: LocalActionMDP | GlobalLocalMDP,
     n: int,
@@ -54,7 +72,7 @@ def optimal_value_mfq(
 ) -> Tensor:
     """``V*(g, C)`` of the n-agent system with local actions, ``[G, C(n + L - 1, n)]``."""
     env = as_local_action_mdp(env)
-    check_tractable(pair_env(env), n, max_states, max_gib)
+    check_tractable_mfq(env, n, max_states, max_gib)
     fp = solve_mfq(env, n, "exact", max_sweeps(env.gamma, tol), tol, max_memory_gib=max_gib)
     if not fp.converged:
         raise RuntimeError(f"value iteration did not reach tol = {tol:g} in {len(fp.residuals)} sweeps")
@@ -110,8 +128,8 @@ def policy_value_mfq(
     if not 1 <= policy.k <= n:
         raise ValueError(f"policy.k = {policy.k} is outside the allowed range 1 <= k <= n = {n}")
     policy.check_sizes(env.G, env.A, env.L, env.Al)
+    check_tractable_mfq(env, n, max_states, max_gib)
     penv = pair_env(env)
-    check_tractable(penv, n, max_states, max_gib)
     policy = policy.on(env.device)
     index = pair_index(n, env.L, env.Al, env.device)
     pi_g = subsampled_policy_probs(policy.greedy_g, n, policy.k, env.L, env.A)  # [G, A, N_n]
@@ -134,4 +152,6 @@ def num_lumped_states(env: LocalActionMDP | GlobalLocalMDP, n: int) -> int:
     return env.G * num_counts(n, env.L * env.Al)
 
 
-__all__ = ["local_action_probs", "num_lumped_states", "optimal_value_mfq", "pair_count_probs", "policy_value_mfq"]
+__all__ = [
+    "check_tractable_mfq",
+    "local_action_probs", "num_lumped_states", "optimal_value_mfq", "pair_count_probs", "policy_value_mfq"]

@@ -305,6 +305,12 @@ def learn_mfq(
             f"{env.G * env.A * NZ:,} entries and needs about {need:.2f} GiB with m = {m}, more than "
             f"max_memory_gib = {max_memory_gib}; lower k or m"
         )
+    if env.device.type == "cuda":  # the device's free memory is the real limit there
+        free = torch.cuda.mem_get_info(env.device)[0] / GiB
+        if need > free:
+            raise ValueError(
+                f"the SUBSAMPLE-MFQ table at k = {k} needs {need:.2f} GiB but {env.device} has {free:.2f} GiB free"
+            )
     t0 = time.perf_counter()
     fp = solve_mfq(env, k, m, T, tol, seed, dtype, on_iteration, max_memory_gib)
     t1 = time.perf_counter()
