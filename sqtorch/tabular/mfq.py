@@ -47,7 +47,8 @@ from sqtorch.tabular.exact import DENSE_COALESCE_MAX, count_kernel, kernel_gib, 
 DEFAULT_T = 1000
 DEFAULT_TOL = 1e-8
 DEFAULT_MAX_GIB = 8.0
-SAMPLE_CHUNK_ROWS = 1 << 13  # rows of one sampling chunk of sample_kernel (its scratch, per worker)
+# The sampled kernel's chunk sizes on the CPU (sqtorch/tabular/learner.py), for mfq_memory_gib:
+SAMPLE_CHUNK_ROWS = 1 << 13  # rows of one sampling chunk (its scratch, per worker)
 GATHER_CHUNK_ROWS = 1 << 12  # rows of one gather chunk of a large sampled sweep, per worker
 FLAT_READS = 1 << 20  # reads of a small sampled table's one-shot gather
 
