@@ -10,6 +10,10 @@ growth of the peak resident set over the resident set at that point, next to ``m
   16 rows x 10 steps: agent-steps per second.
 
     PYTHONPATH=. python bench/mfq.py        # prints a markdown section for bench/RESULTS.md
+
+``--gaps`` instead prints the exact optimality gap ``V*(s) - V^{pi_k}(s)`` of Algorithm 2 on
+``formation`` at n = 4, 6, 8 for every k (greedy policy of the exact ``Q_k``): its maximum over
+states and its mean over uniform initial states ``(s_g, s_1..s_n)``.
 """
 
 from __future__ import annotations
@@ -91,8 +95,36 @@ def main() -> None:
         print(f"| {n:,} | {r['seconds']:.3f} | {r['rate']:.3g} | {r['peak']:.4f} | {r['peak'] / (16 * n) * 1e5:.4f} |")
 
 
+def gaps() -> None:
+    import math
+
+    from sqtorch.envs.local_actions import formation
+    from sqtorch.evaluation.mfq import optimal_value_mfq, policy_value_mfq
+    from sqtorch.tabular.counts import all_counts
+    from sqtorch.tabular.mfq import learn_mfq
+    from sqtorch.tabular.mfq_policy import MFQPolicy
+
+    torch.set_num_threads(1)
+    env = formation()
+    print("### Exact gaps of Algorithm 2, `formation` (greedy policy of the exact Q_k)\n")
+    print("| n | k | max gap | mean gap (uniform s0) | seconds |")
+    print("|---|---|---|---|---|")
+    for n in (4, 6, 8):
+        C = all_counts(n, env.L)
+        w = torch.tensor([math.factorial(n) / math.prod(math.factorial(c) for c in row) for row in C.tolist()])
+        w = (w / env.L**n).double() / env.G  # probability of each (g, C) under uniform agent states
+        V_star = optimal_value_mfq(env, n)
+        for k in range(1, n + 1):
+            t = time.perf_counter()
+            gap = V_star - policy_value_mfq(env, n, MFQPolicy.from_table(learn_mfq(env, k, tol=1e-12).table))
+            sec = time.perf_counter() - t
+            print(f"| {n} | {k} | {gap.max().item():.3g} | {(gap * w).sum().item():.3g} | {sec:.2f} |")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+    if len(sys.argv) > 1 and sys.argv[1] == "--gaps":
+        gaps()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--one":
         print(json.dumps(one(*sys.argv[2:5])))
     else:
         main()
