@@ -11,7 +11,7 @@ from sqtorch.evaluation.exact import policy_value
 from sqtorch.evaluation.mfq import policy_value_mfq
 from sqtorch.tabular import learn
 from sqtorch.tabular.counts import rank_states
-from sqtorch.tabular.mfq import learn_mfq, mfq_memory_gib, pair_env
+from sqtorch.tabular.mfq import MFQTable, learn_mfq, mfq_memory_gib, pair_env
 from sqtorch.tabular.mfq_policy import MFQPolicy
 from tests.brute_force_mfq import joint_optimal_q
 from tests.mfq_envs import MATTERING, random_env
@@ -213,3 +213,19 @@ def test_formation_definition():
     )
     assert torch.allclose(env.r_g, r_g, rtol=0, atol=1e-15)
     assert torch.allclose(env.r_l, r_l[:, None].expand(5, 5, 3, 3), rtol=0, atol=1e-15)
+
+
+def test_table_save_load_roundtrip(tmp_path):
+    table = learn_mfq(random_env(*MATTERING[0]), 2, m=3).table
+    table.save(tmp_path / "q.pt")
+    back = MFQTable.load(tmp_path / "q.pt")
+    assert torch.equal(back.q, table.q) and torch.equal(back.v, table.v)
+    assert (back.k, back.L, back.Al, back.tol, back.meta) == (table.k, table.L, table.Al, table.tol, table.meta)
+    assert torch.equal(MFQPolicy.from_table(back).greedy_l, MFQPolicy.from_table(table).greedy_l)
+    (tmp_path / "bad.pt").write_bytes(b"not a table")
+    with pytest.raises(ValueError, match="not a readable SUBSAMPLE-MFQ table"):
+        MFQTable.load(tmp_path / "bad.pt")
+    torch.save({"q": table.q, "v": table.v, "k": 3, "L": table.L, "Al": table.Al, "tol": 1e-8, "env_name": "x",
+                "meta": {}}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="q must be"):
+        MFQTable.load(tmp_path / "wrong.pt")

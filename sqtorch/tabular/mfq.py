@@ -32,13 +32,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.local_actions import LocalActionMDP, as_local_action_mdp
-from sqtorch.runtime import GiB, check_int, torch_threads
+from sqtorch.runtime import GiB, atomic_write, check_int, torch_threads
 from sqtorch.tabular.bellman import REWARD_CHUNK, FixedPoint, subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES
 from sqtorch.tabular.counts import all_counts, num_counts, rank, state_columns
@@ -51,6 +52,7 @@ DEFAULT_MAX_GIB = 8.0
 SAMPLE_CHUNK_ROWS = 1 << 13  # rows of one sampling chunk (its scratch, per worker)
 GATHER_CHUNK_ROWS = 1 << 12  # rows of one gather chunk of a large sampled sweep, per worker
 FLAT_READS = 1 << 20  # reads of a small sampled table's one-shot gather
+TABLE_KEYS = ("q", "v", "k", "L", "Al", "tol", "env_name", "meta")
 
 
 def pair_env(env: LocalActionMDP | GlobalLocalMDP) -> GlobalLocalMDP:
@@ -178,6 +180,35 @@ class MFQTable:
         """The paper's form ``[G, A, L, Al, C(k - 2 + L Al, k - 1)]``: (g, a_g, s_1, a_1, F of the others)."""
         idx = mean_field_index(self.k, self.L, self.Al, self.q.device)
         return self.q[:, :, idx].view(self.G, self.A, self.L, self.Al, -1)
+
+    def save(self, path: str | Path) -> None:
+        """Write the table to ``path``, whole or not at all (a kill leaves the previous file)."""
+        state = {key: getattr(self, key) for key in TABLE_KEYS}
+        state.update(q=self.q.cpu(), v=self.v.cpu(), meta=dict(self.meta))
+        atomic_write(path, lambda f: torch.save(state, f))
+
+    @classmethod
+    def load(cls, path: str | Path) -> MFQTable:
+        """Read a table saved by :meth:`save` (``weights_only=True``: no code from the file runs).
+
+        Checks that k, L, Al and the shapes agree; any problem is a ``ValueError`` naming the file.
+        """
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torn, foreign or malicious file: all one clear error
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"{path}: not a readable SUBSAMPLE-MFQ table ({type(e).__name__}: {first})") from e
+        if not isinstance(d, dict) or any(key not in d for key in TABLE_KEYS):
+            raise ValueError(f"{path}: not a SUBSAMPLE-MFQ table (needs keys {list(TABLE_KEYS)})")
+        q, v, k, L, Al = d["q"], d["v"], d["k"], d["L"], d["Al"]
+        if not all(isinstance(x, int) and x >= 1 for x in (k, L, Al)):
+            raise ValueError(f"{path}: k, L, Al must be positive integers, got {k!r}, {L!r}, {Al!r}")
+        NZ, N = num_counts(k, L * Al), num_counts(k, L)
+        if not isinstance(q, Tensor) or q.dim() != 3 or q.shape[2] != NZ:
+            raise ValueError(f"{path}: q must be [G, A, C(k + L Al - 1, k)] = [G, A, {NZ}] at k, L, Al = {(k, L, Al)}")
+        if not isinstance(v, Tensor) or tuple(v.shape) != (q.shape[0], N):
+            raise ValueError(f"{path}: v must be [G, C(k + L - 1, k)] = [{q.shape[0]}, {N}]")
+        return cls(q=q, v=v, k=k, L=L, Al=Al, tol=float(d["tol"]), env_name=str(d["env_name"]), meta=dict(d["meta"]))
 
 
 @dataclass
