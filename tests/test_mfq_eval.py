@@ -11,7 +11,7 @@ from sqtorch.envs.simulator import make_generator, sample_initial_state
 from sqtorch.evaluation.exact import optimal_value, value_at
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.evaluation.mfq import local_action_probs, optimal_value_mfq, pair_count_probs, policy_value_mfq
-from sqtorch.evaluation.mfq_execution import evaluate_mfq_mc, joint_actions, others_subsets
+from sqtorch.evaluation.mfq_execution import compare_mfq_mc, evaluate_mfq_mc, joint_actions, others_subsets
 from sqtorch.tabular.counts import rank_states
 from sqtorch.tabular.mfq import learn_mfq, pair_index
 from sqtorch.tabular.mfq_policy import MFQPolicy
@@ -121,6 +121,21 @@ def test_subset_draws_do_not_depend_on_the_policy():
     joint_actions(a, s_g, s_l, g1)
     joint_actions(b, s_g, s_l, g2)
     assert torch.equal(torch.rand(8, generator=g1), torch.rand(8, generator=g2))
+
+
+def test_paired_difference_matches_exact_and_is_tighter():
+    env = random_env(*MATTERING[1])
+    n = 4
+    a = _policy(env, 2)
+    b = _policy(random_env(*MATTERING[1], gamma=0.5), 2)  # same sizes and k, another (myopic) greedy policy
+    assert not (torch.equal(a.greedy_g, b.greedy_g) and torch.equal(a.greedy_l, b.greedy_l))
+    s_g, s_l = sample_initial_state(env, n, 8, make_generator(0))
+    exact = (value_at(policy_value_mfq(env, n, a), s_g, s_l, env.L)
+             - value_at(policy_value_mfq(env, n, b), s_g, s_l, env.L)).mean().item()
+    res = compare_mfq_mc(env, a, b, n, s0=(s_g, s_l), rollouts=500, seed=3)
+    tail = 2 * env.gamma ** horizon_for(env.gamma) * 2.0 / (1 - env.gamma)
+    assert abs(res.mean_diff - exact) <= 1.5 * res.ci95 + tail
+    assert res.ci95 < (res.a.ci95**2 + res.b.ci95**2) ** 0.5
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
