@@ -154,4 +154,9 @@ def num_lumped_states(env: LocalActionMDP | GlobalLocalMDP, n: int) -> int:
 
 __all__ = [
     "check_tractable_mfq",
-    "local_action_probs", "num_lumped_states", "optimal_value_mfq", "pair_count_probs", "policy_value_mfq"]
+    "local_action_probs",
+    "num_lumped_states",
+    "optimal_value_mfq",
+    "pair_count_probs",
+    "policy_value_mfq",
+]
