@@ -17,8 +17,9 @@ a_g, a_Delta)``: ``a_g`` is the smallest global action of a near-maximizer, and 
 agent (state x) plays the smallest ``a_1`` such that some near-maximizer with that ``a_g`` gives an
 agent in state x the action ``a_1`` (``z_{(x, a_1)} >= 1``). The global agent and every local
 agent thus agree on ``a_g`` whenever they see the same counts. ``tie_tol`` defaults to
-``max(TIE_TOL_MIN, TIE_FACTOR * tol)`` with ``tol`` the solver's error bound: entries the solver
-cannot tell apart count as ties, and the rule, not rounding noise, decides.
+:func:`default_tie_tol`: ``TIE_FACTOR`` times the solver's error bound (its ``tol``, or its float64
+noise floor if larger), at least ``TIE_TOL_MIN``: entries the solver cannot tell apart count as
+ties, and the rule, not rounding noise, decides.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from sqtorch import runtime
 from sqtorch.envs.base import check_states
+from sqtorch.tabular.bellman import NOISE_ULPS
 from sqtorch.tabular.counts import num_counts, rank_states
 from sqtorch.tabular.mfq import MFQTable, pair_index
 
@@ -38,9 +40,14 @@ TIE_FACTOR = 10.0
 TIE_TOL_MIN = 1e-9
 
 
-def default_tie_tol(tol: float) -> float:
-    """``max(TIE_TOL_MIN, TIE_FACTOR * tol)``: the tie tolerance of a table solved to within ``tol``."""
-    return max(TIE_TOL_MIN, TIE_FACTOR * float(tol))
+def default_tie_tol(tol: float, scale: float = 0.0) -> float:
+    """The tie tolerance of a table solved to within ``tol`` whose values reach ``scale`` in absolute value.
+
+    ``TIE_FACTOR`` times the larger of ``tol`` and the solver's float64 noise floor
+    ``NOISE_ULPS * eps * scale`` (:func:`sqtorch.tabular.bellman.value_iteration`), at least ``TIE_TOL_MIN``.
+    """
+    floor = NOISE_ULPS * torch.finfo(torch.float64).eps * float(scale)
+    return max(TIE_TOL_MIN, TIE_FACTOR * max(float(tol), floor))
 
 
 def greedy_tables(q: Tensor, k: int, L: int, Al: int, tie_tol: float) -> tuple[Tensor, Tensor]:
@@ -89,7 +96,7 @@ class MFQPolicy:
 
     @classmethod
     def from_table(cls, table: MFQTable, tie_tol: float | None = None) -> MFQPolicy:
-        tie_tol = default_tie_tol(table.tol) if tie_tol is None else float(tie_tol)
+        tie_tol = default_tie_tol(table.tol, float(table.v.abs().max())) if tie_tol is None else float(tie_tol)
         g, loc = greedy_tables(table.q, table.k, table.L, table.Al, tie_tol)
         return cls(g, loc, table.k, table.L, table.Al, table.A, tie_tol)
 
