@@ -28,6 +28,7 @@ import math
 import torch
 from torch import Tensor
 
+from sqtorch.checks import check_k
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.local_actions import LocalActionMDP, as_local_action_mdp
 from sqtorch.evaluation.exact import subsample_probs, subsampled_policy_probs
@@ -123,10 +124,7 @@ def policy_value_mfq(
 ) -> Tensor:
     """Exact ``V^pi(g, C)`` ``[G, C(n + L - 1, n)]`` of the decentralized policy of Algorithm 2 (module docstring)."""
     env = as_local_action_mdp(env)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n = {n!r} is outside the allowed range n >= 1 (number of local agents)")
-    if not 1 <= policy.k <= n:
-        raise ValueError(f"policy.k = {policy.k} is outside the allowed range 1 <= k <= n = {n}")
+    check_k(policy.k, n, "policy.k, agents the policy sees")
     policy.check_sizes(env.G, env.A, env.L, env.Al)
     check_tractable_mfq(env, n, max_states, max_gib)
     penv = pair_env(env)

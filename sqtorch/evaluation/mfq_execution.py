@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from sqtorch import runtime
+from sqtorch.checks import check_int, check_k
 from sqtorch.envs.base import GlobalLocalMDP, check_states
 from sqtorch.envs.local_actions import LocalActionMDP, as_local_action_mdp
 from sqtorch.envs.simulator import (
@@ -41,7 +42,7 @@ from sqtorch.evaluation.execution import (
     horizon_for,
     stratified_ci,
 )
-from sqtorch.runtime import check_int, derive_seed, torch_threads
+from sqtorch.runtime import derive_seed, torch_threads
 from sqtorch.tabular.mfq_policy import MFQPolicy
 
 
@@ -145,8 +146,7 @@ def evaluate_mfq_mc(
     check_int("n", n, 1, "number of local agents")
     check_int("rollouts", rollouts, 1, "rollouts per initial state")
     H = horizon_for(env.gamma) if horizon is None else check_int("horizon", horizon, 1, "simulated steps")
-    if not 1 <= policy.k <= n:
-        raise ValueError(f"policy.k = {policy.k} is outside the allowed range 1 <= k <= n = {n} at execution")
+    check_k(policy.k, n, "policy.k at execution")
     policy.check_sizes(env.G, env.A, env.L, env.Al)
     env = env.to(device) if device is not None else env
     policy = policy.on(env.device)

@@ -37,21 +37,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sqtorch.checks import check_int, check_k, check_positive
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.local_actions import LocalActionMDP, as_local_action_mdp
-from sqtorch.runtime import GiB, atomic_write, check_int, torch_threads
+from sqtorch.runtime import GiB, atomic_write, torch_threads
 from sqtorch.tabular.bellman import REWARD_CHUNK, FixedPoint, subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES
 from sqtorch.tabular.counts import all_counts, num_counts, rank, state_columns
 from sqtorch.tabular.exact import DENSE_COALESCE_MAX, count_kernel, kernel_gib, local_kernels
+from sqtorch.tabular.sampled_kernel import CHUNK_ROWS as GATHER_CHUNK_ROWS
+from sqtorch.tabular.sampled_kernel import FLAT_READS
+from sqtorch.tabular.sampling import SAMPLE_CHUNK_ROWS, sample_kernel
 
 DEFAULT_T = 1000
 DEFAULT_TOL = 1e-8
 DEFAULT_MAX_GIB = 8.0
 # The sampled kernel's chunk sizes on the CPU (sqtorch/tabular/learner.py), for mfq_memory_gib:
-SAMPLE_CHUNK_ROWS = 1 << 13  # rows of one sampling chunk (its scratch, per worker)
-GATHER_CHUNK_ROWS = 1 << 12  # rows of one gather chunk of a large sampled sweep, per worker
-FLAT_READS = 1 << 20  # reads of a small sampled table's one-shot gather
 TABLE_KEYS = ("q", "v", "k", "L", "Al", "tol", "env_name", "meta")
 
 
@@ -261,17 +262,13 @@ def mfq_memory_gib(
 
 
 def _validate(k: int, m: int | str, T: int, tol: float, seed: int, n: int | None, max_memory_gib: float) -> None:
-    check_int("k", k, 1, "sampled local agents")
-    if n is not None and k > check_int("n", n, 1, "local agents"):
-        raise ValueError(f"k = {k} is outside the allowed range 1 <= k <= n = {n}")
+    check_int("k", k, 1, "sampled local agents") if n is None else check_k(k, n)
     if m != "exact":
         check_int("m", m, 1, "next-state samples per entry, or 'exact'")
     check_int("T", T, 1, "maximum iterations")
     check_int("seed", seed, 0, "a seed")
-    if not 0 < tol < math.inf:
-        raise ValueError(f"tol = {tol} is outside the allowed range: a finite number > 0")
-    if not 0 < max_memory_gib < math.inf:
-        raise ValueError(f"max_memory_gib = {max_memory_gib} is outside the allowed range: a finite number > 0")
+    check_positive("tol", tol)
+    check_positive("max_memory_gib", max_memory_gib)
 
 
 def solve_mfq(
@@ -291,7 +288,6 @@ def solve_mfq(
     an integer m: the mean over m next count tables drawn once per ``(kernel, z)`` with ``seed``
     (:func:`sqtorch.tabular.sample_kernel` of the pair MDP).
     """
-    from sqtorch.tabular import sample_kernel  # the package's public sampler (import at call: no cycle)
 
     env = as_local_action_mdp(env)
     penv = pair_env(env)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from sqtorch import runtime
+from sqtorch.checks import check_float
 from sqtorch.envs.base import check_states
 from sqtorch.tabular.bellman import NOISE_ULPS
 from sqtorch.tabular.counts import num_counts, rank_states
@@ -56,8 +57,7 @@ def greedy_tables(q: Tensor, k: int, L: int, Al: int, tie_tol: float) -> tuple[T
     Vectorized over the table: segment maxima over z with a given state count c (and, for the
     local part, holding pair p) via ``scatter_reduce`` on the precomputed :class:`PairIndex`.
     """
-    if not 0 <= tie_tol < math.inf:
-        raise ValueError(f"tie_tol = {tie_tol} is outside the allowed range: a finite number >= 0")
+    check_float("tie_tol", tie_tol, 0.0, hi_open=True, what="a finite number >= 0")
     G, A, NZ = q.shape
     index = pair_index(k, L, Al, q.device)
     if NZ != index.NZ:
