@@ -15,8 +15,8 @@ from sqtorch.evaluation.mfq_execution import compare_mfq_mc, evaluate_mfq_mc, jo
 from sqtorch.tabular.counts import rank_states
 from sqtorch.tabular.mfq import learn_mfq, pair_index
 from sqtorch.tabular.mfq_policy import MFQPolicy
-from tests.brute_force_mfq import decentralized_joint_policy, joint_optimal_q, joint_policy_value
-from tests.mfq_envs import MATTERING, has_ties, random_env
+from tests.helpers.brute_force_mfq import decentralized_joint_policy, joint_optimal_q, joint_policy_value
+from tests.helpers.mfq_envs import MATTERING, has_ties, random_env
 
 
 @pytest.fixture(autouse=True)

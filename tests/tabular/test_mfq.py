@@ -13,8 +13,8 @@ from sqtorch.tabular import learn
 from sqtorch.tabular.counts import rank_states
 from sqtorch.tabular.mfq import MFQTable, learn_mfq, mfq_memory_gib, pair_env
 from sqtorch.tabular.mfq_policy import MFQPolicy
-from tests.brute_force_mfq import joint_optimal_q
-from tests.mfq_envs import MATTERING, random_env
+from tests.helpers.brute_force_mfq import joint_optimal_q
+from tests.helpers.mfq_envs import MATTERING, random_env
 
 BUILT_IN = ["queue", "demand_response", "demand_response_script", "queue_types"]
 

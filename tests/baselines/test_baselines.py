@@ -63,7 +63,7 @@ def queue_runs(tmp_path_factory) -> dict[str, Path]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     root = tmp_path_factory.mktemp("runs")
     jobs = {
         "dqn": ["algo=sb3_dqn", "algo.total_timesteps=400", "algo.learning_starts=50"],

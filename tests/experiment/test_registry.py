@@ -17,7 +17,7 @@ from sqtorch.experiment import ALGORITHMS, ConfigError, get_algorithm, run, vali
 from sqtorch.experiment.runs import collect
 from sqtorch.tabular.counts import num_counts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A uniformly random Q-table: its greedy policy plays an action drawn uniformly at random for each
 # (s_g, count vector of the k sampled agents). One module, one config, as every algorithm is.

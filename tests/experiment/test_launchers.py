@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from sqtorch import metrics as M
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict:

@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
-from brute_force import joint_value_iteration
 
 from sqtorch.envs import make_env
 from sqtorch.tabular import count_kernel, learn, num_counts, optimal_q, rank_states, sample_kernel
+from tests.helpers.brute_force import joint_value_iteration
 
 
 def small_queue():
@@ -128,7 +128,7 @@ est = table_memory_gib(5, 3, num_counts(k, 25), 10, torch.float64, distinct_loca
                        k=k)
 print(json.dumps([peak, est]))
 """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     peak, est = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0.8 * est <= peak <= 1.2 * est, (peak, est)

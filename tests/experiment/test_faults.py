@@ -22,7 +22,7 @@ from sqtorch.neural.checkpoint import latest_checkpoint
 from sqtorch.runtime import atomic_write
 from sqtorch.tabular import QTable, optimal_q
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402  (the entry point's preflight is tested in-process: no interpreter start-up per case)
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_properties import PROFILE, small_envs
 
 from sqtorch.envs import make_env
 from sqtorch.envs.base import GlobalLocalMDP
@@ -25,6 +24,7 @@ from sqtorch.runtime import torch_threads
 from sqtorch.tabular import learn, sample_kernel, sampled_kernel
 from sqtorch.tabular.bellman import BellmanKernel, subsampled_reward
 from sqtorch.tabular.counts import all_counts, all_sorted_states, rank_columns, rank_states, state_columns
+from tests.helpers.random_envs import PROFILE, small_envs
 
 
 @settings(PROFILE)

@@ -20,7 +20,7 @@ from sqtorch.envs import build_env
 from sqtorch.experiment import ConfigError, run, validate_config
 from sqtorch.tabular.qtable import QTable
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
