@@ -75,15 +75,23 @@ def build_env(spec: GlobalLocalMDP | str | Mapping[str, Any], /, **params: Any) 
         builder = ENVS[label]
     else:
         raise ValueError(f"env config needs '_target_' or 'name' (known names: {sorted(ENVS)}), got keys {sorted(cfg)}")
-    allowed = env_params(builder)
-    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
-    unknown = [key for key in cfg if key not in allowed]
-    if unknown and not takes_any:
-        raise ValueError(f"env.{unknown[0]} is not a parameter of {label}({', '.join(allowed)})")
-    missing = [key for key, d in allowed.items() if d is inspect.Parameter.empty and key not in cfg]
-    if missing:
-        raise ValueError(f"env.{missing[0]} is required by {label}({', '.join(allowed)}) but not set")
-    env = builder(**cfg)
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):  # a builtin without a signature: let the call itself complain
+        sig = None
+    if sig is not None:
+        allowed = env_params(builder)
+        takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+        unknown = [key for key in cfg if key not in allowed]
+        if unknown and not takes_any:
+            raise ValueError(f"env.{unknown[0]} is not a parameter of {label}({', '.join(allowed)})")
+        missing = [key for key, d in allowed.items() if d is inspect.Parameter.empty and key not in cfg]
+        if missing:
+            raise ValueError(f"env.{missing[0]} is required by {label}({', '.join(allowed)}) but not set")
+    try:
+        env = builder(**cfg)
+    except TypeError as e:  # only reachable without a signature
+        raise ValueError(f"env: {label}: {e}") from e
     if not isinstance(env, GlobalLocalMDP):
         raise ValueError(f"env builder {label} returned {type(env).__name__}, expected GlobalLocalMDP")
     return env

@@ -58,6 +58,9 @@ def test_custom_env_in_a_few_lines():
         ("P_l", dict(P_l=torch.tensor([1.5, -0.5, 0.0]).expand(2, 2, 3, 3)), r"P_l\[0, 0, 0, 1\].*negative"),
         ("r_l", dict(r_l=torch.tensor(math.nan).expand(2, 2, 3)), r"r_l\[0, 0, 0\].*not finite"),
         ("r_g", dict(r_g=torch.zeros(3, 2)), r"r_g has shape \(3, 2\), expected \(2, 2\)"),
+        ("G", dict(P_g=torch.zeros(0, 2, 0), r_g=torch.zeros(0, 2)), r"G = 0 \(P_g.shape\[0\]\) is outside the allowed range G >= 1"),
+        ("A", dict(P_g=torch.zeros(2, 0, 2)), r"A = 0 \(P_g.shape\[1\]\) is outside the allowed range A >= 1"),
+        ("L", dict(P_l=torch.zeros(2, 2, 0, 0)), r"L = 0 \(P_l.shape\[-1\]\) is outside the allowed range L >= 1"),
     ],
 )
 def test_bad_mdp_is_rejected_naming_the_field(field, kwargs, match):

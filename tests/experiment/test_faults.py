@@ -56,6 +56,9 @@ def _train(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
         (["algo=tabular", "ckpt_path=/tmp"], "ckpt_path is not supported by algo = 'tabular'"),
         (["trainer.accelerator=mps"], "trainer.accelerator = 'mps' is not supported; allowed: ['cpu', 'gpu', 'cuda']"),
         (["trainer.accelerator=auto"], "trainer.accelerator = 'auto' is not supported"),
+        (["+env.not_a_param=1"], "env.not_a_param is not a parameter of queue(Q, G, mu_min, mu_max, lam, h, b, c, s, gamma)"),
+        (["env.lam=1.5"], "lam = 1.5 is outside the allowed range [0, 1]"),
+        (["~n"], "n is not set: the env preset sets it"),
     ],
 )
 def test_bad_config_is_one_line_exit_2_before_anything_is_written(overrides, message, tmp_path, capsys, monkeypatch):
