@@ -18,8 +18,10 @@ def test_every_spec_builds_the_same_env():
     ("spec", "params", "match"),
     [
         ({"name": "queue", "lamda": 0.3}, {}, r"env.lamda is not a parameter of queue\(Q, G, mu_min"),
-        ({"_target_": "sqtorch.envs.demand_response", "zeta": 1}, {}, r"env.zeta is not a parameter of demand_response\("),
-        ({"_target_": "sqtorch.envs.no_such_builder"}, {}, r"env._target_ = 'sqtorch.envs.no_such_builder' cannot be imported"),
+        ({"_target_": "sqtorch.envs.demand_response", "zeta": 1}, {},
+         r"env.zeta is not a parameter of demand_response\("),
+        ({"_target_": "sqtorch.envs.no_such_builder"}, {},
+         r"env._target_ = 'sqtorch.envs.no_such_builder' cannot be imported"),
         ({"Q": 2}, {}, r"env config needs '_target_' or 'name'"),
         ("qeueu", {}, r"env = 'qeueu' is unknown; allowed: \["),
         (queue(), {"Q": 2}, r"env constants \['Q'\] given with a GlobalLocalMDP"),
@@ -37,7 +39,7 @@ def test_a_required_parameter_is_named():
         return queue(lam=p, gamma=gamma)
 
     assert list(env_params(needs_p)) == ["p", "gamma"]
-    with pytest.raises(ValueError, match=r"env.p is required by needs_p\(p, gamma\) but not set"):
+    with pytest.raises(ValueError, match=r"env.p is required by needs_p_test\(p, gamma\) but not set"):
         _build_with(needs_p, {})
     assert _build_with(needs_p, {"p": 0.4}).params["lam"] == 0.4
 
