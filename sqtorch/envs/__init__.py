@@ -9,16 +9,19 @@ from typing import Any
 
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.demand_response import demand_response, demand_response_script
+from sqtorch.envs.local_actions import LocalActionMDP, formation
 from sqtorch.envs.queue import queue
 from sqtorch.envs.simulator import sample_initial_state, sample_subset, step
 from sqtorch.envs.types import queue_types, type_of, with_types
 
-ENVS: dict[str, Callable[..., GlobalLocalMDP]] = {
+ENVS: dict[str, Callable[..., GlobalLocalMDP | LocalActionMDP]] = {
     "queue": queue,
     "demand_response": demand_response,
     "demand_response_script": demand_response_script,
     "queue_types": queue_types,
+    "formation": formation,  # local agents act (LocalActionMDP, docs/model.md §7)
 }
+Env = GlobalLocalMDP | LocalActionMDP
 
 
 def register_env(name: str, builder: Callable[..., GlobalLocalMDP]) -> None:
@@ -41,10 +44,10 @@ def env_params(builder: Callable[..., GlobalLocalMDP]) -> dict[str, Any]:
             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
-def build_env(spec: GlobalLocalMDP | str | Mapping[str, Any], /, **params: Any) -> GlobalLocalMDP:
+def build_env(spec: Env | str | Mapping[str, Any], /, **params: Any) -> Env:
     """The one way to get an env: from itself, a registered name, or a config mapping.
 
-    - a :class:`GlobalLocalMDP` is returned as it is (``params`` must be empty);
+    - a :class:`GlobalLocalMDP` (or :class:`LocalActionMDP`) is returned as it is (``params`` must be empty);
     - ``"queue"`` (a name of :func:`register_env`) calls the registered builder with ``params``;
     - ``{"_target_": "pkg.module.builder", **params}`` imports the builder (``{"_target_":
       "sqtorch.envs.queue", "Q": 4}`` calls ``queue(Q=4)``); ``{"name": "queue", **params}`` looks
@@ -54,7 +57,7 @@ def build_env(spec: GlobalLocalMDP | str | Mapping[str, Any], /, **params: Any) 
     this. Errors are one-line ``ValueError`` naming the bad key, e.g. ``env.not_a_param is not a
     parameter of queue(Q, G, ...)``, raised before the builder runs.
     """
-    if isinstance(spec, GlobalLocalMDP):
+    if isinstance(spec, (GlobalLocalMDP, LocalActionMDP)):
         if params:
             raise ValueError(f"env constants {sorted(params)} given with a GlobalLocalMDP; "
                              "pass constants only with a name or a config")
@@ -92,8 +95,9 @@ def build_env(spec: GlobalLocalMDP | str | Mapping[str, Any], /, **params: Any) 
         env = builder(**cfg)
     except TypeError as e:  # only reachable without a signature
         raise ValueError(f"env: {label}: {e}") from e
-    if not isinstance(env, GlobalLocalMDP):
-        raise ValueError(f"env builder {label} returned {type(env).__name__}, expected GlobalLocalMDP")
+    if not isinstance(env, (GlobalLocalMDP, LocalActionMDP)):
+        raise ValueError(f"env builder {label} returned {type(env).__name__}, "
+                         "expected GlobalLocalMDP or LocalActionMDP")
     return env
 
 
@@ -107,6 +111,8 @@ __all__ = [
     "ENVS",
     "env_params",
     "GlobalLocalMDP",
+    "LocalActionMDP",
+    "formation",
     "demand_response",
     "demand_response_script",
     "make_env",

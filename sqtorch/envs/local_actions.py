@@ -199,6 +199,4 @@ def formation(gamma: float = 0.9) -> LocalActionMDP:
     )
 
 
-LOCAL_ACTION_ENVS = {"formation": formation}
-
-__all__ = ["FORMATION_N", "LOCAL_ACTION_ENVS", "LocalActionMDP", "as_local_action_mdp", "formation"]
+__all__ = ["FORMATION_N", "LocalActionMDP", "as_local_action_mdp", "formation"]

@@ -25,8 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 from sqtorch.checks import check_int, check_k
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.local_actions import LocalActionMDP
 from sqtorch.evaluation.reference import ValidationConfig
-from sqtorch.experiment.registry import Algorithm, get_algorithm
+from sqtorch.experiment.registry import Algorithm, check_env_kind, get_algorithm
 
 DEVICES = ("cpu", "gpu", "cuda")  # Lightning's "auto" could pick Apple's MPS, which has no float64
 
@@ -69,7 +70,7 @@ class RunSpec:
 
     algo: Any  # an instance of the algorithm's config dataclass (sqtorch.experiment.registry)
     eval: ValidationConfig
-    env: GlobalLocalMDP
+    env: GlobalLocalMDP | LocalActionMDP
     env_cfg: dict
     n: int
     k: int
@@ -130,6 +131,7 @@ def validate_config(cfg: DictConfig) -> RunSpec:
         raise ConfigError(str(e)) from e
     try:
         env = build_env(c["env"])
+        check_env_kind(algorithm, env)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     device = device_of(c["trainer"]["accelerator"])

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from hydra.core.config_store import ConfigStore
 
 from sqtorch import metrics as M
+from sqtorch.envs.local_actions import LocalActionMDP
 
 if TYPE_CHECKING:  # only for annotations: the run context is built by sqtorch.experiment.run
     from omegaconf import DictConfig
@@ -72,6 +73,7 @@ class Algorithm:
     config: ClassVar[type]  # dataclass of its settings; its instances have .name == name
     artifact: ClassVar[str]  # path in the run dir of what load() reads (marks a run as trained)
     interruptible: ClassVar[bool] = True  # False: SIGTERM/SIGINT end it the default way (no checkpoint)
+    local_actions: ClassVar[bool] = False  # True: for envs whose local agents act (LocalActionMDP)
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train, write the artifact into ``ctx.out``, evaluate; return the final metrics (via ``finish``)."""
@@ -108,6 +110,16 @@ def register_algorithm(algo: Algorithm) -> Algorithm:
     ALGORITHMS[algo.name] = algo
     ConfigStore.instance().store(group="algo", name=algo.name, node=algo.config)
     return algo
+
+
+def check_env_kind(algo: Algorithm, env: Any) -> None:
+    """``ValueError`` in one line unless ``env``'s kind (local agents act or not) is the algorithm's."""
+    acts = isinstance(env, LocalActionMDP)
+    if acts != algo.local_actions:
+        fits = sorted(name for name, a in ALGORITHMS.items() if a.local_actions == acts)
+        kind = "act (LocalActionMDP)" if acts else "do not act (GlobalLocalMDP)"
+        raise ValueError(f"algo = '{algo.name}' does not fit env '{getattr(env, 'name', '?')}', whose local agents "
+                         f"{kind}; algorithms for it: {fits}")
 
 
 def get_algorithm(name: Any) -> Algorithm:

@@ -27,7 +27,7 @@ from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import evaluate_mc, initial_states
-from sqtorch.experiment.runs import Run
+from sqtorch.experiment.runs import Run, StudyError
 from sqtorch.runtime import Z95
 from sqtorch.tabular.exact import count_kernel, is_tractable
 
@@ -90,6 +90,9 @@ def evaluate_runs(
     rows = []
     for group in groups.values():
         env = build_env(group[0].env_cfg)
+        if not isinstance(env, GlobalLocalMDP):  # Algorithm 2 with local actions has its own evaluator
+            raise StudyError(f"{group[0].path}: env '{group[0].env_name}' has local agents that act; evaluate.py "
+                             "compares SUBSAMPLE-Q policies only (an MFQ run's metrics.json has its return and gap)")
         rows += evaluate_group(
             env, group[0].n, group, num_initial=num_initial, rollouts=rollouts, seed=seed,
             exact=exact, max_states=max_states,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sqtorch.checks import check_int
+from sqtorch.checks import check_choice, check_float, check_int, check_positive
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -25,20 +24,30 @@ class TabularConfig:
     max_memory_gib: float = 8.0  # refuse tables whose learner would need more memory than this
 
     def __post_init__(self) -> None:
-        if self.name != "tabular":
-            raise ValueError(f"algo.name = '{self.name}' does not match TabularConfig (expected 'tabular')")
+        expected = type(self).__dataclass_fields__["name"].default
+        if self.name != expected:
+            raise ValueError(f"algo.name = '{self.name}' does not match {type(self).__name__} (expected '{expected}')")
         if self.m != "exact":
             check_int("algo.m", self.m, 1, "next-state samples, or 'exact'")
         check_int("algo.T", self.T, 1, "maximum sweeps")
-        if not 0 < float(self.tol) < math.inf:
-            raise ValueError(f"algo.tol = {self.tol} is outside the allowed range: a finite number > 0")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"algo.dtype = '{self.dtype}' is unknown; allowed: {list(DTYPES)}")
-        if not 0 < float(self.max_memory_gib) < math.inf:
-            raise ValueError(
-                f"algo.max_memory_gib = {self.max_memory_gib} is outside the allowed range: a finite number > 0"
-            )
+        check_positive("algo.tol", self.tol)
+        check_choice("algo.dtype", self.dtype, list(DTYPES))
+        check_positive("algo.max_memory_gib", self.max_memory_gib)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+@dataclass
+class TabularMFQConfig(TabularConfig):
+    """:func:`sqtorch.tabular.mfq.learn_mfq` settings (``algo=tabular_mfq``, docs/model.md §7)."""
+
+    name: str = "tabular_mfq"
+    m: Any = "exact"  # next-state samples per (g, a_g, z), or "exact"
+    tie_tol: float | None = None  # greedy ties (MFQPolicy); None: from the solver's error bound
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tie_tol is not None:
+            check_float("algo.tie_tol", self.tie_tol, 0.0, hi_open=True, what="a finite number >= 0, or null")

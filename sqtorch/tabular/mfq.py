@@ -42,16 +42,16 @@ from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.local_actions import LocalActionMDP, as_local_action_mdp
 from sqtorch.runtime import GiB, atomic_write, torch_threads
 from sqtorch.tabular.bellman import REWARD_CHUNK, FixedPoint, subsampled_reward, value_iteration
-from sqtorch.tabular.config import DTYPES
+from sqtorch.tabular.config import DTYPES, TabularMFQConfig
 from sqtorch.tabular.counts import all_counts, num_counts, rank, state_columns
 from sqtorch.tabular.exact import DENSE_COALESCE_MAX, count_kernel, kernel_gib, local_kernels
 from sqtorch.tabular.sampled_kernel import CHUNK_ROWS as GATHER_CHUNK_ROWS
 from sqtorch.tabular.sampled_kernel import FLAT_READS
 from sqtorch.tabular.sampling import SAMPLE_CHUNK_ROWS, sample_kernel
 
-DEFAULT_T = 1000
-DEFAULT_TOL = 1e-8
-DEFAULT_MAX_GIB = 8.0
+DEFAULT_T = TabularMFQConfig.T  # the defaults of algo=tabular_mfq, written once
+DEFAULT_TOL = TabularMFQConfig.tol
+DEFAULT_MAX_GIB = TabularMFQConfig.max_memory_gib
 # The sampled kernel's chunk sizes on the CPU (sqtorch/tabular/learner.py), for mfq_memory_gib:
 TABLE_KEYS = ("q", "v", "k", "L", "Al", "tol", "env_name", "meta")
 

@@ -1,0 +1,93 @@
+"""``algo=tabular_mfq``: tabular SUBSAMPLE-MFQ for envs whose local agents act (docs/model.md §7).
+
+Learns ``Q_k`` on counts of (local state, local action) pairs with :func:`sqtorch.tabular.mfq.learn_mfq`
+(exact or m samples, the one solver), leaves ``mfq_table.pt``, and evaluates the decentralized
+policy of Algorithm 2 (:class:`sqtorch.tabular.mfq_policy.MFQPolicy`) on the n-agent system: Monte
+Carlo with common random numbers and, where the pair-count MDP is tractable, the exact gap
+``mean_s0 V*(s0) - V^pi(s0)``. Deterministic like ``tabular``: rerun the command instead of resuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from sqtorch import metrics as M
+from sqtorch.envs.simulator import make_generator, sample_initial_state
+from sqtorch.evaluation.exact import value_at
+from sqtorch.evaluation.mfq import check_tractable_mfq, optimal_value_mfq, policy_value_mfq
+from sqtorch.evaluation.mfq_execution import evaluate_mfq_mc
+from sqtorch.experiment.outputs import finish, logging_to
+from sqtorch.experiment.registry import Algorithm, LoadedPolicy, TrainContext
+from sqtorch.tabular.config import TabularMFQConfig
+from sqtorch.tabular.mfq import MFQTable, learn_mfq
+from sqtorch.tabular.mfq_policy import MFQPolicy
+
+logger = logging.getLogger(__name__)
+ARTIFACT = "mfq_table.pt"
+
+
+class TabularMFQ(Algorithm):
+    name = "tabular_mfq"
+    config = TabularMFQConfig
+    artifact = ARTIFACT
+    local_actions = True
+
+    def train(self, ctx: TrainContext) -> dict[str, float]:
+        """``learn_mfq(env, k, m, T, tol)``, then Algorithm 2's return on n agents and the exact gap if tractable."""
+        spec, a, flag = ctx.spec, ctx.spec.algo, ctx.flag
+        env, ev = spec.env.to(spec.device), spec.eval
+        with logging_to(ctx.cfg) as tb:
+
+            def on_iteration(it: int, residual: float, elapsed: float) -> None:
+                flag.check("the tabular learner is deterministic: rerunning the same command gives the same Q-table")
+                if tb is not None:
+                    tb.log_metrics({M.TABULAR_RESIDUAL: residual, M.TABULAR_ELAPSED: elapsed}, step=it)
+
+            res = learn_mfq(env, spec.k, a.m, T=a.T, tol=a.tol, seed=spec.seed, n=spec.n, dtype=a.torch_dtype,
+                            max_memory_gib=a.max_memory_gib, on_iteration=on_iteration)
+            res.table.save(ctx.out / ARTIFACT)
+            policy = MFQPolicy.from_table(res.table, a.tie_tol)
+            s0 = sample_initial_state(env, spec.n, ev.num_initial, make_generator(ev.seed, env.device))
+            mc = evaluate_mfq_mc(env, policy, spec.n, rollouts=ev.rollouts, horizon=ev.horizon, seed=ev.seed, s0=s0)
+            flag.check("after learning, before the final metrics; rerun the same command")
+            metrics = {
+                M.EVAL_RETURN: mc.mean,
+                M.EVAL_RETURN_CI: mc.ci95,
+                M.TABULAR_TABLE_SIZE: res.table.q.numel(),
+                M.TABULAR_LEARN_SECONDS: res.seconds,
+                M.TABULAR_ITERATIONS: res.iterations,
+                M.TABULAR_CONVERGED: float(res.converged),
+                M.TABULAR_RESIDUAL: res.residuals[-1] if res.residuals else math.nan,
+            }
+            gap = self._exact_gap(env, spec.n, policy, s0, ev)
+            if gap is not None:
+                metrics[M.EVAL_GAP] = gap
+            details = f"m={a.m} iterations={res.iterations} converged={res.converged} learn={res.seconds:.2f}s"
+            return finish(ctx.cfg, spec, ctx.out, tb, metrics, res.iterations, details)
+
+    @staticmethod
+    def _exact_gap(env, n: int, policy: MFQPolicy, s0, ev) -> float | None:
+        """``mean_s0 V*(s0) - V^pi(s0)`` on the lumped pair-count MDP, or None where it is not tractable."""
+        if ev.reference == "none":
+            return None
+        try:
+            check_tractable_mfq(env, n, ev.max_states)
+        except ValueError as e:
+            logger.info("no exact gap: %s", e)
+            return None
+        v_star = optimal_value_mfq(env, n, max_states=ev.max_states)
+        v_pi = policy_value_mfq(env, n, policy, max_states=ev.max_states)
+        return float((value_at(v_star, *s0, L=env.L) - value_at(v_pi, *s0, L=env.L)).mean())
+
+    def load(self, path: Path, cfg: dict, metrics: dict) -> LoadedPolicy:
+        table = MFQTable.load(path / ARTIFACT)
+        policy = MFQPolicy.from_table(table, cfg["algo"].get("tie_tol"))
+        return LoadedPolicy(policy, f"tabular_mfq m={cfg['algo']['m']}", policy.k, table.q.numel(),
+                            float(metrics[M.TABULAR_LEARN_SECONDS]), deterministic=True)
+
+    def samples(self, cfg: dict, metrics: dict, size: int) -> float:
+        """Every entry ``(g, a_g, z)`` moves its k agents m times; ``m = exact`` draws none."""
+        m = cfg["algo"]["m"]
+        return math.nan if m == "exact" else float(size * int(m) * int(cfg["k"]))
