@@ -71,6 +71,27 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
+def save_state(path: str | Path, state: dict) -> None:
+    """``torch.save(state)`` to ``path`` whole or not at all (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_state(path: str | Path, keys: tuple[str, ...], what: str) -> dict:
+    """The dict saved by :func:`save_state`, loaded with ``weights_only=True`` (no code from the file runs).
+
+    A torn, foreign or malicious file, or one without every key of ``keys``, is one ``ValueError``
+    naming the file and ``what`` it should be.
+    """
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {first})") from e
+    if not isinstance(d, dict) or any(key not in d for key in keys):
+        raise ValueError(f"{path}: not a {what} (needs keys {list(keys)})")
+    return d
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """:func:`atomic_write` of a UTF-8 text file."""
     atomic_write(path, lambda f: f.write(text.encode()))

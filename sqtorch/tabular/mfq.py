@@ -40,7 +40,7 @@ from torch import Tensor
 from sqtorch.checks import check_int, check_k, check_positive
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.local_actions import LocalActionMDP, as_local_action_mdp
-from sqtorch.runtime import GiB, atomic_write, torch_threads
+from sqtorch.runtime import GiB, load_state, save_state, torch_threads
 from sqtorch.tabular.bellman import REWARD_CHUNK, FixedPoint, subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularMFQConfig
 from sqtorch.tabular.counts import all_counts, num_counts, rank, state_columns
@@ -186,7 +186,7 @@ class MFQTable:
         """Write the table to ``path``, whole or not at all (a kill leaves the previous file)."""
         state = {key: getattr(self, key) for key in TABLE_KEYS}
         state.update(q=self.q.cpu(), v=self.v.cpu(), meta=dict(self.meta))
-        atomic_write(path, lambda f: torch.save(state, f))
+        save_state(path, state)
 
     @classmethod
     def load(cls, path: str | Path) -> MFQTable:
@@ -194,13 +194,7 @@ class MFQTable:
 
         Checks that k, L, Al and the shapes agree; any problem is a ``ValueError`` naming the file.
         """
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torn, foreign or malicious file: all one clear error
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise ValueError(f"{path}: not a readable SUBSAMPLE-MFQ table ({type(e).__name__}: {first})") from e
-        if not isinstance(d, dict) or any(key not in d for key in TABLE_KEYS):
-            raise ValueError(f"{path}: not a SUBSAMPLE-MFQ table (needs keys {list(TABLE_KEYS)})")
+        d = load_state(path, TABLE_KEYS, "SUBSAMPLE-MFQ table")
         q, v, k, L, Al = d["q"], d["v"], d["k"], d["L"], d["Al"]
         if not all(isinstance(x, int) and x >= 1 for x in (k, L, Al)):
             raise ValueError(f"{path}: k, L, Al must be positive integers, got {k!r}, {L!r}, {Al!r}")

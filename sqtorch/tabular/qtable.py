@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from sqtorch import runtime
 from sqtorch.envs.base import GlobalLocalMDP, check_states
-from sqtorch.runtime import atomic_write
+from sqtorch.runtime import load_state, save_state
 from sqtorch.tabular.counts import num_counts, rank_states
 
 FORMAT_KEYS = ("q", "k", "L", "env_name", "meta")
@@ -60,8 +59,7 @@ class QTable:
 
     def save(self, path: str | Path) -> None:
         """Write the table to ``path``, whole or not at all (a kill leaves the previous file)."""
-        state = {"q": self.q.cpu(), "k": self.k, "L": self.L, "env_name": self.env_name, "meta": self.meta}
-        atomic_write(path, lambda f: torch.save(state, f))
+        save_state(path, {"q": self.q.cpu(), "k": self.k, "L": self.L, "env_name": self.env_name, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | Path) -> QTable:
@@ -69,13 +67,7 @@ class QTable:
 
         Checks that the stored k, L and shape agree; any problem is a ``ValueError`` naming the file.
         """
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torn, foreign or malicious file: all one clear error
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise ValueError(f"{path}: not a readable Q-table ({type(e).__name__}: {first})") from e
-        if not isinstance(d, dict) or any(key not in d for key in FORMAT_KEYS):
-            raise ValueError(f"{path}: not a sqtorch Q-table (needs keys {list(FORMAT_KEYS)})")
+        d = load_state(path, FORMAT_KEYS, "Q-table")
         q, k, L = d["q"], d["k"], d["L"]
         sizes_ok = isinstance(k, int) and isinstance(L, int) and k >= 1 and L >= 1
         if not isinstance(q, Tensor) or q.dim() != 3 or not sizes_ok:
