@@ -14,7 +14,7 @@ from sqtorch.baselines.config import Sb3DqnConfig, Sb3PpoConfig
 from sqtorch.envs import make_env
 from sqtorch.experiment import ConfigError, run, validate_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # SB3 trainings: all slow
 
 
 def _scalar_tags(run_dir: Path) -> set[str]:

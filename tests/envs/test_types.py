@@ -102,6 +102,7 @@ def _joint_optimal_value(env, n):
     return V, g, s
 
 
+@pytest.mark.slow
 def test_exact_values_with_types_match_brute_force():
     """Count MDP over (type, state) counts == joint MDP of typed agents (n = 3, 2 types x 2 states)."""
     env = queue_types(lams=(0.2, 0.8), mix=(0.5, 0.5), Q=1, G=2, gamma=0.8)
@@ -109,6 +110,7 @@ def test_exact_values_with_types_match_brute_force():
     assert torch.allclose(value_at(optimal_value(env, 3), g, s), V, atol=1e-9, rtol=0)
 
 
+@pytest.mark.slow
 def test_exact_gap_over_typed_initial_states_matches_monte_carlo():
     """Exact V^pi averaged over initial states drawn from init_l agrees with CRN Monte Carlo."""
     env, n, k = queue_types(lams=(0.3, 0.7), mix=(0.2, 0.8), Q=2), 6, 2

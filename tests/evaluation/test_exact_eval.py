@@ -141,11 +141,13 @@ def _dr_gaps(name, n=3):
     return gaps
 
 
+@pytest.mark.slow
 def test_demand_response_script_gap_is_zero_at_every_k():
     gaps = _dr_gaps("demand_response_script")
     assert all(abs(x) < 1e-9 for x in gaps), gaps
 
 
+@pytest.mark.slow
 def test_demand_response_gap_is_positive_at_k1():
     gaps = _dr_gaps("demand_response")
     print("demand_response n=3 exact gaps k=1..3:", gaps)

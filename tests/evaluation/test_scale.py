@@ -51,6 +51,7 @@ def _peak_growth(kind: str, n: int, k: int) -> int:
     return json.loads(proc.stdout.strip().splitlines()[-1])["growth"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "k"), [("tabular", 8), ("deepsets", 100)])
 def test_evaluate_mc_peak_memory_is_linear_in_n(kind, k) -> None:
     """16 rows x n agents in one chunk at n = 5e4 and 1e5: the peak grows ~2x, at most ~100 bytes an agent entry.

@@ -58,6 +58,7 @@ def test_bad_config_is_one_line_exit_2_before_anything_is_written(overrides, mes
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bad_config_end_to_end_leaves_no_run_dir(tmp_path):
     proc = _train([*FAST, "threads=0"], tmp_path)
     assert proc.returncode == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocess runs and trainings: the whole module is slow
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 FAST_EVAL = ["eval.num_initial=4", "eval.rollouts=8", "threads=1"]

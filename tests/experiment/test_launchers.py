@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from sqtorch import metrics as M
 
+pytestmark = pytest.mark.slow  # subprocess runs and trainings: the whole module is slow
 ROOT = Path(__file__).resolve().parents[2]
 
 

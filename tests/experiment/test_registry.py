@@ -100,6 +100,7 @@ def test_toy_algorithm_in_process(toy_module, make_cfg, tmp_path):
         validate_config(make_cfg("algo=random_table", "n=4", "k=2", f"ckpt_path={tmp_path}"))
 
 
+@pytest.mark.slow
 def test_toy_algorithm_through_train_and_evaluate(toy_module, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]), SQTORCH_PLUGINS=toy_module)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from tests.helpers.brute_force import joint_value_iteration
 from tests.helpers.random_envs import PROFILE, small_envs
 
 
+@pytest.mark.slow
 @settings(PROFILE)
 @given(env=small_envs(), n=st.integers(1, 3))
 def test_exact_learner_at_k_equal_n_is_joint_value_iteration(env: GlobalLocalMDP, n: int) -> None:
@@ -33,6 +35,7 @@ def test_exact_learner_at_k_equal_n_is_joint_value_iteration(env: GlobalLocalMDP
     assert torch.allclose(q_count[:, rank_states(tuples, env.L)], q_joint, rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 @settings(PROFILE, max_examples=max(PROFILE.max_examples // 3, 10))
 @given(env=small_envs(max_L=3), k=st.integers(1, 3), seed=st.integers(0, 1000))
 def test_sampled_error_shrinks_with_m(env: GlobalLocalMDP, k: int, seed: int) -> None:
@@ -49,6 +52,7 @@ def test_sampled_error_shrinks_with_m(env: GlobalLocalMDP, k: int, seed: int) ->
     assert err[2048] <= 0.5 * err[8] + 1e-9, err
 
 
+@pytest.mark.slow
 @settings(PROFILE, max_examples=max(PROFILE.max_examples // 3, 10))
 @given(env=small_envs(max_G=2, max_A=2, max_L=3), n=st.integers(2, 4), data=st.data())
 def test_exact_policy_value_matches_monte_carlo(env: GlobalLocalMDP, n: int, data: st.DataObject) -> None:

@@ -12,6 +12,7 @@ def small_queue():
     return make_env("queue", Q=2, G=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_count_compression_is_lossless(k):
     """Q over count vectors == Q over the uncompressed k-tuple table (same exact operator)."""
@@ -22,6 +23,7 @@ def test_count_compression_is_lossless(k):
     assert torch.allclose(q_count[:, rank_states(tuples, env.L)], q_tuple, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,n", [("queue", 3), ("demand_response", 2), ("demand_response_script", 2)])
 def test_exact_variant_at_k_equal_n_is_the_joint_optimum(name, n):
     env = make_env(name)
@@ -32,6 +34,7 @@ def test_exact_variant_at_k_equal_n_is_the_joint_optimum(name, n):
     assert torch.allclose(q_learned[:, rank_states(tuples, env.L)], q_joint, rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_samples_follow_the_exact_next_count_law():
     env = make_env("queue")
     k, m = 3, 40_000
@@ -105,6 +108,7 @@ def test_table_too_large_is_refused_before_allocating():
         learn(env, 6, m="exact", max_memory_gib=1)
 
 
+@pytest.mark.slow
 def test_memory_estimate_bounds_the_measured_peak():
     """``table_memory_gib`` is within 20% of the peak resident memory ``learn`` adds (own process)."""
     import json

@@ -39,6 +39,7 @@ def test_small_table_path_equals_chunked_fused_path(env: GlobalLocalMDP, k: int,
     assert flat.residuals == chunked.residuals
 
 
+@pytest.mark.slow
 def test_chunked_expected_next_matches_its_fused_sweep() -> None:
     env = make_env("demand_response")
     K = sample_kernel(env, 4, 20, seed=1)  # 4 chunks of count vectors
