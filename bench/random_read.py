@@ -31,9 +31,9 @@ def read_rate(
     gen = torch.Generator().manual_seed(0)
     v = torch.rand(numel, dtype=torch.float64, generator=gen)
     if huge:
-        from sqtorch.tabular.learner import _huge_page_tensor
+        from sqtorch.tabular.learner import huge_page_tensor
 
-        v = _huge_page_tensor(numel, torch.float64).copy_(v)
+        v = huge_page_tensor(numel, torch.float64).copy_(v)
     base = torch.randint(0, numel - line_share, (total // line_share, 1), dtype=torch.int32, generator=gen)
     idx = (base + torch.arange(line_share, dtype=torch.int32)).view(-1)
     chunks = [idx[s : s + CHUNK] for s in range(0, len(idx), CHUNK)]

@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
-from sqtorch.evaluation.execution import evaluate_mc, initial_states
+from sqtorch.evaluation.execution import evaluate_mc, initial_states, stratified_ci
 from sqtorch.experiment.outputs import CONFIG
 from sqtorch.experiment.runs import Run
 from sqtorch.neural.policy import DeepSetsPolicy
@@ -68,14 +68,19 @@ def evaluate_group(
     env: GlobalLocalMDP, n: int, runs: list[Run], *, num_initial: int, rollouts: int, seed: int,
     exact: bool, max_states: int,
 ) -> list[dict]:
-    """Rows of results for runs that share (env, n): MC (common random numbers) and exact values."""
+    """Rows of results for runs that share (env, n): MC (common random numbers) and exact values.
+
+    Without an exact ``V*`` the gap is to the best evaluated policy of the group, and its
+    ``gap_mc_ci95`` is the 95% CI of the paired per-rollout differences (common random numbers).
+    """
     s0 = initial_states(env, n, num_initial, seed=seed)
     kernel = count_kernel(env, n) if exact and is_tractable(env, n, max_states) else None
     v_star = optimal_value(env, n, kernel=kernel, max_states=max_states) if kernel is not None else None
     v_star_s0 = float(value_at(v_star, *s0, L=env.L).mean()) if v_star is not None else math.nan
-    rows = []
+    rows, returns = [], []
     for r in sorted(runs, key=lambda r: (r.algo, r.k, r.seed)):
-        mc = evaluate_mc(env, r.policy, n, rollouts=rollouts, seed=seed, s0=s0)
+        mc = evaluate_mc(env, r.policy, n, rollouts=rollouts, seed=seed, s0=s0, keep_returns=True)
+        returns.append(mc.returns)
         v_pi = None
         if kernel is not None:
             v_pi = policy_value(env, n, r.policy.greedy(), r.k, kernel=kernel, max_states=max_states)
@@ -91,9 +96,10 @@ def evaluate_group(
             )
         )
     if v_star is None:  # gap against the best policy evaluated, on the same random numbers
-        best = max(row["mc_return"] for row in rows)
-        for row in rows:
-            row["gap_mc"] = best - row["mc_return"]
+        i_best = max(range(len(rows)), key=lambda i: rows[i]["mc_return"])
+        for row, ret in zip(rows, returns, strict=True):
+            row["gap_mc"] = rows[i_best]["mc_return"] - row["mc_return"]
+            row["gap_mc_ci95"] = stratified_ci(returns[i_best] - ret)[1]  # paired: common random numbers
     return rows
 
 

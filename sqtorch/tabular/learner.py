@@ -117,7 +117,7 @@ class _Buffers(threading.local):
         return buf[:numel]
 
 
-def _huge_page_tensor(numel: int, dtype: torch.dtype) -> Tensor:
+def huge_page_tensor(numel: int, dtype: torch.dtype) -> Tensor:
     """An uninitialized 1-D CPU tensor in anonymous memory advised ``MADV_HUGEPAGE`` (plain memory elsewhere).
 
     Linux backs it with 2 MiB pages when transparent huge pages are ``always`` or ``madvise``;
@@ -347,7 +347,7 @@ class SampledKernel:
             return V.T.contiguous().view(-1)
         buf = self._vt_buf.get(V.dtype)
         if buf is None or buf.numel() != V.numel():
-            buf = self._vt_buf[V.dtype] = _huge_page_tensor(V.numel(), V.dtype)
+            buf = self._vt_buf[V.dtype] = huge_page_tensor(V.numel(), V.dtype)
         buf.view(V.shape[1], V.shape[0]).copy_(V.T)
         return buf
 
@@ -595,6 +595,7 @@ __all__ = [
     "LearnResult",
     "SampledKernel",
     "check_memory",
+    "huge_page_tensor",
     "learn",
     "sample_kernel",
     "table_memory_gib",
