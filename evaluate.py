@@ -34,10 +34,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sqtorch.experiment.report import PLOT_KINDS, write_outputs
+from sqtorch.experiment.report import write_outputs
 from sqtorch.experiment.runs import StudyError, collect
 from sqtorch.experiment.study import (
     CI_METHOD,
+    check_study,
     compare,
     deployed,
     environment,
@@ -77,26 +78,6 @@ def run_sweeps(study: DictConfig, out: Path, reuse: bool = False) -> tuple[list[
         seconds[name] = time.perf_counter() - t0
         roots.append(sweep_dir)
     return roots, seconds, reused
-
-
-STUDY_KEYS = {"name", "title", "env", "common", "sweeps", "label", "deploy", "plots"}
-
-
-def check_study(study: DictConfig) -> dict:
-    """The study as a plain dict; :class:`StudyError` naming a bad key before anything is trained."""
-    spec = OmegaConf.to_container(study, resolve=True)
-    checks = [
-        ("study", set(spec) - STUDY_KEYS, sorted(STUDY_KEYS)),
-        ("study.label", set(spec.get("label") or {}) - {"env", "algo"}, ["env", "algo"]),
-        ("study.deploy", set(spec.get("deploy") or {}) - {"k", "n", "train_k"}, ["k", "n", "train_k"]),
-        ("study.plots", set(spec.get("plots") or []) - set(PLOT_KINDS), sorted(PLOT_KINDS)),
-    ]
-    for where, bad, allowed in checks:
-        if bad:
-            raise StudyError(f"{where} has {sorted(bad)}; allowed: {', '.join(allowed)}")
-    if not spec.get("sweeps"):
-        raise StudyError("study.sweeps is empty: a study needs at least one sweep of train.py overrides")
-    return spec
 
 
 def load_committed(path: str | Path) -> tuple[Path, list[dict]]:

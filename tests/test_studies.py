@@ -110,7 +110,20 @@ def test_a_bad_study_key_is_one_line_before_training(tmp_path):
     out = tmp_path / "bad"
     p = run("evaluate.py", "study=debug", "+study.plot=[size_vs_k]", f"hydra.run.dir={out}")
     assert p.returncode == 2 and "study has ['plot']; allowed:" in p.stderr
-    p = run("evaluate.py", "study=debug", "study.plots=[sizes]", f"hydra.run.dir={out}")
-    assert p.returncode == 2 and "study.plots has ['sizes']; allowed:" in p.stderr
     assert not (out / "train").exists()
 
+
+@pytest.mark.parametrize("key, value, message", [
+    ("plots", ["sizes"], "study.plots has ['sizes']; allowed: deploy_heatmap"),
+    ("deploy", {"kk": [1]}, "study.deploy has ['kk']; allowed: k, n, train_k"),
+    ("label", {"seed": ["seed"]}, "study.label has ['seed']; allowed: env, algo"),
+    ("sweeps", {}, "study.sweeps is empty"),
+])
+def test_study_keys_are_checked(key, value, message):
+    from sqtorch.experiment.runs import StudyError
+    from sqtorch.experiment.study import check_study
+
+    good = {"name": "x", "sweeps": {"a": ["k=1"]}, "plots": ["size_vs_k"], "deploy": {"k": [2]}}
+    assert check_study(good) == good
+    with pytest.raises(StudyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_study(dict(good, **{key: value}))

@@ -31,7 +31,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
-from sqtorch.experiment.study import REF_EXACT, ZERO_GAP, fit_reference, reference_curve  # noqa: E402
+from sqtorch.experiment.study import (  # noqa: E402
+    PLOT_KINDS,
+    REF_EXACT,
+    ZERO_GAP,
+    fit_reference,
+    reference_curve,
+)
 from sqtorch.runtime import atomic_write, write_text_atomic  # noqa: E402
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
@@ -301,9 +307,6 @@ def plot_gap_by_env(summary: list[dict], n: int, path: Path) -> None:
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     _save(fig, path)
-
-
-PLOT_KINDS = ("deploy_heatmap", "size_vs_k", "return_vs_samples", "return_vs_time", "gap_vs_k_by_env")
 
 
 def _extra_plots(out: Path, summary: list[dict], refused: list[dict], kinds: tuple[str, ...] | list[str]) -> list[str]:

@@ -41,7 +41,7 @@ from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import evaluate_mc, initial_states, stratified_ci
 from sqtorch.experiment.outputs import CONFIG
-from sqtorch.experiment.runs import Run
+from sqtorch.experiment.runs import Run, StudyError
 from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.runtime import Z95
 from sqtorch.tabular.config import DTYPES
@@ -119,6 +119,27 @@ def evaluate_runs(
             exact=exact, max_states=max_states,
         )
     return rows
+
+
+STUDY_KEYS = ("name", "title", "env", "common", "sweeps", "label", "deploy", "plots")
+PLOT_KINDS = ("deploy_heatmap", "size_vs_k", "return_vs_samples", "return_vs_time", "gap_vs_k_by_env")
+
+
+def check_study(study: Mapping[str, Any]) -> dict:
+    """A study config as a plain dict; :class:`StudyError` naming a bad key (before anything is trained)."""
+    spec = OmegaConf.to_container(study, resolve=True) if OmegaConf.is_config(study) else dict(study)
+    checks = [
+        ("study", set(spec) - set(STUDY_KEYS), STUDY_KEYS),
+        ("study.label", set(spec.get("label") or {}) - {"env", "algo"}, ("env", "algo")),
+        ("study.deploy", set(spec.get("deploy") or {}) - {"k", "n", "train_k"}, ("k", "n", "train_k")),
+        ("study.plots", set(spec.get("plots") or []) - set(PLOT_KINDS), PLOT_KINDS),
+    ]
+    for where, bad, allowed in checks:
+        if bad:
+            raise StudyError(f"{where} has {sorted(bad)}; allowed: {', '.join(allowed)}")
+    if not spec.get("sweeps"):
+        raise StudyError("study.sweeps is empty: a study needs at least one sweep of train.py overrides")
+    return spec
 
 
 def sweep_overrides(study: Mapping[str, Any]) -> dict[str, list[str]]:
