@@ -268,7 +268,8 @@ def plot_return_vs_cost(rows: list[dict], env: str, n: int, key: str, xlabel: st
     fig, ax = plt.subplots(figsize=(9.6, 4.6))
     trained = [r for r in _trained(rows) if math.isfinite(r[key])]
     for i, series in enumerate(sorted({r.get("series", r["algo"]) for r in trained})):
-        rs = sorted((r for r in trained if r.get("series", r["algo"]) == series), key=lambda r: r[key])
+        rs = [r for r in trained if r.get("series", r["algo"]) == series]  # an algo over k, or one k over budgets
+        rs.sort(key=lambda r: r["k"] if r["algo"] == series else r[key])
         x = [r[key] for r in rs]
         y = [r["mc_return"] for r in rs]
         ax.errorbar(x, y, yerr=[r.get("mc_return_ci95", 0.0) for r in rs], xerr=[r.get(key + "_ci95", 0.0) for r in rs],
