@@ -6,6 +6,12 @@
     python evaluate.py study=baselines                      # SUBSAMPLE-Q variants vs SB3 DQN / PPO
     python evaluate.py study=queue_k_scaling compare=docs/queue_k_scaling/summary.json   # reproduce?
 
+A study is config only (``conf/study/<name>.yaml``, docs/results.md lists them): its ``sweeps``
+(with ``common`` overrides merged into each) are trained by ``train.py -m``, then every run is
+evaluated; ``label``, ``deploy`` and ``plots`` name variants, add evaluations at other k′ / n′ and
+study-specific plots (:mod:`sqtorch.experiment.study`). A tabular job refused by its memory limit
+is recorded as refused (report.md, summary.json), not as missing.
+
 Outputs in the evaluation's run dir: results.csv, summary.json, PNG plots, report.md and
 TensorBoard scalars. A corrupt run (its config.yaml, metrics.json or artifact does not load) is
 skipped and listed with the file and reason in report.md and summary.json; ``strict=true`` aborts
@@ -30,7 +36,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from sqtorch.experiment.report import write_outputs
 from sqtorch.experiment.runs import StudyError, collect
-from sqtorch.experiment.study import CI_METHOD, compare, environment, evaluate_runs, summarize
+from sqtorch.experiment.study import (
+    CI_METHOD,
+    check_study,
+    compare,
+    deployed,
+    environment,
+    evaluate_runs,
+    label_runs,
+    split_refused,
+    summarize,
+    sweep_overrides,
+)
 from sqtorch.runtime import torch_threads
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
@@ -46,7 +63,7 @@ def run_sweeps(study: DictConfig, out: Path, reuse: bool = False) -> tuple[list[
     before = {}
     if reuse and (out / "summary.json").is_file():
         before = json.loads((out / "summary.json").read_text()).get("train_seconds", {})
-    for name, overrides in study.sweeps.items():
+    for name, overrides in sweep_overrides(study).items():
         sweep_dir = out / "train" / name
         if reuse and sweep_dir.is_dir() and any(sweep_dir.rglob("metrics.json")):
             print(f"[evaluate] {name}: reusing the runs in {sweep_dir} (reuse_trained=true)", flush=True)
@@ -84,6 +101,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict:
         meta["compare"] = str(meta["compare"])
     study = cfg.get("study")
     if study is not None:
+        meta["study"] = check_study(study)
         roots, meta["train_seconds"], meta["reused_sweeps"] = run_sweeps(study, out, bool(cfg.get("reuse_trained")))
         meta["title"], env = study.title, study.get("env")
     elif cfg.get("runs"):
@@ -96,14 +114,23 @@ def evaluate(cfg: DictConfig, out: Path) -> dict:
     runs, missing, skipped = collect(roots, env=env, strict=bool(cfg.get("strict")))
     for s in skipped:
         print(f"[evaluate] skipped corrupt run: {s['reason']}", flush=True)
+    spec = meta.get("study", {})
+    refused, missing = split_refused(missing, spec.get("label"))
+    for r in refused:
+        print(f"[evaluate] refused: {r['algo']} k={r['k']} ({r['entries']:,} entries): {r['reason']}", flush=True)
+    runs = label_runs(runs, spec.get("label"))
+    deploy = spec.get("deploy") or {}
+    runs += deployed(runs, k=deploy.get("k") or (), n=deploy.get("n") or (), train_k=deploy.get("train_k"))
     with torch_threads(cfg.get("threads")):
         rows = evaluate_runs(runs, **OmegaConf.to_container(cfg.eval, resolve=True))
     meta["evaluate_seconds"] = time.perf_counter() - t0
     meta["wall_seconds"] = time.perf_counter() - t_start
     summary = summarize(rows)
     comparison = compare(summary, committed) if committed is not None else None
-    result = write_outputs(out, rows, summary, missing, meta, skipped, comparison)
-    print(f"[evaluate] {len(rows)} policies, {len(missing)} missing jobs, {len(skipped)} skipped (corrupt) "
+    result = write_outputs(out, rows, summary, missing, meta, skipped, comparison, refused=refused,
+                           plots=spec.get("plots") or ())
+    print(f"[evaluate] {len(rows)} policies, {len(missing)} missing jobs, {len(refused)} refused (memory), "
+          f"{len(skipped)} skipped (corrupt) "
           f"-> {out}/report.md", flush=True)
     if comparison is not None:
         bad = [c for c in comparison if not c["ok"]]

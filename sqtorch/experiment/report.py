@@ -6,7 +6,12 @@ docs/model.md §2; baselines as horizontal lines with their CI band), learning t
 return vs k (with ``V*``). When a group has baselines: gap vs samples drawn (local-agent transitions,
 :meth:`sqtorch.experiment.registry.Algorithm.samples`) and gap vs learning wall-clock seconds.
 ``report.md`` and ``summary.json`` name the hardware and library versions, the skipped (corrupt)
-runs, and, with ``compare=``, whether each row reproduces the committed summary.
+runs, the tabular jobs refused by their memory limit, and, with ``compare=``, whether each row
+reproduces the committed summary. A study adds plots by name (``plots:`` in its yaml,
+:data:`PLOT_KINDS`): ``deploy_heatmap`` (return of each net trained at k and executed at k′),
+``size_vs_k`` (table entries / parameters vs k, refused tables marked), ``return_vs_samples`` and
+``return_vs_time`` (return vs learning cost: the budget axis) and ``gap_vs_k_by_env`` (one figure
+per n with every env variant of the study).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,7 +31,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
-from sqtorch.experiment.study import REF_EXACT, ZERO_GAP, fit_reference, reference_curve  # noqa: E402
+from sqtorch.experiment.study import (  # noqa: E402
+    PLOT_KINDS,
+    REF_EXACT,
+    ZERO_GAP,
+    fit_reference,
+    reference_curve,
+)
 from sqtorch.runtime import atomic_write, write_text_atomic  # noqa: E402
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
@@ -188,12 +200,155 @@ def plot_metric(rows: list[dict], env: str, n: int, key: str, ylabel: str, path:
     _save(fig, path)
 
 
+def _tag(env: str, n: int) -> str:
+    """File-name part of a group: ``queue_n10``; labelled envs keep letters, digits and ``._=-``."""
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.=-]", "_", f"{env}_n{n}")).strip("_")
+
+
+def _trained(rows: list[dict]) -> list[dict]:
+    """Rows of policies evaluated at the k they were trained at (deployed ones excluded)."""
+    return [r for r in rows if r.get("train_k", r["k"]) == r["k"]]
+
+
+def deployed_bases(rows: list[dict]) -> list[str]:
+    """Algos some of whose policies were also executed at another k′ (``<base> trained at k=<k>`` rows)."""
+    return sorted({r["algo"].rsplit(" trained at k=", 1)[0] for r in rows if r.get("train_k", r["k"]) != r["k"]})
+
+
+def plot_deploy_heatmap(rows: list[dict], env: str, n: int, base: str, path: Path) -> None:
+    """Return (and gap) of each ``base`` net trained at k (rows) and executed at k′ (columns)."""
+    cells = {(r["train_k"], r["k"]): r for r in rows if r["algo"].startswith(f"{base} trained at k=")}
+    cells.update({(r["k"], r["k"]): r for r in rows if r["algo"] == base})
+    tks, dks = sorted({c[0] for c in cells}), sorted({c[1] for c in cells})
+    gkey = _gap_key(rows)
+    grid = torch.full((len(tks), len(dks)), math.nan, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(1.3 * len(dks) + 3, 0.8 * len(tks) + 2))
+    for (tk, dk), r in cells.items():
+        grid[tks.index(tk), dks.index(dk)] = r[gkey]
+    im = ax.imshow(grid.numpy(), cmap="viridis_r", aspect="auto")
+    top = float(grid[grid.isfinite()].max()) if bool(grid.isfinite().any()) else 0.0
+    for (tk, dk), r in cells.items():
+        g = r[gkey]
+        ax.text(dks.index(dk), tks.index(tk), f"{r['mc_return']:.4g}\n({g:.3g})", ha="center", va="center",
+                fontsize=7, color="w" if g > 0.5 * top else "k")
+    ax.set_xticks(range(len(dks)), [str(k) for k in dks])
+    ax.set_yticks(range(len(tks)), [str(k) for k in tks])
+    ax.set_xlabel("deployed at k′")
+    ax.set_ylabel("trained at k")
+    what = "exact optimality gap" if gkey == "gap_exact" else "gap to the best evaluated policy"
+    fig.colorbar(im, label=what)
+    ax.set_title(f"{env}, n = {n}: return ({what}) of {base}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_size(rows: list[dict], refused: list[dict], env: str, n: int, path: Path) -> None:
+    """Policy size vs k (table entries for tabular, parameters otherwise), refused tables as red crosses."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    trained = _trained(rows)
+    for i, algo in enumerate(sorted({r["algo"] for r in trained})):
+        ks, size, _ = _series(trained, algo, "size")
+        what = "table entries" if algo.startswith("tabular") else "parameters"
+        ax.plot(ks, size, marker="o", color=COLORS[i % len(COLORS)], label=f"{algo} ({what})")
+    mine = [r for r in refused if r["env"] == env and r["n"] == n]
+    for r in mine:
+        ax.plot(r["k"], r["entries"], "rx", ms=9)
+    if mine:
+        ax.plot([], [], "rx", label=f"refused ({mine[0]['algo']}, > max_memory_gib = {mine[0]['max_memory_gib']:g})")
+    ax.set(xscale="log", yscale="log", xlabel="k (sampled local agents)", ylabel="size",
+           title=f"{env}, n = {n}: size vs k")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_return_vs_cost(rows: list[dict], env: str, n: int, key: str, xlabel: str, path: Path) -> None:
+    """Return (mean ± CI) vs a learning cost; one curve per ``series`` (an algo over k, or one k over budgets)."""
+    fig, ax = plt.subplots(figsize=(9.6, 4.6))
+    trained = [r for r in _trained(rows) if math.isfinite(r[key])]
+    for i, series in enumerate(sorted({r.get("series", r["algo"]) for r in trained})):
+        rs = [r for r in trained if r.get("series", r["algo"]) == series]  # an algo over k, or one k over budgets
+        rs.sort(key=lambda r: r["k"] if r["algo"] == series else r[key])
+        x = [r[key] for r in rs]
+        y = [r["mc_return"] for r in rs]
+        ax.errorbar(x, y, yerr=[r.get("mc_return_ci95", 0.0) for r in rs], xerr=[r.get(key + "_ci95", 0.0) for r in rs],
+                    color=COLORS[i % len(COLORS)], marker="o", capsize=3, label=series)
+        base = series.rsplit(" k=", 1)[0]
+        for r, xv, yv in zip(rs, x, y, strict=True):
+            note = r["algo"][len(base):].strip() if series != r["algo"] else f"k={r['k']}"
+            ax.annotate(note, (xv, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("return (Monte Carlo, common random numbers)")
+    ax.set_title(f"{env}, n = {n}: return vs {xlabel.split(' [')[0]}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_gap_by_env(summary: list[dict], n: int, path: Path) -> None:
+    """Gap vs k of every env variant at this n (trained policies; exact gaps where V* is exact)."""
+    rows = [r for r in _trained(summary) if r["n"] == n]
+    floor = gap_floor(rows)
+    fig, ax = plt.subplots(figsize=(9.6, 4.6))
+    for i, env in enumerate(sorted({r["env"] for r in rows})):
+        mine = [r for r in rows if r["env"] == env]
+        gkey = _gap_key(mine)
+        for j, algo in enumerate(sorted({r["algo"] for r in mine})):
+            ks, y, ci = _series(mine, algo, gkey)
+            ax.errorbar(ks, torch.tensor(y).clamp(min=floor), yerr=ci, color=COLORS[i % len(COLORS)],
+                        marker="os^dv"[j % 5], ls="-" if len(ks) > 1 else "none", capsize=2,
+                        label=f"{env}: {algo} ({'exact' if gkey == 'gap_exact' else 'MC, to best'})")
+    ax.axhline(floor, color="0.7", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="k (sampled local agents)", ylabel="gap",
+           title=f"n = {n}: gap vs k per env (gaps <= {ZERO_GAP:g} drawn at {floor:g})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _extra_plots(out: Path, summary: list[dict], refused: list[dict], kinds: tuple[str, ...] | list[str]) -> list[str]:
+    """The study's extra plots (:data:`PLOT_KINDS`); returns their file names."""
+    plots = []
+    for (env, n), srows in _groups(summary).items():
+        tag = _tag(env, n)
+        bases = deployed_bases(srows) if "deploy_heatmap" in kinds else []
+        for base in bases:
+            name = f"deploy_{tag}.png" if len(bases) == 1 else f"deploy_{tag}_{_tag(base, n)}.png"
+            plot_deploy_heatmap(srows, env, n, base, out / name)
+            plots.append(name)
+        if "size_vs_k" in kinds:
+            plot_size(srows, refused, env, n, out / f"size_vs_k_{tag}.png")
+            plots.append(f"size_vs_k_{tag}.png")
+        for kind, key, xlabel in (("return_vs_samples", "samples", "samples drawn [local-agent transitions]"),
+                                  ("return_vs_time", "learn_seconds", "learning wall-clock [s]")):
+            if kind in kinds:
+                plot_return_vs_cost(srows, env, n, key, xlabel, out / f"{kind}_{tag}.png")
+                plots.append(f"{kind}_{tag}.png")
+    if "gap_vs_k_by_env" in kinds:
+        for n in sorted({s["n"] for s in summary}):
+            plot_gap_by_env(summary, n, out / f"gap_vs_k_by_env_n{n}.png")
+            plots.append(f"gap_vs_k_by_env_n{n}.png")
+    return plots
+
+
 def write_outputs(
     out: Path, rows: list[dict], summary: list[dict], missing: list[dict], meta: dict,
-    skipped: list[dict] | None = None, comparison: list[dict] | None = None,
+    skipped: list[dict] | None = None, comparison: list[dict] | None = None, refused: list[dict] | None = None,
+    plots: tuple[str, ...] | list[str] = (),
 ) -> dict:
-    """Write every output of the study into ``out``; returns the ``summary.json`` content."""
-    skipped = skipped or []
+    """Write every output of the study into ``out``; returns the ``summary.json`` content.
+
+    ``refused``: tabular jobs the learner refused by memory (listed, drawn by ``size_vs_k``);
+    ``plots``: extra plot kinds (:data:`PLOT_KINDS`).
+    """
+    skipped, refused, kinds = skipped or [], refused or [], tuple(plots)
+    unknown = set(kinds) - set(PLOT_KINDS)
+    if unknown:
+        raise ValueError(f"plots {sorted(unknown)} are unknown; allowed: {', '.join(PLOT_KINDS)}")
     out.mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
     w = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
@@ -202,7 +357,7 @@ def write_outputs(
     write_text_atomic(out / "results.csv", table.getvalue())
     plots, fits = [], {}
     for (env, n), srows in _groups(summary).items():
-        tag = f"{env}_n{n}"
+        tag = _tag(env, n)
         v_star = next((r["v_star"] for r in rows if r["env"] == env and r["n"] == n), math.nan)
         c = plot_gap(srows, env, n, out / f"gap_vs_k_{tag}.png")
         plot_metric(srows, env, n, "learn_seconds", "learning time [s]", out / f"time_vs_k_{tag}.png", log=True)
@@ -215,11 +370,12 @@ def write_outputs(
                       out / f"gap_vs_samples_{tag}.png")
             plot_cost(srows, env, n, "learn_seconds", "learning wall-clock [s]", out / f"gap_vs_time_{tag}.png")
             plots += [f"gap_vs_samples_{tag}.png", f"gap_vs_time_{tag}.png"]
-    result = dict(meta, fitted_c=fits, summary=summary, missing=missing, skipped=skipped, plots=plots)
+    plots += _extra_plots(out, summary, refused, kinds)
+    result = dict(meta, fitted_c=fits, summary=summary, missing=missing, skipped=skipped, refused=refused, plots=plots)
     if comparison is not None:
         result["compare"] = comparison
     _tensorboard(out, summary)
-    _report_md(out, summary, missing, fits, plots, meta, skipped, comparison)
+    _report_md(out, summary, missing, fits, plots, meta, skipped, comparison, refused)
     write_text_atomic(out / "summary.json", json.dumps(result, indent=2, sort_keys=True) + "\n")  # last
     return result
 
@@ -246,10 +402,12 @@ def _fmt(v: object) -> str:
 
 def _report_md(
     out: Path, summary: list[dict], missing: list[dict], fits: dict, plots: list[str], meta: dict,
-    skipped: list[dict], comparison: list[dict] | None,
+    skipped: list[dict], comparison: list[dict] | None, refused: list[dict] | None = None,
 ) -> None:
     cols = ["env", "n", "algo", "k", "seeds", "gap_exact", "gap_exact_ci95", "gap_mc", "gap_mc_ci95", "mc_return",
             "exact_return", "learn_seconds", "samples", "size"]
+    if any(s.get("train_k", s["k"]) != s["k"] for s in summary):  # some policies run at another k than trained
+        cols.insert(4, "train_k")
     lines = [f"# {meta.get('title', 'k-scaling study')}", ""]
     lines += [f"Gap reference: {', '.join(sorted({s['gap_reference'] for s in summary}))}. "
               f"Evaluation: {meta.get('evaluation', '')}. CIs: {meta.get('ci95', '')}.", ""]
@@ -275,6 +433,11 @@ def _report_md(
                   "|" + "---|" * 12]
         lines += ["| " + " | ".join(_fmt(c.get(key, "")) for key in ("env", "n", "algo", "k", "metric", "committed",
                   "committed_ci95", "rerun", "rerun_ci95", "status", "expect", "ok")) + " |" for c in comparison]
+    if refused:
+        lines += ["", "## Refused tables (memory limit)", "",
+                  "Tabular jobs whose table exceeds `algo.max_memory_gib`; the learner's message:", ""]
+        lines += [f"- {r['env']}, n = {r['n']}, {r['algo']}, k = {r['k']} ({r['entries']:,} entries): {r['reason']}"
+                  for r in refused]
     if missing:
         lines += ["", "## Missing jobs", ""] + [f"- `{m['path']}`: {m['reason']}" for m in missing]
     if skipped:

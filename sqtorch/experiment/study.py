@@ -9,6 +9,14 @@ counts of the agents it sees) has an exact value there); the gap is taken agains
 Means over seeds carry a 95% CI from Student's t with ``seeds - 1`` degrees of freedom.
 :func:`compare` checks a rerun against a committed ``summary.json``: deterministic rows (tabular,
 exact values) must be identical, neural and baseline rows must agree within their CIs.
+
+A study (``conf/study/<name>.yaml``, run by ``evaluate.py study=<name>``) is config only:
+``sweeps`` of ``train.py -m`` overrides (``common`` ones merged into each, :func:`sweep_overrides`),
+and optionally ``label`` (config keys that name env and algo variants, :func:`label_runs`),
+``deploy`` (every DeepSets run also evaluated at other k′ and every run at other n′,
+:func:`deployed`) and extra ``plots`` (:mod:`sqtorch.experiment.report`). A tabular job that
+the learner refused because its table exceeds ``algo.max_memory_gib`` is recorded as refused
+with the learner's own message (:func:`split_refused`), not as missing.
 """
 
 from __future__ import annotations
@@ -19,17 +27,27 @@ import os
 import platform
 import sys
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
-from sqtorch.evaluation.execution import evaluate_mc, initial_states
+from sqtorch.evaluation.execution import evaluate_mc, initial_states, stratified_ci
+from sqtorch.experiment.outputs import CONFIG
 from sqtorch.experiment.runs import Run, StudyError
+from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.runtime import Z95
+from sqtorch.tabular.config import DTYPES
+from sqtorch.tabular.counts import num_counts
 from sqtorch.tabular.exact import count_kernel, is_tractable
+from sqtorch.tabular.learner import check_memory
 
 REF_EXACT, REF_BEST = "exact V*", "best evaluated policy (V* not tractable)"
 ZERO_GAP = 1e-9  # exact gaps below this are zero up to float rounding
@@ -50,14 +68,19 @@ def evaluate_group(
     env: GlobalLocalMDP, n: int, runs: list[Run], *, num_initial: int, rollouts: int, seed: int,
     exact: bool, max_states: int,
 ) -> list[dict]:
-    """Rows of results for runs that share (env, n): MC (common random numbers) and exact values."""
+    """Rows of results for runs that share (env, n): MC (common random numbers) and exact values.
+
+    Without an exact ``V*`` the gap is to the best evaluated policy of the group, and its
+    ``gap_mc_ci95`` is the 95% CI of the paired per-rollout differences (common random numbers).
+    """
     s0 = initial_states(env, n, num_initial, seed=seed)
     kernel = count_kernel(env, n) if exact and is_tractable(env, n, max_states) else None
     v_star = optimal_value(env, n, kernel=kernel, max_states=max_states) if kernel is not None else None
     v_star_s0 = float(value_at(v_star, *s0, L=env.L).mean()) if v_star is not None else math.nan
-    rows = []
+    rows, returns = [], []
     for r in sorted(runs, key=lambda r: (r.algo, r.k, r.seed)):
-        mc = evaluate_mc(env, r.policy, n, rollouts=rollouts, seed=seed, s0=s0)
+        mc = evaluate_mc(env, r.policy, n, rollouts=rollouts, seed=seed, s0=s0, keep_returns=True)
+        returns.append(mc.returns)
         v_pi = None
         if kernel is not None:
             v_pi = policy_value(env, n, r.policy.greedy(), r.k, kernel=kernel, max_states=max_states)
@@ -69,13 +92,15 @@ def evaluate_group(
                 gap_exact=v_star_s0 - exact_return, gap_mc=v_star_s0 - mc.mean, gap_mc_ci95=mc.ci95,
                 gap_reference=REF_EXACT if v_star is not None else REF_BEST,
                 learn_seconds=r.learn_seconds, samples=r.samples, size=r.size, kind=r.kind,
-                deterministic=r.deterministic, path=str(r.path),
+                deterministic=r.deterministic, train_k=getattr(r, "train_k", r.k), series=getattr(r, "series", r.algo),
+                path=str(r.path),
             )
         )
     if v_star is None:  # gap against the best policy evaluated, on the same random numbers
-        best = max(row["mc_return"] for row in rows)
-        for row in rows:
-            row["gap_mc"] = best - row["mc_return"]
+        i_best = max(range(len(rows)), key=lambda i: rows[i]["mc_return"])
+        for row, ret in zip(rows, returns, strict=True):
+            row["gap_mc"] = rows[i_best]["mc_return"] - row["mc_return"]
+            row["gap_mc_ci95"] = stratified_ci(returns[i_best] - ret)[1]  # paired: common random numbers
     return rows
 
 
@@ -98,6 +123,151 @@ def evaluate_runs(
             exact=exact, max_states=max_states,
         )
     return rows
+
+
+STUDY_KEYS = ("name", "title", "env", "common", "sweeps", "label", "deploy", "plots")
+PLOT_KINDS = ("deploy_heatmap", "size_vs_k", "return_vs_samples", "return_vs_time", "gap_vs_k_by_env")
+
+
+def check_study(study: Mapping[str, Any]) -> dict:
+    """A study config as a plain dict; :class:`StudyError` naming a bad key (before anything is trained)."""
+    spec = OmegaConf.to_container(study, resolve=True) if OmegaConf.is_config(study) else dict(study)
+    checks = [
+        ("study", set(spec) - set(STUDY_KEYS), STUDY_KEYS),
+        ("study.label", set(spec.get("label") or {}) - {"env", "algo"}, ("env", "algo")),
+        ("study.deploy", set(spec.get("deploy") or {}) - {"k", "n", "train_k"}, ("k", "n", "train_k")),
+        ("study.plots", set(spec.get("plots") or []) - set(PLOT_KINDS), PLOT_KINDS),
+    ]
+    for where, bad, allowed in checks:
+        if bad:
+            raise StudyError(f"{where} has {sorted(bad)}; allowed: {', '.join(allowed)}")
+    if not spec.get("sweeps"):
+        raise StudyError("study.sweeps is empty: a study needs at least one sweep of train.py overrides")
+    return spec
+
+
+def sweep_overrides(study: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{sweep: overrides}`` of a study: its ``common`` overrides, then the sweep's own.
+
+    A key set both in ``common`` and in a sweep takes the sweep's value (Hydra rejects a key given twice).
+    """
+    common = list(study.get("common") or [])
+    out = {}
+    for name, own in study["sweeps"].items():
+        keys = {_key(o) for o in own}
+        out[str(name)] = [o for o in common if _key(o) not in keys] + [str(o) for o in own]
+    return out
+
+
+def _key(override: str) -> str:
+    return str(override).split("=", 1)[0].lstrip("+~")
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value_text(x) for x in v) + "]"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _label_text(cfg: Any, keys: Sequence[str]) -> str:
+    """``"lams=[0.4,0.6] Q=3"``: the last part of each key and its value in ``cfg`` (absent keys left out)."""
+    parts = []
+    for key in keys:
+        v = OmegaConf.select(cfg, key, default=None)
+        if v is not None:
+            v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            parts.append(f"{key.rsplit('.', 1)[-1]}={_value_text(v)}")
+    return " ".join(parts)
+
+
+def label_runs(runs: list[Run], label: Mapping[str, Sequence[str]] | None) -> list[Run]:
+    """Name variants that share an env or algo name by config keys of their ``config.yaml``.
+
+    ``label = {"env": ["env.lams"], "algo": ["algo.max_steps"]}`` turns env ``queue_types`` into
+    ``queue_types lams=[0.4,0.6]`` and algo ``deepsets`` into ``deepsets max_steps=500`` (a key a
+    run's config lacks is left out). Runs are grouped, summarized and plotted by these names. Every
+    run's ``series`` names the curve it belongs to across the algo-label values: ``<algo> k=<k>``
+    when the algo name got a label, else the algo name.
+    """
+    label = label or {}
+    bad = set(label) - {"env", "algo"}
+    if bad:
+        raise ValueError(f"study.label has keys {sorted(bad)}; allowed: env, algo")
+    out = []
+    for r in runs:
+        cfg = OmegaConf.load(r.path / CONFIG)
+        parts = {what: _label_text(cfg, label.get(what, [])) for what in ("env", "algo")}
+        new = replace(r, env_name=f"{r.env_name} {parts['env']}".strip(), algo=f"{r.algo} {parts['algo']}".strip())
+        new.series = f"{r.algo} k={r.k}" if parts["algo"] else new.algo
+        new.train_k = r.k
+        out.append(new)
+    return out
+
+
+def deployed(runs: list[Run], k: Sequence[int] = (), n: Sequence[int] = (), train_k: Sequence[int] | None = None
+             ) -> list[Run]:
+    """Extra evaluations of trained runs at another k′ and on another n′ (docs/model.md §3).
+
+    Every DeepSets run (whose k is in ``train_k``, all when ``None``) is also executed at every
+    k′ in ``k`` other than its own with k′ <= n, unchanged (mean pooling: the network is a
+    function of the sample's empirical distribution), as algo ``<algo> trained at k=<k>``; then
+    every run, these included, is also evaluated on every n′ in ``n`` with k <= n′ (the policy
+    does not depend on n). Returns only the extra runs.
+    """
+    extra = []
+    for r in runs:
+        if not isinstance(r.policy, DeepSetsPolicy) or (train_k is not None and r.k not in train_k):
+            continue
+        for k2 in k:
+            if k2 != r.k and k2 <= r.n:
+                new = replace(r, k=int(k2), policy=DeepSetsPolicy(r.policy.net, int(k2)),
+                              algo=f"{r.algo} trained at k={r.k}")
+                new.train_k, new.series = getattr(r, "train_k", r.k), new.algo
+                extra.append(new)
+    for r in list(runs) + list(extra):
+        for n2 in n:
+            if n2 != r.n and r.k <= n2:
+                new = replace(r, n=int(n2))
+                new.train_k, new.series = getattr(r, "train_k", r.k), getattr(r, "series", r.algo)
+                extra.append(new)
+    return extra
+
+
+def split_refused(missing: list[dict], label: Mapping[str, Sequence[str]] | None = None
+                  ) -> tuple[list[dict], list[dict]]:
+    """Missing jobs -> (refused, still missing): a tabular job whose table exceeds ``algo.max_memory_gib``.
+
+    The learner refuses such a table before allocating (:func:`sqtorch.tabular.learner.check_memory`);
+    its job leaves ``config.yaml`` and no ``metrics.json``. The same check on that config
+    (``threads`` worker threads, torch's default when null) gives the refusal's message.
+    """
+    refused, still = [], []
+    for m in missing:
+        path = Path(m["path"])
+        try:
+            cfg = OmegaConf.load(path / CONFIG)
+            algo = cfg.algo
+        except Exception:  # no or unreadable config: an ordinary missing job
+            still.append(m)
+            continue
+        if algo.get("name") != "tabular":
+            still.append(m)
+            continue
+        env = build_env(OmegaConf.to_container(cfg.env, resolve=True))
+        k, mm = int(cfg.k), algo.m if algo.m == "exact" else int(algo.m)
+        workers = int(cfg.threads) if cfg.get("threads") else torch.get_num_threads()
+        try:
+            need = check_memory(env, k, mm, DTYPES[algo.dtype], float(algo.max_memory_gib), workers)
+        except ValueError as e:
+            env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
+            env_name = env_cfg.get("name") or str(env_cfg.get("_target_", "?")).rsplit(".", 1)[-1]
+            env_name = f"{env_name} {_label_text(cfg, (label or {}).get('env', []))}".strip()
+            refused.append(dict(env=env_name, n=int(cfg.n), algo=f"tabular m={algo.m}", k=k,
+                                entries=env.G * num_counts(k, env.L) * env.A, max_memory_gib=float(algo.max_memory_gib),
+                                reason=str(e), path=str(path)))
+            continue
+        still.append(dict(m, reason=f"{m['reason']} (its table needs {need:.2f} GiB: within max_memory_gib)"))
+    return refused, still
 
 
 def reference_curve(n: int, k: torch.Tensor) -> torch.Tensor:
@@ -126,7 +296,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for (env, n, algo, k), rs in sorted(by.items()):
         s = {"env": env, "n": n, "algo": algo, "k": k, "seeds": len(rs), "gap_reference": rs[0]["gap_reference"],
-             "kind": rs[0].get("kind", "subsample-q"), "deterministic": bool(rs[0].get("deterministic", False))}
+             "kind": rs[0].get("kind", "subsample-q"), "deterministic": bool(rs[0].get("deterministic", False)),
+             "train_k": rs[0].get("train_k", k), "series": rs[0].get("series", algo)}
         for key in ("gap_exact", "gap_mc", "mc_return", "exact_return", "learn_seconds", "samples", "size"):
             x = torch.tensor([r.get(key, math.nan) for r in rs], dtype=torch.float64)
             s[key] = float(x.mean())

@@ -117,6 +117,26 @@ def _validate(
         raise ValueError(f"max_memory_gib = {max_memory_gib} is outside the allowed range: a finite number > 0")
 
 
+def check_memory(
+    env: GlobalLocalMDP, k: int, m: int | str, dtype: torch.dtype, max_memory_gib: float, workers: int
+) -> float:
+    """The GiB :func:`learn` needs at ``(k, m)`` with ``workers`` threads (:func:`table_memory_gib`).
+
+    Raises ``ValueError`` naming the table size when that exceeds ``max_memory_gib``: the check
+    :func:`learn` makes before it allocates anything (callers use it to record a refusal).
+    """
+    G, A, N = env.G, env.A, num_counts(k, env.L)
+    B = distinct_local_kernels(env)
+    need = table_memory_gib(G, A, N, m, dtype, blocks=B, workers=workers, k=k, device=env.device)
+    if need > max_memory_gib:
+        raise ValueError(
+            f"the table at k = {k} has G*N*A = {G}*{N}*{A} = {G * N * A:,} entries and needs "
+            f"{need:.2f} GiB with m = {m}, more than max_memory_gib = {max_memory_gib}; lower k or m, or use "
+            f"the DeepSets network (algo=deepsets), whose size does not grow with k"
+        )
+    return need
+
+
 def learn(
     env: GlobalLocalMDP,
     k: int,
@@ -142,17 +162,9 @@ def learn(
     """
     _validate(k, m, T, tol, seed, n, dtype, max_memory_gib)
     k, m = int(k), m if m == "exact" else int(m)
-    G, A, N = env.G, env.A, num_counts(k, env.L)
-    B = distinct_local_kernels(env)
     cuda = env.device.type == "cuda"  # one stream: no thread pool there
     workers = 1 if cuda else torch.get_num_threads()
-    need = table_memory_gib(G, A, N, m, dtype, blocks=B, workers=workers, k=k, device=env.device)
-    if need > max_memory_gib:
-        raise ValueError(
-            f"the table at k = {k} has G*N*A = {G}*{N}*{A} = {G * N * A:,} entries and needs "
-            f"{need:.2f} GiB with m = {m}, more than max_memory_gib = {max_memory_gib}; lower k or m, or use "
-            f"the DeepSets network (algo=deepsets), whose size does not grow with k"
-        )
+    need = check_memory(env, k, m, dtype, max_memory_gib, workers)
     if cuda:  # the device's free memory is the real limit there
         free = torch.cuda.mem_get_info(env.device)[0] / GiB
         if need > free:
@@ -186,7 +198,7 @@ def learn(
         converged=converged,
         build_seconds=build_seconds,
         learn_seconds=time.perf_counter() - t0 - build_seconds,
-        table_entries=G * N * A,
+        table_entries=qtable.q.numel(),
     )
 
 

@@ -181,32 +181,35 @@ def test_t_quantiles():
         t95(0)
 
 
-def _first_value(override: str) -> str:
-    """``key=a,b`` -> ``key=a``; ``key=range(1,11)`` -> ``key=1`` (one job of the sweep)."""
-    key, _, value = override.partition("=")
-    if value.startswith("range("):
-        value = value[len("range("):].split(",")[0].rstrip(")")
-    return f"{key}={value.split(',')[0]}"
+def _first_job(overrides: list[str]) -> list[str]:
+    """The first job of a sweep: every sweep override (``k=1,2``, ``k=range(1,11)``, lists) at its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+            for o in parsed]
 
 
 @pytest.mark.parametrize("study", sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml")))
 def test_study_sweeps_compose_and_validate(study):
-    """Every job of every study is a valid train.py config, and no sweep mixes an algo-group sweep with algo.* keys
-    (Hydra checks algo.* against the default algo before it expands the sweep)."""
+    """Every study composes under evaluate.py, the first job of each sweep is a valid train.py config, and no
+    sweep mixes an algo-group sweep with algo.* keys (Hydra checks algo.* against the default algo before it
+    expands the sweep)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     from sqtorch.experiment import validate_config
+    from sqtorch.experiment.study import sweep_overrides
 
-    sweeps = OmegaConf.load(ROOT / "conf" / "study" / f"{study}.yaml").sweeps
-    for name, overrides in sweeps.items():
-        group_sweep = any(o.startswith("algo=") and "," in o for o in overrides)
-        assert not (group_sweep and any(o.startswith("algo.") for o in overrides)), f"{study}.{name}"
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=["paths.output_dir=/nonexistent", *map(_first_value, overrides)])
-        validate_config(cfg)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        spec = compose("evaluate", overrides=[f"study={study}"]).study
+        assert spec.name == study
+        for name, overrides in sweep_overrides(spec).items():
+            group_sweep = any(o.startswith("algo=") and "," in o for o in overrides)
+            assert not (group_sweep and any(o.startswith("algo.") for o in overrides)), f"{study}.{name}"
+            cfg = compose("config", overrides=["paths.output_dir=/nonexistent", *_first_job(overrides)])
+            validate_config(cfg)
     GlobalHydra.instance().clear()
 
 

@@ -1,11 +1,11 @@
-"""Choose the `demand_response` constants by exact computation (docs/model.md §4.1).
+"""Choose the `demand_response` constants by exact computation (docs/model.md §4.1); prints a table.
 
 For each (alpha, beta, rho), at n = 3 with exact values (no sampling noise):
 - how many global states s_g have an optimal action that depends on the local count vector,
 - the exact optimality gap V* - V^{pi_k} of the subsampled policy at k = 1 and k = 2
   (pi_k greedy in the exact Q_k), averaged over 64 uniform initial states.
 
-    python bench/dr_constants.py
+    PYTHONPATH=. python tools/dr_constants.py   # the table in docs/results.md#demand-response-constants
 """
 
 from __future__ import annotations
