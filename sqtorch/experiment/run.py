@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from sqtorch import metrics as M
 from sqtorch.baselines.config import Sb3Config
 from sqtorch.evaluation.reference import build_reference, evaluate_return, exact_gap
+from sqtorch.experiment import slurm
 from sqtorch.experiment.config import RunSpec, validate_config
 from sqtorch.experiment.outputs import CONFIG, FINAL_CKPT, LAST_CKPT, QTABLE, finish, logging_to
 from sqtorch.experiment.run_sb3 import run_sb3
@@ -37,7 +38,7 @@ from sqtorch.tabular.learner import learn
 
 PROGRESS_EVERY_S = 10.0  # a tabular run prints a progress line at most this often
 class StopOnSignal(pl.Callback):
-    """After the optimizer step in which SIGTERM/SIGINT arrived: save ``last.ckpt`` and stop training.
+    """After the optimizer step in which SIGTERM/SIGINT/SIGUSR1 arrived: save ``last.ckpt`` and stop training.
 
     The checkpoint is taken at a step boundary, exactly like the periodic ones, so resuming from it
     gives the same weights as an uninterrupted run (docs/training.md, "When things go wrong").
@@ -74,7 +75,8 @@ def _fit(
 ) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [StopOnSignal(flag, out / LAST_CKPT), *(extra_callbacks or [])]
-    trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks)
+    trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks,
+                          **slurm.trainer_kwargs())  # Slurm: no Lightning auto-requeue (experiment/slurm.py)
     t0 = time.perf_counter()
     try:
         trainer.fit(module, ckpt_path=spec.ckpt_path, weights_only=True)  # no code from the file runs
@@ -149,9 +151,10 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float
     """Validate ``cfg`` (before anything is written), save it resolved, run the chosen algorithm."""
     spec = validate_config(cfg)
     out = Path(cfg.paths.output_dir)
+    spec = slurm.resume_in_place(spec, out)  # Slurm: a requeued job resumes from its own run dir
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-    with torch_threads(spec.threads), catch_signals() as flag:
+    with torch_threads(spec.threads), catch_signals(slurm.SIGNALS) as flag, slurm.requeue_on_signal():
         torch.manual_seed(spec.seed)
         if spec.algo.name == "tabular":
             return run_tabular(cfg, spec, out, flag)
