@@ -4,9 +4,9 @@ The same launcher as ``hydra_submitit_launcher``'s (one Slurm array job per swee
 its own dir ``<sweep dir>/<num>_<overrides>/``, ``array_parallelism`` jobs at once), with:
 
 - **Failures named.** The launcher waits for every job, then, if any failed (an exception in the
-  run, or a job that ended without a result: cancelled, killed, node lost), raises one error with
-  a line per failed job: its number, overrides, Slurm job id, state, reason and log file. Hydra
-  exits non-zero with it.
+  run, or a job that ended without a result: cancelled, killed, node lost), prints one line per
+  failed job (its number, overrides, Slurm job id, state, reason and log file) and
+  exits with status 1 (``SystemExit``: no traceback).
 - **No sacct noise.** submitit asks ``sacct`` for job states and warns on every poll when the
   cluster keeps no accounting. Here one line says so and the states come from ``squeue``.
 - **One preemption mechanism.** Slurm's warning signal before the time limit is SIGUSR1
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 
 REQUEUE_SIGNAL = "USR1"  # sqtorch.experiment.slurm.REQUEUE_SIGNAL
 ENDED = "ENDED"  # the state of a job that left squeue's listing (it ended long ago)
-
-
-class SweepJobsFailed(RuntimeError):
-    """Some jobs of a Slurm sweep failed; the message has one line per failed job."""
 
 
 def _one_line(e: BaseException | str) -> str:
@@ -142,5 +138,5 @@ class SlurmLauncher(SubmititSlurmLauncher):
         if failed:
             for line in failed:
                 log.error(f"failed: {line}")
-            raise SweepJobsFailed(f"{len(failed)} of {len(jobs)} Slurm jobs failed:\n" + "\n".join(failed))
+            raise SystemExit(f"{len(failed)} of {len(jobs)} Slurm jobs failed:\n" + "\n".join(failed))
         return results
