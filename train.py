@@ -7,7 +7,8 @@
     python train.py ... ckpt_path=<run dir>        # resume a killed DeepSets run
 
 Exit status: 0 done; 2 bad config, artifact or request (one line on stderr, nothing written);
-128 + signal number after SIGTERM/SIGINT (the run saved a checkpoint first); 1 anything else.
+128 + signal number after SIGTERM/SIGINT/SIGUSR1 (the run saved a checkpoint first; under Slurm
+SIGUSR1 also requeues the job, docs/training.md); 1 anything else.
 ``train(cfg)`` is a plain function (tests call it with a composed config); ``main`` is the Hydra
 wrapper that returns the validation metric to sweepers.
 """
