@@ -94,6 +94,7 @@ def steps_saved(run_dir: Path) -> list[int]:
 
 def reference(tmp: Path, args: list[str]) -> subprocess.Popen:
     """The same run outside Slurm, uninterrupted, into ``tmp/reference``."""
+    tmp.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp}/reference"],
                             cwd=tmp, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
@@ -202,6 +203,29 @@ def test_sweep_jobs_in_own_dirs_parallelism_respected_failure_named_no_sacct_noi
     times = sorted((job(cluster, f"{array}_{i}")["StartTime"], job(cluster, f"{array}_{i}")["EndTime"])
                    for i in range(3))
     assert all(times[i][1] <= times[i + 1][0] for i in range(2)), times  # one at a time (array_parallelism=1)
+
+
+def test_sweep_jobs_preempted_both_ways_resume_in_their_own_dirs(cluster, tmp_path):
+    """A DeepSets sweep on the launcher: job 0 gets SIGUSR1 (``scancel --full``), job 1 ``scontrol requeue``."""
+    sweep = tmp_path / "sweep"
+    argv = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", *LAUNCHER,
+            *DEEPSETS, "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    refs = [reference(tmp_path / f"ref{seed}", [*DEEPSETS, f"seed={seed}"]) for seed in (0, 1)]
+    both = lambda: all(list(sweep.glob(f"{n}_*/checkpoints/step-*.ckpt")) for n in (0, 1))  # noqa: E731
+    wait_for("a checkpoint of both jobs", both)
+    array = cluster.run("squeue", "-h", "-o", "%i").split()[0].split("_")[0]
+    subprocess.run(doc("usr1", f"{array}_0"), env=cluster.env, check=True, timeout=60)
+    subprocess.run(doc("requeue", f"{array}_1"), env=cluster.env, check=True, timeout=60)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    for n in (0, 1):
+        job_dir = next(sweep.glob(f"{n}_*"))
+        assert job(cluster, f"{array}_{n}")["Restarts"] == "1"
+        assert re.search(r"resuming from \S+ \(step \d+\)", (job_dir / "train.log").read_text())
+        finished(refs[n])
+        same_deepsets(job_dir, tmp_path / f"ref{n}" / "reference")
 
 
 def test_study_trains_its_sweeps_as_slurm_jobs_then_evaluates(cluster, tmp_path):

@@ -12,7 +12,8 @@ its own dir ``<sweep dir>/<num>_<overrides>/``, ``array_parallelism`` jobs at on
 - **One preemption mechanism.** Slurm's warning signal before the time limit is SIGUSR1
   (``--signal=USR1@<signal_delay_s>``), handled by the run itself like a ``train.py`` job's
   (sqtorch/experiment/slurm.py: step-boundary checkpoint, ``scontrol requeue``, resume in the
-  same job dir); each job holds SIGUSR1 blocked until the run's handler is installed.
+  same job dir); each job holds SIGUSR1 blocked until the run's handler is installed, and its
+  batch shell ignores SIGUSR1 (``scancel --full`` signals it too; its death would end the job).
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ class SlurmLauncher(SubmititSlurmLauncher):
         assert self.config is not None
         submitit_slurm.SlurmJobEnvironment.USR_SIG = REQUEUE_SIGNAL  # sbatch --signal=USR1@<signal_delay_s>
         submitit_slurm.SlurmJob.watcher = squeue_watcher()
-        params = self.params
+        params = dict(self.params)
+        # the batch shell ignores SIGUSR1: `scancel --full` signals it too, and its death would end the job
+        params["setup"] = ["trap '' USR1", *(params.get("setup") or [])]
         init_params = {"folder": params["submitit_folder"]}
         init_params.update({f"{self._EXECUTOR}_{x}": y for x, y in params.items() if x in {"max_num_timeout"}})
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
