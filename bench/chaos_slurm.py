@@ -5,8 +5,8 @@
 Starts a single-node cluster (tests/slurm_cluster.py) and submits DeepSets (queue, k = 2, 600 steps,
 a checkpoint every 40) and tabular (queue, k = 3, m = 4) jobs with ``examples/slurm_train.sbatch``,
 at most two running at once. Each job is preempted once or twice, each time at a random instant of
-its attempt (uniform over [1 s, 95%] of an uninterrupted run's wall time, counted from the start of
-its ``srun`` step), in one of three ways:
+its attempt (uniform over [1 s, 95%] of an uninterrupted job's wall time on the same cluster,
+counted from the start of its ``srun`` step), in one of three ways:
 
 - ``requeue``: ``scontrol requeue`` (SIGTERM, then back to the queue; the job resumes itself);
 - ``usr1``: ``scancel --signal=USR1 --full`` (what ``--signal=SIGUSR1@90`` sends: the run
@@ -27,6 +27,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,14 @@ class Chaos:
         same = state == "COMPLETED" and (run_dir / "metrics.json").is_file() and self.same(algo, run_dir)
         return dict(num=num, algo=algo, jobs=jobs, events=events, lost=lost, torn=torn, same=same, state=state)
 
+    def uninterrupted(self, algo: str) -> tuple[float, bool]:
+        """Seconds from an uninterrupted job's srun step to its end, and whether it equals the reference."""
+        jid = self.submit(algo)
+        self.wait("step", lambda: self.attempt(jid), every=0.1)
+        t0 = time.monotonic()
+        self.wait("completed", lambda: self.job(jid)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED"), every=0.2)
+        return time.monotonic() - t0, self.same(algo, self.out / "logs" / "runs" / f"slurm-{jid}")
+
     def attempt(self, jid: str) -> str | None:
         """The job's state once it has ended, or RUNNING once its srun step runs; else None."""
         state = self.job(jid)["JobState"]
@@ -189,8 +198,15 @@ def main() -> None:
         print(f"reference {algo}: {duration[algo]:.1f} s", flush=True)
     with SlurmCluster(out / "cluster") as cluster:
         cluster.env.update(PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{cluster.env['PATH']}")
-        chaos = Chaos(cluster, out, duration)
+        signal.signal(signal.SIGTERM, lambda *_: (cluster.stop(), os._exit(143)))
+        chaos = Chaos(cluster, out, {})
         chaos.reference = reference
+        with ThreadPoolExecutor(max_workers=2) as pool:  # uninterrupted jobs: their wall times set the instants
+            timed = dict(zip(ALGOS, pool.map(chaos.uninterrupted, ALGOS), strict=True))
+        chaos.duration = {algo: seconds for algo, (seconds, _) in timed.items()}
+        for algo, (seconds, same) in timed.items():
+            print(f"uninterrupted {algo} job on Slurm: {seconds:.1f} s from its srun step to its end, "
+                  f"{'identical' if same else 'DIFFERENT'} to the run outside Slurm", flush=True)
         results: list[dict] = []
         with ThreadPoolExecutor(max_workers=3) as pool:  # two jobs run at once on 2 CPUs, one waits in the queue
             while sum(bool(r["events"]) for r in results) < args.jobs:
@@ -208,7 +224,8 @@ def main() -> None:
           f"{sum(kinds.values())} preemptions ({', '.join(f'{k} {v}' for k, v in kinds.items())}), "
           f"torn files {sum(len(r['torn']) for r in results)}, mismatches {sum(not r['same'] for r in results)}, "
           f"resumed before the last periodic checkpoint {violations}; wall {wall:.0f} s; "
-          f"references: {', '.join(f'{a} {d:.1f} s' for a, d in duration.items())}\n")
+          f"outside Slurm: {', '.join(f'{a} {d:.1f} s' for a, d in duration.items())}; uninterrupted jobs: "
+          f"{', '.join(f'{a} {d:.1f} s' for a, d in chaos.duration.items())}\n")
     print("| job | algo | Slurm jobs | preemptions (action@seconds into the attempt) | resumed at step "
           "(newest periodic checkpoint when signalled) | torn | result vs uninterrupted |")
     print("|---|---|---|---|---|---|---|")
