@@ -3,7 +3,7 @@
     python bench/chaos_slurm.py --jobs 20 --seed 0      # as root; prints a markdown table (bench/RESULTS.md)
 
 Starts a single-node cluster (tests/slurm_cluster.py) and submits DeepSets (queue, k = 2, 600 steps,
-a checkpoint every 40) and tabular (queue, k = 3, m = 4) jobs with ``examples/slurm_train.sbatch``,
+a checkpoint every 40) and tabular (demand response, k = 5, m = 10) jobs with ``examples/slurm_train.sbatch``,
 at most two running at once. Each job is preempted once or twice, each time at a random instant of
 its attempt (uniform over [1 s, 95%] of an uninterrupted job's wall time on the same cluster,
 counted from the start of its ``srun`` step), in one of three ways:
@@ -51,7 +51,8 @@ from sqtorch.tabular.qtable import QTable  # noqa: E402
 ALGOS = {
     "deepsets": ["debug=fast", "logger=none", "trainer=cpu", "k=2", "algo.max_steps=600", "algo.checkpoint_every=40",
                  "eval.every=600"],
-    "tabular": ["algo=tabular", "debug=fast", "logger=none", "k=3", "algo.m=4", "algo.T=200", "algo.tol=1e-12"],
+    "tabular": ["algo=tabular", "debug=fast", "logger=none", "env=demand_response", "k=5", "algo.m=10", "algo.T=300",
+                "algo.tol=1e-10"],
 }
 ACTIONS = ("requeue", "usr1", "cancel")
 TEMPLATE = ROOT / "examples" / "slurm_train.sbatch"
@@ -108,8 +109,10 @@ class Chaos:
             if action == "cancel":
                 self.wait("cancelled", lambda j=jid: self.job(j)["JobState"] == "CANCELLED")
             else:  # requeued: pending until its credential expires, then it runs again
-                self.wait("requeued", lambda j=jid, n=restarts: int(self.job(j)["Restarts"]) > n
-                          and self.job(j)["JobState"] == "PENDING")
+                state = self.wait("requeued", lambda j=jid, n=restarts: self.requeued(j, n))
+                if state == "COMPLETED":  # SIGUSR1 after the run's last check: it finished, nothing to requeue
+                    events[-1] += " (completed)"
+                    break
             torn += self.torn(run_dir)
             ckpts = algo == "deepsets" and list(run_dir.glob("checkpoints/*.ckpt"))
             if ckpts:  # the step the next attempt resumes from (the same newest checkpoint)
@@ -131,6 +134,13 @@ class Chaos:
         t0 = time.monotonic()
         self.wait("completed", lambda: self.job(jid)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED"), every=0.2)
         return time.monotonic() - t0, self.same(algo, self.out / "logs" / "runs" / f"slurm-{jid}")
+
+    def requeued(self, jid: str, restarts: int) -> str | None:
+        """PENDING once the job was requeued, COMPLETED if it finished instead; else None."""
+        info = self.job(jid)
+        if info["JobState"] == "COMPLETED" or (int(info["Restarts"]) > restarts and info["JobState"] == "PENDING"):
+            return info["JobState"]
+        return None
 
     def attempt(self, jid: str) -> str | None:
         """The job's state once it has ended, or RUNNING once its srun step runs; else None."""

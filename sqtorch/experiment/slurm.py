@@ -44,6 +44,7 @@ REQUEUE_SIGNAL = signal.SIGUSR1
 SIGNALS = (signal.SIGTERM, signal.SIGINT, REQUEUE_SIGNAL)  # what a run catches to stop at a step boundary
 REQUEUE_ATTEMPTS = 3
 SRUN_WARNING = r"The `srun` command is available on your system but is not used"
+SCONTROL_REQUEUE = "trap '' TERM; exec scontrol requeue \"$1\""  # SIGTERM ignored (inherited through exec)
 
 
 def job_id() -> str | None:
@@ -105,10 +106,6 @@ def trainer_kwargs() -> dict[str, Any]:
     return {}
 
 
-def _ignore_sigterm() -> None:  # in the scontrol child: the requeue it asks for sends the job SIGTERM
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def requeue() -> str:
     """Requeue this Slurm job (``scontrol requeue``); returns what happened, in words.
 
@@ -122,8 +119,7 @@ def requeue() -> str:
     error = ""
     for attempt in range(REQUEUE_ATTEMPTS):
         try:
-            proc = subprocess.run(["scontrol", "requeue", jid], capture_output=True, text=True, timeout=60,
-                                  preexec_fn=_ignore_sigterm)
+            proc = subprocess.run(["sh", "-c", SCONTROL_REQUEUE, "sh", jid], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
             error = f"{type(e).__name__}: {e}"
         else:
