@@ -87,6 +87,7 @@ class Chaos:
         """One job: submit, preempt 1-2 times at random instants, let it finish, compare."""
         jid = self.submit(algo)
         jobs, events, lost, torn = [jid], [], [], []
+        resume_dir = None  # the newest run dir of this job's lineage that holds checkpoints
         preempts = rng.choice((1, 2))
         while len(events) < preempts:
             # the current attempt: wait for its srun step, then preempt at a random instant (or let it finish)
@@ -104,21 +105,22 @@ class Chaos:
             restarts = int(self.job(jid)["Restarts"])
             cmd = {"requeue": ["scontrol", "requeue", jid], "usr1": ["scancel", "--signal=USR1", "--full", jid],
                    "cancel": ["scancel", jid]}[action]
-            self.c.run(*cmd)
             events.append(f"{action}@{time.monotonic() - t0:.1f}s")
+            self.c.run(*cmd, check=False)  # scontrol requeue fails on a job that is ending: then it completes
             if action == "cancel":
                 self.wait("cancelled", lambda j=jid: self.job(j)["JobState"] == "CANCELLED")
             else:  # requeued: pending until its credential expires, then it runs again
                 state = self.wait("requeued", lambda j=jid, n=restarts: self.requeued(j, n))
-                if state == "COMPLETED":  # SIGUSR1 after the run's last check: it finished, nothing to requeue
-                    events[-1] += " (completed)"
+                if state != "PENDING":  # signalled after the run's last check (or while ending): it ended
+                    events[-1] += f" ({state.lower()})"
                     break
             torn += self.torn(run_dir)
-            ckpts = algo == "deepsets" and list(run_dir.glob("checkpoints/*.ckpt"))
-            if ckpts:  # the step the next attempt resumes from (the same newest checkpoint)
-                lost.append((before, checkpoint_step(latest_checkpoint(run_dir))))
-            if action == "cancel":  # a new job by hand: DeepSets from the old run dir, tabular from the start
-                jid = self.submit(algo, [f"ckpt_path={run_dir}"] if ckpts else [])
+            if algo == "deepsets" and list(run_dir.glob("checkpoints/*.ckpt")):
+                resume_dir = run_dir
+            if resume_dir is not None:  # the step the next attempt resumes from (the same newest checkpoint)
+                lost.append((before, checkpoint_step(latest_checkpoint(resume_dir))))
+            if action == "cancel":  # a new job by hand: DeepSets from the newest checkpoint, tabular from the start
+                jid = self.submit(algo, [f"ckpt_path={resume_dir}"] if resume_dir is not None else [])
                 jobs.append(jid)
         self.wait("completed", lambda: self.job(jid)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED"))
         run_dir = self.out / "logs" / "runs" / f"slurm-{jid}"
@@ -136,9 +138,10 @@ class Chaos:
         return time.monotonic() - t0, self.same(algo, self.out / "logs" / "runs" / f"slurm-{jid}")
 
     def requeued(self, jid: str, restarts: int) -> str | None:
-        """PENDING once the job was requeued, COMPLETED if it finished instead; else None."""
+        """PENDING once the job was requeued, COMPLETED or FAILED if it ended instead; else None."""
         info = self.job(jid)
-        if info["JobState"] == "COMPLETED" or (int(info["Restarts"]) > restarts and info["JobState"] == "PENDING"):
+        if info["JobState"] in ("COMPLETED", "FAILED") or (int(info["Restarts"]) > restarts
+                                                           and info["JobState"] == "PENDING"):
             return info["JobState"]
         return None
 
