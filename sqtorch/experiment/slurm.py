@@ -125,12 +125,11 @@ def requeue() -> str:
         else:
             if proc.returncode == 0:
                 return f"requeued Slurm job {jid}: it resumes from its newest checkpoint"
-            error = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-            error = error[0]
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            error = lines[-1] if lines else f"exit {proc.returncode}"
         logger.warning("scontrol requeue %s failed (attempt %d of %d): %s", jid, attempt + 1, REQUEUE_ATTEMPTS, error)
         time.sleep(1.0)
-    return (f"Slurm job {jid} was NOT requeued ({error}); resume by hand: sbatch <the same script> "
-            f"ckpt_path=<this run dir>")
+    return f"Slurm job {jid} was NOT requeued ({error}): resume by hand, a new job with that ckpt_path"
 
 
 @contextmanager
