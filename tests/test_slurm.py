@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -253,3 +254,31 @@ def test_docs_section_lists_exactly_the_commands_and_template_tested_here():
     assert (ROOT / TEMPLATE).read_text() == blocks[0], "the template in the docs differs from examples/"
     commands = [line.split("  #")[0].strip() for line in blocks[1].splitlines() if line.strip()]
     assert commands == list(DOC_COMMANDS.values())
+
+
+@pytest.mark.parametrize(("script", "expect"), [
+    ('kill -TERM $$; echo "$@" > "$FAKE_OUT"', "requeued Slurm job 42"),  # the SIGTERM the requeue sends the job
+    ('echo "scontrol: error: Job is not requeueable" >&2; exit 1', "Slurm job 42 was NOT requeued (scontrol: error:"),
+])
+def test_sigusr1_requeue_survives_its_own_sigterm_and_reports_a_refusal(tmp_path, monkeypatch, script, expect):
+    """``requeue_on_signal`` with a stand-in ``scontrol`` on PATH (the cluster tests run the real one)."""
+    from sqtorch.experiment import slurm
+    from sqtorch.runtime import Interrupted
+
+    fake = tmp_path / "scontrol"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_OUT", str(tmp_path / "called"))
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setattr(slurm.time, "sleep", lambda s: None)
+    with pytest.raises(Interrupted) as e, slurm.requeue_on_signal():
+        raise Interrupted(signal.SIGUSR1, "checkpoint X")
+    assert e.value.signum == signal.SIGUSR1 and str(e.value).startswith("interrupted by SIGUSR1: checkpoint X; ")
+    assert expect in str(e.value), str(e.value)
+    if "kill" in script:
+        assert (tmp_path / "called").read_text().split() == ["requeue", "42"]
+    with pytest.raises(Interrupted) as e, slurm.requeue_on_signal():  # SIGTERM: Slurm decides, no requeue here
+        raise Interrupted(signal.SIGTERM, "checkpoint X")
+    assert str(e.value) == "interrupted by SIGTERM: checkpoint X"
