@@ -4,6 +4,7 @@
     python evaluate.py 'runs=[<dir>,<dir>]' expect_env=queue      # several dirs, all must be queue runs
     python evaluate.py study=queue_k_scaling                # train the study's sweeps, then evaluate
     python evaluate.py study=baselines                      # SUBSAMPLE-Q variants vs SB3 DQN / PPO
+    python evaluate.py study=dr_n8 hydra/launcher=slurm hydra.launcher.partition=<p>   # sweeps as Slurm jobs
     python evaluate.py study=queue_k_scaling compare=docs/queue_k_scaling/summary.json   # reproduce?
 
 A study is config only (``conf/study/<name>.yaml``, docs/results.md lists them): its ``sweeps``
@@ -53,6 +54,14 @@ from sqtorch.runtime import torch_threads
 TRAIN = Path(__file__).resolve().parent / "train.py"
 
 
+def launcher_overrides() -> list[str]:
+    """This command's ``hydra/launcher=...`` and ``hydra.launcher.*`` overrides: a study's sweeps run with them
+    (``hydra/launcher=slurm``: every training run a Slurm job)."""
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.hydra if o.startswith(("hydra/launcher=", "hydra.launcher."))]
+
+
 def run_sweeps(study: DictConfig, out: Path, reuse: bool = False) -> tuple[list[Path], dict[str, float], list[str]]:
     """Run every training sweep of ``study`` as ``train.py -m`` into ``out/train/<name>``.
 
@@ -72,7 +81,7 @@ def run_sweeps(study: DictConfig, out: Path, reuse: bool = False) -> tuple[list[
             reused.append(name)
             continue
         t0 = time.perf_counter()
-        cmd = [sys.executable, str(TRAIN), "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+        cmd = [sys.executable, str(TRAIN), "-m", *overrides, *launcher_overrides(), f"hydra.sweep.dir={sweep_dir}"]
         print(f"[evaluate] {name}: {' '.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, check=False)  # failed jobs show up as missing, the rest is evaluated
         seconds[name] = time.perf_counter() - t0

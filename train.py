@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the imports after the SIGUSR1 block below)
 """Hydra entry point for tabular and DeepSets SUBSAMPLE-Q (docs/model.md §2, §3).
 
     python train.py env=queue k=8                  # DeepSets (algo=deepsets is the default)
@@ -6,7 +7,8 @@
     python train.py ... ckpt_path=<run dir>        # resume a killed DeepSets run
 
 Exit status: 0 done; 2 bad config, artifact or request (one line on stderr, nothing written);
-128 + signal number after SIGTERM/SIGINT (the run saved a checkpoint first); 1 anything else.
+128 + signal number after SIGTERM/SIGINT/SIGUSR1 (the run saved a checkpoint first; under Slurm
+SIGUSR1 also requeues the job, docs/training.md); 1 anything else.
 ``train(cfg)`` is a plain function (tests call it with a composed config); ``main`` is the Hydra
 wrapper that returns the validation metric to sweepers.
 """
@@ -14,8 +16,14 @@ wrapper that returns the validation metric to sweepers.
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from pathlib import Path
+
+# Slurm's requeue signal (SIGUSR1) waits, blocked, until the run's handler is installed: arriving
+# during start-up (the imports below take seconds) it would otherwise end the process and the job.
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 
 import hydra
 from hydra import compose, initialize_config_dir

@@ -105,7 +105,7 @@ class Interrupted(BaseException):
     """
 
     def __init__(self, signum: int, detail: str = "") -> None:
-        self.signum = int(signum)
+        self.signum, self.detail = int(signum), detail
         super().__init__(f"interrupted by {signal.Signals(self.signum).name}{': ' + detail if detail else ''}")
 
     @property
@@ -130,13 +130,20 @@ class SignalFlag:
 
 @contextmanager
 def catch_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[SignalFlag]:
-    """Within the block, SIGTERM and SIGINT set a :class:`SignalFlag` instead of ending the process."""
+    """Within the block, SIGTERM and SIGINT (or ``signums``) set a :class:`SignalFlag` instead of ending the process.
+
+    The signals are unblocked for the block, so one that arrived while the process held them
+    blocked (``signal.pthread_sigmask``, e.g. during start-up) is recorded on entry; the previous
+    mask is restored on exit.
+    """
     flag = SignalFlag()
     previous = {s: signal.getsignal(s) for s in signums}
     for s in signums:
         signal.signal(s, flag)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)  # a signal held back until now arrives here
     try:
         yield flag
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -36,7 +36,7 @@ def run_name() -> str:
     """This process's run dir name: ``<time>_p<pid>-<random>``, so that runs never share a directory.
 
     Under Slurm it is ``slurm-<job id>[_<array task>]`` instead, the same after a requeue, so a
-    requeued job finds its own directory and Lightning resumes it from its ``hpc_ckpt_*.ckpt``.
+    requeued job finds its own directory and resumes there (:mod:`sqtorch.experiment.slurm`).
     """
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
     if job:

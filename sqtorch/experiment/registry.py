@@ -73,6 +73,7 @@ class Algorithm:
     config: ClassVar[type]  # dataclass of its settings; its instances have .name == name
     artifact: ClassVar[str]  # path in the run dir of what load() reads (marks a run as trained)
     interruptible: ClassVar[bool] = True  # False: SIGTERM/SIGINT end it the default way (no checkpoint)
+    resumable: ClassVar[bool] = False  # True: resume_from() resolves ckpt_path (and Slurm requeues resume)
     local_actions: ClassVar[bool] = False  # True: for envs whose local agents act (LocalActionMDP)
 
     def train(self, ctx: TrainContext) -> dict[str, float]:

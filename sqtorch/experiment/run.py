@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sqtorch.experiment import slurm
 from sqtorch.experiment.config import validate_config
 from sqtorch.experiment.outputs import CONFIG
 from sqtorch.experiment.registry import TrainContext, get_algorithm
@@ -25,15 +26,17 @@ from sqtorch.runtime import catch_signals, torch_threads, write_text_atomic
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
     """Validate ``cfg`` (before anything is written), save it resolved, train with its algorithm.
 
-    Returns the final metrics. SIGTERM/SIGINT end an interruptible algorithm at a safe point with
-    its state saved and raise :class:`sqtorch.runtime.Interrupted` (docs/training.md).
+    Returns the final metrics. SIGTERM/SIGINT (and SIGUSR1 under Slurm, which then requeues the
+    job) end an interruptible algorithm at a safe point with its state saved and raise
+    :class:`sqtorch.runtime.Interrupted` (docs/training.md; :mod:`sqtorch.experiment.slurm`).
     """
     spec = validate_config(cfg)
     algo = get_algorithm(spec.algo.name)
     out = Path(cfg.paths.output_dir)
+    spec = slurm.resume_in_place(algo, spec, out)  # Slurm: a requeued job resumes from its own run dir
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-    with torch_threads(spec.threads), catch_signals() as flag:
+    with torch_threads(spec.threads), catch_signals(slurm.SIGNALS) as flag, slurm.requeue_on_signal():
         if not algo.interruptible:  # a signal ends it the default way
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sqtorch import metrics as M
+from sqtorch.experiment import slurm
 from sqtorch.experiment.outputs import FINAL_CKPT, LAST_CKPT, finish, logging_to
 from sqtorch.experiment.registry import Algorithm, LoadedPolicy, TrainContext
 from sqtorch.neural.checkpoint import check_compatible, latest_checkpoint
@@ -28,7 +29,7 @@ from sqtorch.runtime import SignalFlag
 
 
 class StopOnSignal(pl.Callback):
-    """After the optimizer step in which SIGTERM/SIGINT arrived: save ``last.ckpt`` and stop training.
+    """After the optimizer step in which SIGTERM/SIGINT/SIGUSR1 arrived: save ``last.ckpt`` and stop training.
 
     The checkpoint is taken at a step boundary, exactly like the periodic ones, so resuming from it
     gives the same weights as an uninterrupted run (docs/training.md, "When things go wrong").
@@ -47,6 +48,7 @@ class DeepSets(Algorithm):
     name = "deepsets"
     config = DeepSetsConfig
     artifact = FINAL_CKPT
+    resumable = True
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Fit :class:`SubsampleQModule` with the configured Trainer, then evaluate it on n agents."""
@@ -56,7 +58,8 @@ class DeepSets(Algorithm):
         with logging_to(cfg) as tb:
             callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
             callbacks += [StopOnSignal(flag, out / LAST_CKPT), *ctx.extra_callbacks]
-            trainer = instantiate(cfg.trainer, logger=tb if tb is not None else False, callbacks=callbacks)
+            trainer = instantiate(cfg.trainer, logger=tb if tb is not None else False, callbacks=callbacks,
+                                  **slurm.trainer_kwargs())  # Slurm: no Lightning auto-requeue
             t0 = time.perf_counter()
             try:
                 trainer.fit(module, ckpt_path=spec.ckpt_path, weights_only=True)  # no code from the file runs

@@ -1,0 +1,1 @@
+"""sqtorch's Hydra launcher plugin: ``hydra/launcher=slurm`` (see :mod:`.launcher`)."""
