@@ -9,24 +9,27 @@ from typing import Any
 
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.demand_response import demand_response, demand_response_script
+from sqtorch.envs.protocol import LocalSpace, Simulator, check_simulator
 from sqtorch.envs.queue import queue
+from sqtorch.envs.tcl import tcl
 from sqtorch.envs.simulator import sample_initial_state, sample_subset, step
 from sqtorch.envs.types import queue_types, type_of, with_types
 
-ENVS: dict[str, Callable[..., GlobalLocalMDP]] = {
+ENVS: dict[str, Callable[..., Simulator]] = {
     "queue": queue,
     "demand_response": demand_response,
     "demand_response_script": demand_response_script,
     "queue_types": queue_types,
+    "tcl": tcl,
 }
 
 
-def register_env(name: str, builder: Callable[..., GlobalLocalMDP]) -> None:
+def register_env(name: str, builder: Callable[..., Simulator]) -> None:
     """Make ``make_env(name, **params)`` call ``builder(**params)``."""
     ENVS[name] = builder
 
 
-def _builder(target: str) -> Callable[..., GlobalLocalMDP]:
+def _builder(target: str) -> Callable[..., Simulator]:
     module, _, attr = target.rpartition(".")
     try:
         return getattr(importlib.import_module(module), attr)
@@ -34,29 +37,30 @@ def _builder(target: str) -> Callable[..., GlobalLocalMDP]:
         raise ValueError(f"env._target_ = '{target}' cannot be imported: {e}") from e
 
 
-def env_params(builder: Callable[..., GlobalLocalMDP]) -> dict[str, Any]:
+def env_params(builder: Callable[..., Simulator]) -> dict[str, Any]:
     """The keyword parameters of an env builder with their defaults (``inspect.Parameter.empty``: required)."""
     sig = inspect.signature(builder)
     return {p.name: p.default for p in sig.parameters.values()
             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
-def build_env(spec: GlobalLocalMDP | str | Mapping[str, Any], /, **params: Any) -> GlobalLocalMDP:
+def build_env(spec: Simulator | str | Mapping[str, Any], /, **params: Any) -> Simulator:
     """The one way to get an env: from itself, a registered name, or a config mapping.
 
-    - a :class:`GlobalLocalMDP` is returned as it is (``params`` must be empty);
+    - a :class:`GlobalLocalMDP` or any other :class:`Simulator` is returned as it is (``params`` must be empty);
     - ``"queue"`` (a name of :func:`register_env`) calls the registered builder with ``params``;
     - ``{"_target_": "pkg.module.builder", **params}`` imports the builder (``{"_target_":
       "sqtorch.envs.queue", "Q": 4}`` calls ``queue(Q=4)``); ``{"name": "queue", **params}`` looks
-      the name up. A custom env is a function returning a :class:`GlobalLocalMDP` (docs/model.md §4.3).
+      the name up. A custom env is a function returning a :class:`GlobalLocalMDP` (docs/model.md §4.3)
+      or a :class:`Simulator` (docs/model.md §1.1; ``tcl`` is one).
 
     Training (Hydra's ``env`` node), the Gymnasium interface, the baselines and evaluation all call
     this. Errors are one-line ``ValueError`` naming the bad key, e.g. ``env.not_a_param is not a
     parameter of queue(Q, G, ...)``, raised before the builder runs.
     """
-    if isinstance(spec, GlobalLocalMDP):
+    if isinstance(spec, Simulator):
         if params:
-            raise ValueError(f"env constants {sorted(params)} given with a GlobalLocalMDP; "
+            raise ValueError(f"env constants {sorted(params)} given with a {type(spec).__name__}; "
                              "pass constants only with a name or a config")
         return spec
     if isinstance(spec, str):
@@ -84,12 +88,12 @@ def build_env(spec: GlobalLocalMDP | str | Mapping[str, Any], /, **params: Any) 
     if missing:
         raise ValueError(f"env.{missing[0]} is required by {label}({', '.join(allowed)}) but not set")
     env = builder(**cfg)
-    if not isinstance(env, GlobalLocalMDP):
-        raise ValueError(f"env builder {label} returned {type(env).__name__}, expected GlobalLocalMDP")
+    if not isinstance(env, Simulator):
+        raise ValueError(f"env builder {label} returned {type(env).__name__}, expected a GlobalLocalMDP or Simulator")
     return env
 
 
-def make_env(name: str, **params: Any) -> GlobalLocalMDP:
+def make_env(name: str, **params: Any) -> Simulator:
     """A registered environment by name: ``build_env(name, **params)``."""
     return build_env(name, **params)
 
@@ -99,12 +103,16 @@ __all__ = [
     "ENVS",
     "env_params",
     "GlobalLocalMDP",
+    "LocalSpace",
+    "Simulator",
+    "check_simulator",
     "demand_response",
     "demand_response_script",
     "make_env",
     "queue",
     "queue_types",
     "register_env",
+    "tcl",
     "sample_initial_state",
     "sample_subset",
     "step",
