@@ -62,7 +62,7 @@ def main() -> None:
     best_targets = max(grid, key=lambda t: evaluate_mc(env, Tracking(env, t, 8), n, **search).mean)
     final = dict(num_initial=32, rollouts=16, seed=0, initial_seed=0)
     base = evaluate_mc(env, PriceOnly(best_table), n, **final)
-    print(f"## `tcl`: tracking the sampled temperatures vs the best price-only offsets (`bench/tcl_heuristics.py`)\n")
+    print("## `tcl`: tracking the sampled temperatures vs the best price-only offsets (`bench/tcl_heuristics.py`)\n")
     print(f"Command: `PYTHONPATH=. python bench/tcl_heuristics.py --n {n} --threads {args.threads}`\n")
     print(f"tcl defaults (offsets {env.offsets} °C, prices {env.prices} $/kWh, gamma {env.gamma}), n = {n}; "
           f"search on seed 1 (16 x 8 rollouts, H = 100), evaluation on seed 0: 32 initial states x 16 rollouts, "

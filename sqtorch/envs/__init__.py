@@ -11,8 +11,8 @@ from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.demand_response import demand_response, demand_response_script
 from sqtorch.envs.protocol import LocalSpace, Simulator, check_simulator
 from sqtorch.envs.queue import queue
-from sqtorch.envs.tcl import tcl
 from sqtorch.envs.simulator import sample_initial_state, sample_subset, step
+from sqtorch.envs.tcl import tcl
 from sqtorch.envs.types import queue_types, type_of, with_types
 
 ENVS: dict[str, Callable[..., Simulator]] = {

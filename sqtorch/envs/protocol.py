@@ -222,11 +222,25 @@ def _check_device(name: str, t: Tensor, device: torch.device) -> None:
         raise ValueError(f"{name} is on {t.device}, expected the simulator's device {device}")
 
 
+def _not_reproducible(name: str, method: str) -> ValueError:
+    return ValueError(f"{name}.{method} gives different results for the same generator seed: draw every random number "
+                      "from the generator argument (torch.rand(..., generator=generator)), not from torch's, numpy's "
+                      "or Python's global generator")
+
+
+def _same(a: Tensor | tuple[Tensor, ...], b: Tensor | tuple[Tensor, ...]) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+
+
 def _rollout(sim: Simulator, n: int, batch: int, steps: int, seed: int) -> list[Tensor]:
     """Every tensor of a short seeded rollout, each method's output checked as it comes."""
     dev, G, A = sim.device, sim.G, sim.A
     gen = _gen(seed, dev)
     out = sim.initial(n, batch, gen)
+    if isinstance(out, tuple) and not _same(out, sim.initial(n, batch, _gen(seed, dev))):
+        raise _not_reproducible(sim.name, "initial")
     if not isinstance(out, tuple) or len(out) != 2:
         raise ValueError(f"{sim.name}.initial returned {type(out).__name__}, expected a tuple (s_g, s_l)")
     s_g, s_l = out
@@ -246,6 +260,13 @@ def _rollout(sim: Simulator, n: int, batch: int, steps: int, seed: int) -> list[
         s_g_next = sim.global_step(s_g, a_g, gen)
         _check_global(f"{sim.name}.global_step (step {t}): s_g'", s_g_next, batch, G)
         after = gen.get_state()
+        gen.set_state(state)
+        if not torch.equal(sim.local_step(s_g, s_l, a_g, gen), s_l_next):
+            raise _not_reproducible(sim.name, "local_step")
+        if not torch.equal(sim.global_step(s_g, a_g, gen), s_g_next):
+            raise _not_reproducible(sim.name, "global_step")
+        if not torch.equal(sim.reward(s_g, s_l, a_g), r):
+            raise _not_reproducible(sim.name, "reward")
         gen.set_state(state)
         fused = sim.step(s_g, s_l, a_g, gen)
         if not isinstance(fused, tuple) or len(fused) != 3:
@@ -309,11 +330,8 @@ def check_simulator(sim: Simulator, n: int = 5, batch: int = 3, steps: int = 3, 
         torch.random.set_rng_state(rng_torch)
         np.random.set_state(rng_np)
         random.setstate(rng_py)
-    for a, b in zip(*runs, strict=True):
-        if not torch.equal(a, b):
-            raise ValueError(f"simulator '{name}' gives different results for the same generator seed: draw every "
-                             "random number from the generator argument (torch.rand(..., generator=generator)), "
-                             "not from torch's, numpy's or Python's global generator")
+    if not _same(tuple(runs[0]), tuple(runs[1])):
+        raise _not_reproducible(name, "step")
 
 
 __all__ = ["LocalSpace", "Simulator", "check_simulator"]
