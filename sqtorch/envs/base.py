@@ -171,10 +171,10 @@ class GlobalLocalMDP(Simulator):
     def reward(self, s_g: Tensor, s_l: Tensor, a_g: Tensor) -> Tensor:
         """Full-system reward ``r_g[g, a] + (1/n) sum_i r_l[g, a, s_i]`` (docs/model.md §1), batched.
 
-        ``s_g [B]``, ``s_l [B, n]``, ``a_g [B]`` -> ``[B]`` float64.
+        ``s_g [B]``, ``s_l [B, m]`` (the n agents, or any m of them), ``a_g [B]`` -> ``[B]`` float64.
         """
-        local = self.r_l[s_g[:, None], a_g[:, None], s_l].mean(-1)
-        return self.r_g[s_g, a_g] + local
+        row = s_l + ((s_g * self.A + a_g) * self.L)[:, None]  # flat index of (g, a, x) in r_l, as in the step
+        return self.r_g[s_g, a_g] + self.r_l.reshape(-1).take(row).mean(-1)
 
     def initial(self, n: int, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Initial states ``(s_g [batch], s_l [batch, n])``: :func:`~sqtorch.envs.simulator.sample_initial_state`."""

@@ -99,38 +99,47 @@ class TCLSimulator(Simulator):
     def initial(self, n: int, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Uniform price level; ``theta ~ U[theta_set -+ init_spread]``, mode on with probability 1/2."""
         s_g = torch.randint(self.G, (batch,), generator=generator, device=self._device)
-        u = torch.rand((batch, n, 2), generator=generator, device=self._device)
-        theta = (u[..., 0] * 2 - 1) * self.init_spread + self.theta_set
-        return s_g, torch.stack((theta, (u[..., 1] < 0.5).float()), -1)
+        u = torch.rand((batch, 2, n), generator=generator, device=self._device)
+        u[:, 0].mul_(2 * self.init_spread).add_(self.theta_set - self.init_spread)
+        u[:, 1] = u[:, 1] < 0.5
+        return s_g, u.transpose(1, 2)
 
     def global_step(self, s_g: Tensor, a_g: Tensor, generator: torch.Generator) -> Tensor:
         """The price chain: stay with probability ``price_stay``, else a uniform other level."""
         u = torch.rand(s_g.shape, generator=generator, device=s_g.device, dtype=torch.float64)
         return (self._cdf_g[s_g] <= u[:, None]).sum(1).clamp_(max=self.G - 1)
 
-    def _on(self, s_l: Tensor, a_g: Tensor) -> tuple[Tensor, Tensor]:
+    def _on(self, s_l: Tensor, a_g: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Temperatures ``[B, m]`` and the hysteresis modes ``on [B, m]`` (written into ``out`` if given)."""
         theta, mode = s_l[..., 0], s_l[..., 1]
         sp = (self._offsets[a_g] + self.theta_set)[:, None]  # [B, 1] shifted set-point
         half = self.delta / 2
-        on = torch.where(theta > sp + half, 1.0, torch.where(theta < sp - half, 0.0, mode))
-        return theta, on
+        on = torch.ge(theta, sp - half, out=torch.empty_like(theta) if out is None else out)  # float 0/1 flags
+        torch.minimum(on, mode, out=on)  # keep the mode inside the deadband, off below it
+        return theta, torch.maximum(on, torch.gt(theta, sp + half, out=torch.empty_like(theta)), out=on)  # on above
 
     def _reward(self, s_g: Tensor, theta: Tensor, on: Tensor) -> Tensor:
-        cost = self._price_energy[s_g] * on.mean(-1, dtype=torch.float64)
-        discomfort = (theta - self.theta_set).square_().mean(-1, dtype=torch.float64)
-        return -cost - self.comfort * discomfort
+        m = theta.shape[-1]
+        dev = torch.linalg.vector_norm(theta - self.theta_set, dim=-1).double()
+        return -(self._price_energy[s_g] * on.sum(-1).double() + self.comfort * dev.square()) / m
 
-    def _next(self, theta: Tensor, on: Tensor, generator: torch.Generator) -> Tensor:
-        noise = torch.randn(theta.shape, generator=generator, device=theta.device, dtype=theta.dtype)
+    def _next(self, theta: Tensor, on: Tensor, generator: torch.Generator, out: Tensor) -> None:
+        """``out = a theta + (1 - a)(theta_out - on R P) + sigma eps``: one normal draw per agent."""
         a = self.a
-        drift = theta * a + (1 - a) * self.theta_out  # a theta + (1 - a)(theta_out - on R P) + sigma eps
-        nxt = drift.add_(on, alpha=-(1 - a) * self.R * self.P).add_(noise, alpha=self.sigma)
-        return torch.stack((nxt, on), -1)
+        noise = torch.normal((1 - a) * self.theta_out, self.sigma, theta.shape, generator=generator,
+                             device=theta.device, dtype=theta.dtype)
+        torch.add(noise, theta, alpha=a, out=out).add_(on, alpha=-(1 - a) * self.R * self.P)
+
+    def _empty(self, s_l: Tensor) -> Tensor:
+        B, m, _ = s_l.shape  # next states as [B, 2, m] storage seen as [B, m, 2]: each coordinate contiguous
+        return torch.empty(B, 2, m, dtype=s_l.dtype, device=s_l.device)
 
     def local_step(self, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator) -> Tensor:
         """Hysteresis, then first-order thermal dynamics with noise: ``[B, m, 2]`` -> ``[B, m, 2]``."""
-        theta, on = self._on(s_l, a_g)
-        return self._next(theta, on, generator)
+        out = self._empty(s_l)
+        theta, on = self._on(s_l, a_g, out[:, 1])
+        self._next(theta, on, generator, out[:, 0])
+        return out.transpose(1, 2)
 
     def reward(self, s_g: Tensor, s_l: Tensor, a_g: Tensor) -> Tensor:
         """``-price[s_g] (P / eta) h mean_i on_i - comfort mean_i (theta_i - theta_set)^2``: ``[B]`` float64."""
@@ -139,10 +148,11 @@ class TCLSimulator(Simulator):
 
     def step(self, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """``(s_g', s_l', r)`` as reward, local_step, global_step, with the hysteresis computed once."""
-        theta, on = self._on(s_l, a_g)
+        out = self._empty(s_l)
+        theta, on = self._on(s_l, a_g, out[:, 1])
         r = self._reward(s_g, theta, on)
-        s_l_next = self._next(theta, on, generator)
-        return self.global_step(s_g, a_g, generator), s_l_next, r
+        self._next(theta, on, generator, out[:, 0])
+        return self.global_step(s_g, a_g, generator), out.transpose(1, 2), r
 
 
 def tcl(

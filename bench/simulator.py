@@ -1,0 +1,173 @@
+"""Cost of the simulator protocol (docs/model.md §1.1) and speed of Algorithm 2 on the continuous ``tcl`` env.
+
+1. Tensor envs, old vs new: ``evaluate_mc`` of a random QTable on ``queue`` (k = 8) and ``demand_response``
+   (k = 4) at n = 10^4, rows x n = 2^20, 10 steps, timed in three trees: *old*, the package at ``--base`` (a
+   commit before the protocol, extracted with ``git archive``); *new*, this tree (a GlobalLocalMDP takes
+   the tensor path); *protocol*, this tree with the env seen only through the protocol methods (reward,
+   local_step, global_step: the path of any user simulator). Each timing runs in its own process, the
+   three alternate, ``--rounds`` rounds, medians reported; one table, one run.
+2. ``tcl`` (continuous local states, d = 2) at n = 10^5: ``evaluate_mc`` agent-steps/s with a policy that
+   reads the sampled temperatures (k = 8), 40 rows x 10 steps, with 1 and 2 torch threads (median of
+   ``--rounds``).
+
+    PYTHONPATH=. python bench/simulator.py --rounds 5 --out bench/RESULTS.md --append
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TENSOR_CASES = (("queue", 8), ("demand_response", 4))
+N_TENSOR, ROWS_X_N, HORIZON = 10_000, 1 << 20, 10
+N_TCL, TCL_ROWS = 100_000, 40
+
+
+def one_tensor(env_name: str, k: int, mode: str, reps: int) -> float:
+    """Best-of-``reps`` seconds of one evaluate_mc call (in the tree on ``sys.path``)."""
+    import torch
+
+    from sqtorch.envs import make_env
+    from sqtorch.evaluation import evaluate_mc
+    from sqtorch.tabular.counts import num_counts
+    from sqtorch.tabular.qtable import QTable
+
+    env = make_env(env_name)
+    gen = torch.Generator().manual_seed(0)
+    policy = QTable(torch.randn(env.G, num_counts(k, env.L), env.A, generator=gen), k, env.L, env_name)
+    sim = env
+    if mode == "protocol":
+        from sqtorch.envs import Simulator
+
+        class Through(Simulator):  # the env seen only through the protocol methods
+            G, A, gamma, local, name = env.G, env.A, env.gamma, env.local, env.name
+
+            def initial(self, n, batch, generator):
+                return env.initial(n, batch, generator)
+
+            def global_step(self, s_g, a_g, generator):
+                return env.global_step(s_g, a_g, generator)
+
+            def local_step(self, s_g, s_l, a_g, generator):
+                return env.local_step(s_g, s_l, a_g, generator)
+
+            def reward(self, s_g, s_l, a_g):
+                return env.reward(s_g, s_l, a_g)
+
+        sim = Through()
+    rows = ROWS_X_N // N_TENSOR
+    kw = dict(num_initial=4, rollouts=rows // 4, horizon=HORIZON, seed=0)
+    evaluate_mc(sim, policy, N_TENSOR, **{**kw, "horizon": 2})
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        evaluate_mc(sim, policy, N_TENSOR, **kw)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def one_tcl(reps: int) -> float:
+    import torch
+
+    from sqtorch.envs import make_env
+    from sqtorch.evaluation import evaluate_mc
+
+    class ReadsTemperatures:
+        k = 8
+
+        def act(self, s_g, s_sub):
+            return torch.where(s_sub[..., 0].mean(1) < 20.0, 2, 1)
+
+    env, policy = make_env("tcl"), ReadsTemperatures()
+    evaluate_mc(env, policy, 1000, num_initial=2, rollouts=2, horizon=2)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        evaluate_mc(env, policy, N_TCL, num_initial=4, rollouts=TCL_ROWS // 4, horizon=HORIZON, seed=0)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def child(tree: Path, args: list[str], threads: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args, "--threads", str(threads)]
+    out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="ed0a0f6", help="commit of the old tree (before the protocol)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the tensor-env table")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--append", action="store_true")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        kind = args.child[0]
+        secs = one_tcl(2) if kind == "tcl" else one_tensor(args.child[1], int(args.child[2]), kind, 2)
+        print(json.dumps({"seconds": secs}))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.base, "sqtorch"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        trees = {"old": (old, "new"), "new": (ROOT, "new"), "protocol": (ROOT, "protocol")}
+        times: dict[tuple[str, str], list[float]] = {}
+        for r in range(args.rounds):
+            for name, k in TENSOR_CASES:
+                for label, (tree, mode) in trees.items():
+                    times.setdefault((name, label), []).append(child(tree, [mode, name, str(k)], args.threads))
+            for threads in (1, 2):
+                times.setdefault(("tcl", str(threads)), []).append(child(ROOT, ["tcl"], threads))
+            print(f"round {r + 1}/{args.rounds}", {key: f"{v[-1]:.3f}" for key, v in times.items()}, flush=True)
+    med = {key: statistics.median(v) for key, v in times.items()}
+    steps = ROWS_X_N // N_TENSOR // 4 * 4 * N_TENSOR * HORIZON
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        "## Simulator protocol: tensor envs old vs new, `tcl` at n = 10^5 (`bench/simulator.py`)\n",
+        f"Command: `PYTHONPATH=. python bench/simulator.py --base {args.base} --rounds {args.rounds} "
+        f"--threads {args.threads}`\n",
+        f"torch {__import__('torch').__version__}, {os.cpu_count()} CPUs ({platform.machine()}), load average at "
+        f"the end: {load}. Each number is the median over {args.rounds} rounds of the best of 2 calls in a fresh "
+        f"process; old, new and protocol alternate within a round.\n",
+        f"`evaluate_mc`, n = {N_TENSOR:,}, {ROWS_X_N // N_TENSOR // 4 * 4} rows, {HORIZON} steps, random QTable, "
+        f"{args.threads} thread(s); agent-steps/s (ratio to old):\n",
+        "| env | k | old | new (tensor path) | protocol methods |", "|---|---|---|---|---|",
+    ]
+    for name, k in TENSOR_CASES:
+        o, nw, p = (med[(name, lab)] for lab in ("old", "new", "protocol"))
+        lines.append(f"| {name} | {k} | {steps / o:.3g} | {steps / nw:.3g} (**{o / nw:.2f}x**) "
+                     f"| {steps / p:.3g} (**{o / p:.2f}x**) |")
+    tcl_steps = TCL_ROWS * N_TCL * HORIZON
+    lines += [
+        "",
+        f"`tcl`, n = {N_TCL:,}, {TCL_ROWS} rows x {HORIZON} steps, k = 8 (a policy reading the sampled "
+        "temperatures), the whole Algorithm 2 loop:\n",
+        "| torch threads | agent-steps/s |", "|---|---|",
+        *(f"| {t} | **{tcl_steps / med[('tcl', str(t))]:.3g}** |" for t in (1, 2)),
+        "",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "a" if args.append else "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
