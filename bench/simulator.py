@@ -32,7 +32,18 @@ N_TENSOR, ROWS_X_N, HORIZON = 10_000, 1 << 20, 10
 N_TCL, TCL_ROWS = 100_000, 40
 
 
-def one_tensor(env_name: str, k: int, mode: str, reps: int) -> float:
+def best(fn, reps: int) -> tuple[float, float]:
+    """Minimum wall-clock and minimum process CPU seconds of ``fn`` over ``reps`` calls."""
+    wall, cpu = [], []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return min(wall), min(cpu)
+
+
+def one_tensor(env_name: str, k: int, mode: str, reps: int) -> tuple[float, float]:
     """Best-of-``reps`` seconds of one evaluate_mc call (in the tree on ``sys.path``)."""
     import torch
 
@@ -67,15 +78,10 @@ def one_tensor(env_name: str, k: int, mode: str, reps: int) -> float:
     rows = ROWS_X_N // N_TENSOR
     kw = dict(num_initial=4, rollouts=rows // 4, horizon=HORIZON, seed=0)
     evaluate_mc(sim, policy, N_TENSOR, **{**kw, "horizon": 2})
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        evaluate_mc(sim, policy, N_TENSOR, **kw)
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best(lambda: evaluate_mc(sim, policy, N_TENSOR, **kw), reps)
 
 
-def one_tcl(reps: int) -> float:
+def one_tcl(reps: int) -> tuple[float, float]:
     import torch
 
     from sqtorch.envs import make_env
@@ -89,19 +95,16 @@ def one_tcl(reps: int) -> float:
 
     env, policy = make_env("tcl"), ReadsTemperatures()
     evaluate_mc(env, policy, 1000, num_initial=2, rollouts=2, horizon=2)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        evaluate_mc(env, policy, N_TCL, num_initial=4, rollouts=TCL_ROWS // 4, horizon=HORIZON, seed=0)
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best(lambda: evaluate_mc(env, policy, N_TCL, num_initial=4, rollouts=TCL_ROWS // 4, horizon=HORIZON,
+                                    seed=0), reps)
 
 
-def child(tree: Path, args: list[str], threads: int) -> float:
+def child(tree: Path, args: list[str], threads: int) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args, "--threads", str(threads)]
     out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=True)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(res["seconds"]), float(res["cpu"])
 
 
 def main() -> None:
@@ -118,8 +121,8 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         kind = args.child[0]
-        secs = one_tcl(2) if kind == "tcl" else one_tensor(args.child[1], int(args.child[2]), kind, 2)
-        print(json.dumps({"seconds": secs}))
+        secs, cpu = one_tcl(2) if kind == "tcl" else one_tensor(args.child[1], int(args.child[2]), kind, 2)
+        print(json.dumps({"seconds": secs, "cpu": cpu}))
         return
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp)
@@ -127,15 +130,17 @@ def main() -> None:
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         trees = {"old": (old, "new"), "new": (ROOT, "new"), "protocol": (ROOT, "protocol")}
-        times: dict[tuple[str, str], list[float]] = {}
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for r in range(args.rounds):
             for name, k in TENSOR_CASES:
                 for label, (tree, mode) in trees.items():
                     times.setdefault((name, label), []).append(child(tree, [mode, name, str(k)], args.threads))
             for threads in (1, 2):
                 times.setdefault(("tcl", str(threads)), []).append(child(ROOT, ["tcl"], threads))
-            print(f"round {r + 1}/{args.rounds}", {key: f"{v[-1]:.3f}" for key, v in times.items()}, flush=True)
-    med = {key: statistics.median(v) for key, v in times.items()}
+            last = {key: f"{v[-1][0]:.3f}/{v[-1][1]:.3f}" for key, v in times.items()}
+            print(f"round {r + 1}/{args.rounds}", last, flush=True)
+    med = {key: statistics.median(w for w, _ in v) for key, v in times.items()}
+    med_cpu = {key: statistics.median(c for _, c in v) for key, v in times.items()}
     steps = ROWS_X_N // N_TENSOR // 4 * 4 * N_TENSOR * HORIZON
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
@@ -144,22 +149,25 @@ def main() -> None:
         f"--threads {args.threads}`\n",
         f"torch {__import__('torch').__version__}, {os.cpu_count()} CPUs ({platform.machine()}), load average at "
         f"the end: {load}. Each number is the median over {args.rounds} rounds of the best of 2 calls in a fresh "
-        f"process; old, new and protocol alternate within a round.\n",
+        f"process; old, new and protocol alternate within a round. *wall*: wall-clock; *CPU*: the process's CPU "
+        f"time (with one thread less sensitive to other processes on the machine than the wall clock).\n",
         f"`evaluate_mc`, n = {N_TENSOR:,}, {ROWS_X_N // N_TENSOR // 4 * 4} rows, {HORIZON} steps, random QTable, "
         f"{args.threads} thread(s); agent-steps/s (ratio to old):\n",
-        "| env | k | old | new (tensor path) | protocol methods |", "|---|---|---|---|---|",
+        "| env | k | clock | old | new (tensor path) | protocol methods |", "|---|---|---|---|---|---|",
     ]
     for name, k in TENSOR_CASES:
-        o, nw, p = (med[(name, lab)] for lab in ("old", "new", "protocol"))
-        lines.append(f"| {name} | {k} | {steps / o:.3g} | {steps / nw:.3g} (**{o / nw:.2f}x**) "
-                     f"| {steps / p:.3g} (**{o / p:.2f}x**) |")
+        for clock, m in (("wall", med), ("CPU", med_cpu)):
+            o, nw, p = (m[(name, lab)] for lab in ("old", "new", "protocol"))
+            lines.append(f"| {name} | {k} | {clock} | {steps / o:.3g} | {steps / nw:.3g} (**{o / nw:.2f}x**) "
+                         f"| {steps / p:.3g} (**{o / p:.2f}x**) |")
     tcl_steps = TCL_ROWS * N_TCL * HORIZON
     lines += [
         "",
         f"`tcl`, n = {N_TCL:,}, {TCL_ROWS} rows x {HORIZON} steps, k = 8 (a policy reading the sampled "
         "temperatures), the whole Algorithm 2 loop:\n",
-        "| torch threads | agent-steps/s |", "|---|---|",
-        *(f"| {t} | **{tcl_steps / med[('tcl', str(t))]:.3g}** |" for t in (1, 2)),
+        "| torch threads | agent-steps/s (wall) | agent-steps per CPU-second |", "|---|---|---|",
+        *(f"| {t} | **{tcl_steps / med[('tcl', str(t))]:.3g}** | {tcl_steps / med_cpu[('tcl', str(t))]:.3g} |"
+          for t in (1, 2)),
         "",
     ]
     text = "\n".join(lines) + "\n"

@@ -299,6 +299,11 @@ def test_tcl_crn_comparison_and_continuous_subsets(tcl, monkeypatch):
         assert (sub[:, :, None, :] == s_l[:, None, :, :]).all(-1).any(-1).all()
 
 
+def test_a_count_table_is_refused_on_continuous_states(tcl):
+    with pytest.raises(ValueError, match=r"simulator 'tcl' has continuous local states .* it has no L"):
+        evaluate_mc(tcl, table(make_env("queue")), 10, num_initial=2, rollouts=2)
+
+
 def test_tcl_reproducible_in_chunks(tcl):
     kw = dict(num_initial=2, rollouts=3, horizon=6, seed=5, keep_returns=True, max_batch_elems=40)  # a row a chunk
     a = evaluate_mc(tcl, MeanTemperature(2), 20, **kw)
