@@ -6,6 +6,10 @@
    the tensor path); *protocol*, this tree with the env seen only through the protocol methods (reward,
    local_step, global_step: the path of any user simulator). Each timing runs in its own process, the
    three alternate, ``--rounds`` rounds, medians reported; one table, one run.
+   Then the same three in one process (``--inproc``): the old ``evaluate_mc`` is the base commit's
+   ``sqtorch/evaluation/execution.py`` (``git show``) loaded as a module next to the new one, both on the
+   same env object, alternating call by call (process CPU time, median of ``--rounds`` x 3 calls): what
+   the evaluation loop itself costs, without the noise of separate processes.
 2. ``tcl`` (continuous local states, d = 2) at n = 10^5: ``evaluate_mc`` agent-steps/s with a policy that
    reads the sampled temperatures (k = 8), 40 rows x 10 steps, with 1 and 2 torch threads (median of
    ``--rounds``).
@@ -55,30 +59,73 @@ def one_tensor(env_name: str, k: int, mode: str, reps: int) -> tuple[float, floa
     env = make_env(env_name)
     gen = torch.Generator().manual_seed(0)
     policy = QTable(torch.randn(env.G, num_counts(k, env.L), env.A, generator=gen), k, env.L, env_name)
-    sim = env
-    if mode == "protocol":
-        from sqtorch.envs import Simulator
-
-        class Through(Simulator):  # the env seen only through the protocol methods
-            G, A, gamma, local, name = env.G, env.A, env.gamma, env.local, env.name
-
-            def initial(self, n, batch, generator):
-                return env.initial(n, batch, generator)
-
-            def global_step(self, s_g, a_g, generator):
-                return env.global_step(s_g, a_g, generator)
-
-            def local_step(self, s_g, s_l, a_g, generator):
-                return env.local_step(s_g, s_l, a_g, generator)
-
-            def reward(self, s_g, s_l, a_g):
-                return env.reward(s_g, s_l, a_g)
-
-        sim = Through()
+    sim = through(env) if mode == "protocol" else env
     rows = ROWS_X_N // N_TENSOR
     kw = dict(num_initial=4, rollouts=rows // 4, horizon=HORIZON, seed=0)
     evaluate_mc(sim, policy, N_TENSOR, **{**kw, "horizon": 2})
     return best(lambda: evaluate_mc(sim, policy, N_TENSOR, **kw), reps)
+
+
+def through(env):
+    """``env`` seen only through the protocol methods (reward, local_step, global_step): a user simulator's path."""
+    from sqtorch.envs import Simulator
+
+    class Through(Simulator):
+        G, A, gamma, local, name = env.G, env.A, env.gamma, env.local, env.name
+
+        def initial(self, n, batch, generator):
+            return env.initial(n, batch, generator)
+
+        def global_step(self, s_g, a_g, generator):
+            return env.global_step(s_g, a_g, generator)
+
+        def local_step(self, s_g, s_l, a_g, generator):
+            return env.local_step(s_g, s_l, a_g, generator)
+
+        def reward(self, s_g, s_l, a_g):
+            return env.reward(s_g, s_l, a_g)
+
+    return Through()
+
+
+def inproc(base: str, calls: int) -> dict[str, tuple[float, float, float]]:
+    """Median CPU seconds of old / new / protocol ``evaluate_mc`` in this process, per tensor env."""
+    import importlib.util
+
+    import torch
+
+    from sqtorch.envs import make_env
+    from sqtorch.evaluation import evaluate_mc
+    from sqtorch.tabular.counts import num_counts
+    from sqtorch.tabular.qtable import QTable
+
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:sqtorch/evaluation/execution.py"],
+                         capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "old_execution.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("old_execution", path)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules["old_execution"] = old
+    spec.loader.exec_module(old)
+    out = {}
+    for name, k in TENSOR_CASES:
+        env = make_env(name)
+        gen = torch.Generator().manual_seed(0)
+        policy = QTable(torch.randn(env.G, num_counts(k, env.L), env.A, generator=gen), k, env.L, name)
+        rows = ROWS_X_N // N_TENSOR
+        kw = dict(num_initial=4, rollouts=rows // 4, horizon=HORIZON, seed=0)
+        runs = {"old": (old.evaluate_mc, env), "new": (evaluate_mc, env), "protocol": (evaluate_mc, through(env))}
+        ref = old.evaluate_mc(env, policy, N_TENSOR, keep_returns=True, **kw).returns
+        cpu: dict[str, list[float]] = {}
+        for label, (fn, sim) in runs.items():
+            assert torch.equal(fn(sim, policy, N_TENSOR, keep_returns=True, **kw).returns, ref), label
+        for _ in range(calls):
+            for label, (fn, sim) in runs.items():
+                c = time.process_time()
+                fn(sim, policy, N_TENSOR, **kw)
+                cpu.setdefault(label, []).append(time.process_time() - c)
+        out[name] = tuple(statistics.median(cpu[lab]) for lab in ("old", "new", "protocol"))
+    return out
 
 
 def one_tcl(reps: int) -> tuple[float, float]:
@@ -121,6 +168,9 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         kind = args.child[0]
+        if kind == "inproc":
+            print(json.dumps(inproc(args.base, 3 * args.rounds)))
+            return
         secs, cpu = one_tcl(2) if kind == "tcl" else one_tensor(args.child[1], int(args.child[2]), kind, 2)
         print(json.dumps({"seconds": secs, "cpu": cpu}))
         return
@@ -139,6 +189,11 @@ def main() -> None:
                 times.setdefault(("tcl", str(threads)), []).append(child(ROOT, ["tcl"], threads))
             last = {key: f"{v[-1][0]:.3f}/{v[-1][1]:.3f}" for key, v in times.items()}
             print(f"round {r + 1}/{args.rounds}", last, flush=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "inproc", "--base", args.base,
+               "--rounds", str(args.rounds), "--threads", str(args.threads)]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+        same = json.loads(proc.stdout.strip().splitlines()[-1])
     med = {key: statistics.median(w for w, _ in v) for key, v in times.items()}
     med_cpu = {key: statistics.median(c for _, c in v) for key, v in times.items()}
     steps = ROWS_X_N // N_TENSOR // 4 * 4 * N_TENSOR * HORIZON
@@ -160,6 +215,14 @@ def main() -> None:
             o, nw, p = (m[(name, lab)] for lab in ("old", "new", "protocol"))
             lines.append(f"| {name} | {k} | {clock} | {steps / o:.3g} | {steps / nw:.3g} (**{o / nw:.2f}x**) "
                          f"| {steps / p:.3g} (**{o / p:.2f}x**) |")
+    lines += [
+        "",
+        f"The same in one process, old `evaluate_mc` loaded from `{args.base}` beside the new one, same env object, "
+        f"alternating, median CPU seconds of {3 * args.rounds} calls each (returns checked bitwise equal first):\n",
+        "| env | k | old | new (tensor path) | protocol methods |", "|---|---|---|---|---|",
+        *(f"| {name} | {k} | {same[name][0]:.3f} s | {same[name][1]:.3f} s (**{same[name][0] / same[name][1]:.2f}x**) "
+          f"| {same[name][2]:.3f} s (**{same[name][0] / same[name][2]:.2f}x**) |" for name, k in TENSOR_CASES),
+    ]
     tcl_steps = TCL_ROWS * N_TCL * HORIZON
     lines += [
         "",
