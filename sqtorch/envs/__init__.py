@@ -10,26 +10,30 @@ from typing import Any
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.demand_response import demand_response, demand_response_script
 from sqtorch.envs.local_actions import LocalActionMDP, formation
+from sqtorch.envs.protocol import LocalSpace, Simulator, check_simulator
 from sqtorch.envs.queue import queue
 from sqtorch.envs.simulator import sample_initial_state, sample_subset, step
+from sqtorch.envs.tcl import tcl
 from sqtorch.envs.types import queue_types, type_of, with_types
 
-ENVS: dict[str, Callable[..., GlobalLocalMDP | LocalActionMDP]] = {
+ENVS: dict[str, Callable[..., Simulator | LocalActionMDP]] = {
     "queue": queue,
     "demand_response": demand_response,
     "demand_response_script": demand_response_script,
     "queue_types": queue_types,
+    "tcl": tcl,
     "formation": formation,  # local agents act (LocalActionMDP, docs/model.md §7)
 }
-Env = GlobalLocalMDP | LocalActionMDP
+Env = Simulator | LocalActionMDP  # what build_env returns
+ENV_TYPES = (Simulator, LocalActionMDP)
 
 
-def register_env(name: str, builder: Callable[..., GlobalLocalMDP]) -> None:
+def register_env(name: str, builder: Callable[..., Simulator]) -> None:
     """Make ``make_env(name, **params)`` call ``builder(**params)``."""
     ENVS[name] = builder
 
 
-def _builder(target: str) -> Callable[..., GlobalLocalMDP]:
+def _builder(target: str) -> Callable[..., Simulator]:
     module, _, attr = target.rpartition(".")
     try:
         return getattr(importlib.import_module(module), attr)
@@ -37,7 +41,7 @@ def _builder(target: str) -> Callable[..., GlobalLocalMDP]:
         raise ValueError(f"env._target_ = '{target}' cannot be imported: {e}") from e
 
 
-def env_params(builder: Callable[..., GlobalLocalMDP]) -> dict[str, Any]:
+def env_params(builder: Callable[..., Simulator]) -> dict[str, Any]:
     """The keyword parameters of an env builder with their defaults (``inspect.Parameter.empty``: required)."""
     sig = inspect.signature(builder)
     return {p.name: p.default for p in sig.parameters.values()
@@ -47,19 +51,21 @@ def env_params(builder: Callable[..., GlobalLocalMDP]) -> dict[str, Any]:
 def build_env(spec: Env | str | Mapping[str, Any], /, **params: Any) -> Env:
     """The one way to get an env: from itself, a registered name, or a config mapping.
 
-    - a :class:`GlobalLocalMDP` (or :class:`LocalActionMDP`) is returned as it is (``params`` must be empty);
+    - a :class:`GlobalLocalMDP`, any other :class:`Simulator` or a :class:`LocalActionMDP` is returned
+      as it is (``params`` must be empty);
     - ``"queue"`` (a name of :func:`register_env`) calls the registered builder with ``params``;
     - ``{"_target_": "pkg.module.builder", **params}`` imports the builder (``{"_target_":
       "sqtorch.envs.queue", "Q": 4}`` calls ``queue(Q=4)``); ``{"name": "queue", **params}`` looks
-      the name up. A custom env is a function returning a :class:`GlobalLocalMDP` (docs/model.md §4.3).
+      the name up. A custom env is a function returning a :class:`GlobalLocalMDP` (docs/model.md §4.3)
+      or a :class:`Simulator` (docs/model.md §1.1; ``tcl`` is one).
 
     Training (Hydra's ``env`` node), the Gymnasium interface, the baselines and evaluation all call
     this. Errors are one-line ``ValueError`` naming the bad key, e.g. ``env.not_a_param is not a
     parameter of queue(Q, G, ...)``, raised before the builder runs.
     """
-    if isinstance(spec, (GlobalLocalMDP, LocalActionMDP)):
+    if isinstance(spec, ENV_TYPES):
         if params:
-            raise ValueError(f"env constants {sorted(params)} given with a GlobalLocalMDP; "
+            raise ValueError(f"env constants {sorted(params)} given with a {type(spec).__name__}; "
                              "pass constants only with a name or a config")
         return spec
     if isinstance(spec, str):
@@ -95,13 +101,13 @@ def build_env(spec: Env | str | Mapping[str, Any], /, **params: Any) -> Env:
         env = builder(**cfg)
     except TypeError as e:  # only reachable without a signature
         raise ValueError(f"env: {label}: {e}") from e
-    if not isinstance(env, (GlobalLocalMDP, LocalActionMDP)):
+    if not isinstance(env, ENV_TYPES):
         raise ValueError(f"env builder {label} returned {type(env).__name__}, "
-                         "expected GlobalLocalMDP or LocalActionMDP")
+                         "expected a GlobalLocalMDP, Simulator or LocalActionMDP")
     return env
 
 
-def make_env(name: str, **params: Any) -> GlobalLocalMDP:
+def make_env(name: str, **params: Any) -> Simulator:
     """A registered environment by name: ``build_env(name, **params)``."""
     return build_env(name, **params)
 
@@ -112,6 +118,9 @@ __all__ = [
     "env_params",
     "GlobalLocalMDP",
     "LocalActionMDP",
+    "LocalSpace",
+    "Simulator",
+    "check_simulator",
     "formation",
     "demand_response",
     "demand_response_script",
@@ -119,6 +128,7 @@ __all__ = [
     "queue",
     "queue_types",
     "register_env",
+    "tcl",
     "sample_initial_state",
     "sample_subset",
     "step",

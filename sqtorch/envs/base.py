@@ -7,7 +7,8 @@ independently:
     P_g[g, a, g'] = P(s_g' = g' | s_g = g, a_g = a)
     P_l[g, a, x, x'] = P(s_i' = x' | s_i = x, s_g = g, a_g = a)
 
-and the reward is ``r(s, a_g) = r_g[g, a] + (1/n) sum_i r_l[g, a, s_i]``.
+and the reward is ``r(s, a_g) = r_g[g, a] + (1/n) sum_i r_l[g, a, s_i]``. It implements the
+simulator protocol of ``sqtorch/envs/protocol.py`` with the draws of ``sqtorch/envs/simulator.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+
+from sqtorch.envs.protocol import LocalSpace, Simulator
 
 PROB_TOL = 1e-9
 
@@ -63,7 +66,7 @@ def _check_shape(name: str, t: Tensor, shape: tuple[int, ...], meaning: str) -> 
 
 
 @dataclass(frozen=True)
-class GlobalLocalMDP:
+class GlobalLocalMDP(Simulator):
     """The tuple ``(P_g, P_l, r_g, r_l, gamma)`` of docs/model.md §1, validated on construction.
 
     Shapes: ``P_g [G, A, G]``, ``P_l [G, A, L, L]``, ``r_g [G, A]``, ``r_l [G, A, L]``.
@@ -73,6 +76,10 @@ class GlobalLocalMDP:
     agents; ``None`` means uniform. It is how a type mix enters the model (docs/model.md §1, §4.3;
     ``sqtorch/envs/types.py``): with the type part of the local state and a block-diagonal ``P_l``,
     the fraction of agents of each type is fixed by the initial draw and never changes.
+
+    As a :class:`~sqtorch.envs.protocol.Simulator` (finite local space ``{0..L-1}``): ``initial`` is
+    :func:`~sqtorch.envs.simulator.sample_initial_state`, ``step`` is :func:`~sqtorch.envs.simulator.step`
+    and ``local_step``/``global_step`` are its two halves, drawing the same numbers.
     """
 
     P_g: Tensor
@@ -141,7 +148,13 @@ class GlobalLocalMDP:
         return self.P_l.shape[-1]
 
     @property
+    def local(self) -> LocalSpace:
+        """The finite local state space ``{0..L-1}``."""
+        return LocalSpace.finite(self.L)
+
+    @property
     def device(self) -> torch.device:
+        """The device of the tensors (and of the generators that drive the simulator)."""
         return self.P_g.device
 
     def to(self, device: torch.device | str) -> GlobalLocalMDP:
@@ -158,7 +171,31 @@ class GlobalLocalMDP:
     def reward(self, s_g: Tensor, s_l: Tensor, a_g: Tensor) -> Tensor:
         """Full-system reward ``r_g[g, a] + (1/n) sum_i r_l[g, a, s_i]`` (docs/model.md §1), batched.
 
-        ``s_g [B]``, ``s_l [B, n]``, ``a_g [B]`` -> ``[B]`` float64.
+        ``s_g [B]``, ``s_l [B, m]`` (the n agents, or any m of them), ``a_g [B]`` -> ``[B]`` float64.
         """
-        local = self.r_l[s_g[:, None], a_g[:, None], s_l].mean(-1)
-        return self.r_g[s_g, a_g] + local
+        row = s_l + ((s_g * self.A + a_g) * self.L)[:, None]  # flat index of (g, a, x) in r_l, as in the step
+        return self.r_g[s_g, a_g] + self.r_l.reshape(-1).take(row).mean(-1)
+
+    def initial(self, n: int, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Initial states ``(s_g [batch], s_l [batch, n])``: :func:`~sqtorch.envs.simulator.sample_initial_state`."""
+        from sqtorch.envs.simulator import sample_initial_state
+
+        return sample_initial_state(self, n, batch, generator)
+
+    def global_step(self, s_g: Tensor, a_g: Tensor, generator: torch.Generator) -> Tensor:
+        """``s_g' ~ P_g[s_g, a_g]``, one float64 uniform per row."""
+        from sqtorch.envs.simulator import global_step
+
+        return global_step(self, s_g, a_g, generator)
+
+    def local_step(self, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator) -> Tensor:
+        """``s_i' ~ P_l[s_g, a_g, s_i]`` for every agent given, one float64 uniform each."""
+        from sqtorch.envs.simulator import local_step
+
+        return local_step(self, s_g, s_l, a_g, generator)
+
+    def step(self, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """``(s_g', s_l', r(s, a_g))`` by :func:`~sqtorch.envs.simulator.step` (fused, same draws as the halves)."""
+        from sqtorch.envs.simulator import cached_cdf_columns, step
+
+        return step(self, s_g, s_l, a_g, generator, cached_cdf_columns(self.P_g))

@@ -181,6 +181,39 @@ def lookup_sampler(P: Tensor) -> LookupSampler:
     return sampler
 
 
+_CDFS: dict[int, tuple[Tensor, Tensor]] = {}
+
+
+def cached_cdf_columns(P: Tensor) -> Tensor:
+    """Cached :func:`cdf_columns` of ``P`` (keyed by tensor identity): built once, no host read per step."""
+    hit = _CDFS.get(id(P))
+    if hit is not None and hit[0] is P:
+        return hit[1]
+    if len(_CDFS) >= 16:
+        _CDFS.pop(next(iter(_CDFS)))
+    cdf = cdf_columns(P)
+    _CDFS[id(P)] = (P, cdf)
+    return cdf
+
+
+def local_step(env: GlobalLocalMDP, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator) -> Tensor:
+    """Next local states ``s_l' [B, m]``: agent i moves with ``P_l[s_g, a_g, s_i]``, one float64 uniform each.
+
+    The local half of :func:`step` (same draws): for any number ``m`` of agents.
+    """
+    row = s_l + ((s_g * env.A + a_g) * env.L)[:, None]
+    u_l = torch.rand(s_l.shape, generator=generator, device=s_l.device, dtype=torch.float64)
+    if env.L < IMPURE:
+        return lookup_sampler(env.P_l).sample(row, u_l)
+    return sample_categorical(cached_cdf_columns(env.P_l), row, u_l)
+
+
+def global_step(env: GlobalLocalMDP, s_g: Tensor, a_g: Tensor, generator: torch.Generator) -> Tensor:
+    """Next global states ``s_g' [B]`` drawn from ``P_g[s_g, a_g]`` with one float64 uniform per row."""
+    u_g = torch.rand(s_g.shape, generator=generator, device=s_g.device, dtype=torch.float64)
+    return sample_categorical(cached_cdf_columns(env.P_g), s_g * env.A + a_g, u_g)
+
+
 def step(
     env: GlobalLocalMDP,
     s_g: Tensor,

@@ -11,6 +11,11 @@ seeds derive from ``seed``; the initial states from a third, fixed ``initial_see
 of uniforms each generator consumes per step depends only on ``(batch, n, k)``, never on the
 actions taken, so two policies evaluated with the same seed see identical subset draws and
 identical dynamics noise, and their paired difference (:func:`compare_mc`) has a small CI.
+
+Any :class:`~sqtorch.envs.protocol.Simulator` runs here (docs/model.md §1.1): it is checked once by
+:func:`~sqtorch.envs.protocol.check_simulator` and stepped through its ``step``; a
+:class:`~sqtorch.envs.base.GlobalLocalMDP` takes the tensor path of ``sqtorch/envs/simulator.py``
+directly (the same draws). Continuous local states ``[B, n, d]`` reach the policy as ``s_sub [B, k, d]``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import Tensor
 from sqtorch import runtime
 from sqtorch.checks import check_int, check_k
 from sqtorch.envs.base import GlobalLocalMDP, check_states
+from sqtorch.envs.protocol import Simulator, check_simulator
 from sqtorch.envs.simulator import (
     cdf_columns,
     make_generator,
@@ -44,6 +50,8 @@ STREAM_DYNAMICS = 2
 @runtime_checkable
 class SubsampledPolicy(Protocol):
     """A policy of Algorithm 2: ``act(s_g [B], s_sub [B, k]) -> a_g [B]`` with attribute ``k``.
+
+    ``s_sub`` is ``[B, k]`` int64 for finite local states and ``[B, k, d]`` for continuous ones.
 
     :class:`sqtorch.tabular.qtable.QTable` fits; a DeepSets network wrapped with ``k`` and
     ``act`` fits too. An optional ``check_env(env)`` is called before evaluation.
@@ -119,26 +127,36 @@ def horizon_for(gamma: float, tail: float = TAIL_TOL) -> int:
 
 
 def initial_states(
-    env: GlobalLocalMDP, n: int, num_initial: int, seed: int = 0
+    env: Simulator, n: int, num_initial: int, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """The fixed set of uniform initial states ``(s_g [I], s_l [I, n])`` for ``seed`` (docs/model.md §5)."""
+    """The fixed set of initial states ``(s_g [I], s_l [I, n] | [I, n, d])`` for ``seed`` (docs/model.md §5).
+
+    ``env.initial`` on a generator seeded with ``seed`` (uniform for a :class:`GlobalLocalMDP`
+    without ``init_l``).
+    """
     check_int("n", n, 1, "number of local agents")
     check_int("num_initial", num_initial, 1, "number of initial states")
     gen = make_generator(seed, env.device)
-    return sample_initial_state(env, n, num_initial, gen)
+    if isinstance(env, GlobalLocalMDP):
+        return sample_initial_state(env, n, num_initial, gen)
+    return env.initial(n, num_initial, gen)
 
 
-def check_initial_states(env: GlobalLocalMDP, n: int, s_g: Tensor, s_l: Tensor) -> None:
+def check_initial_states(env: Simulator, n: int, s_g: Tensor, s_l: Tensor) -> None:
     """Raise ``ValueError`` naming ``s_g``/``s_l`` unless they are states of the n-agent system."""
     if s_g.dim() != 1:
         raise ValueError(f"s_g has shape {tuple(s_g.shape)}, expected [I] (one global state a row)")
+    if not isinstance(env, GlobalLocalMDP):
+        check_states("s_g", s_g, env.G)
+        env.local.check("s_l", s_l, s_g.shape[0], n)
+        return
     if tuple(s_l.shape) != (s_g.shape[0], n):
         raise ValueError(f"s_l has shape {tuple(s_l.shape)}, expected [I, n] = {(s_g.shape[0], n)}")
     check_states("s_g", s_g, env.G)
     check_states("s_l", s_l, env.L)
 
 
-def check_policy(env: GlobalLocalMDP, policy: SubsampledPolicy, n: int) -> int:
+def check_policy(env: Simulator, policy: SubsampledPolicy, n: int) -> int:
     """Validate ``policy`` against ``env`` and n; returns its k (docs/model.md §2: ``1 <= k <= n``)."""
     k = getattr(policy, "k", None)
     if not callable(getattr(policy, "act", None)) or k is None:
@@ -149,7 +167,7 @@ def check_policy(env: GlobalLocalMDP, policy: SubsampledPolicy, n: int) -> int:
     return int(k)
 
 
-def check_actions(env: GlobalLocalMDP, a_g: Tensor, batch: int) -> None:
+def check_actions(env: Simulator, a_g: Tensor, batch: int) -> None:
     """Raise ``ValueError`` unless ``a_g`` is ``[batch]`` integer actions in ``{0..A-1}``."""
     if tuple(a_g.shape) != (batch,) or a_g.dtype.is_floating_point or a_g.dtype == torch.bool:
         raise ValueError(
@@ -162,13 +180,15 @@ def check_actions(env: GlobalLocalMDP, a_g: Tensor, batch: int) -> None:
 
 
 def subsampled_states(s_l: Tensor, n: int, k: int, generator: torch.Generator) -> Tensor:
-    """Local states of a fresh uniform k-subset of the n agents, per row: ``[B, k]`` (Alg. 2)."""
+    """Local states of a fresh uniform k-subset of the n agents, per row: ``[B, k]`` or ``[B, k, d]`` (Alg. 2)."""
     idx = sample_subset(n, k, s_l.shape[0], generator)
+    if s_l.dim() == 3:
+        return s_l.gather(1, idx[:, :, None].expand(-1, -1, s_l.shape[2]))
     return s_l.gather(1, idx)
 
 
 def simulate_returns(
-    env: GlobalLocalMDP,
+    env: Simulator,
     policy: SubsampledPolicy,
     s_g: Tensor,
     s_l: Tensor,
@@ -178,18 +198,25 @@ def simulate_returns(
 ) -> Tensor:
     """Discounted return ``sum_{t<H} gamma^t r(s(t), a_g(t))`` of each row ``[B]`` (Alg. 2).
 
-    ``s_g [B]``, ``s_l [B, n]`` on the env device. Per step: one k-subset draw from
-    ``gen_subset``, one action, one full-system transition from ``gen_dynamics``.
+    ``s_g [B]``, ``s_l [B, n]`` (``[B, n, d]`` for continuous local states) on the env device.
+    Per step: one k-subset draw from ``gen_subset``, one action, one full-system transition from
+    ``gen_dynamics`` (``env.step``; :func:`sqtorch.envs.simulator.step` for a :class:`GlobalLocalMDP`).
     """
     n, k = s_l.shape[1], int(policy.k)
-    cdf_g, cdf_l = cdf_columns(env.P_g), cdf_columns(env.P_l)
+    if isinstance(env, GlobalLocalMDP):
+        cdf_g, cdf_l = cdf_columns(env.P_g), cdf_columns(env.P_l)
+
+        def transition(s_g: Tensor, s_l: Tensor, a_g: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+            return step(env, s_g, s_l, a_g, gen, cdf_g, cdf_l)
+    else:
+        transition = env.step
     ret = torch.zeros(s_g.shape[0], dtype=torch.float64, device=s_g.device)
     discount = 1.0
     for t in range(horizon):  # time steps
         a_g = policy.act(s_g, subsampled_states(s_l, n, k, gen_subset)).to(s_g.device)
         if t == 0 or not runtime.sync_free(a_g):  # on CUDA a check every step would stall on a host sync
             check_actions(env, a_g, s_g.shape[0])
-        s_g, s_l, r = step(env, s_g, s_l, a_g, gen_dynamics, cdf_g, cdf_l)
+        s_g, s_l, r = transition(s_g, s_l, a_g, gen_dynamics)
         ret += discount * r
         discount *= env.gamma
     return ret
@@ -209,7 +236,7 @@ def stratified_ci(x: Tensor) -> tuple[float, float, list[float]]:
 
 
 def evaluate_mc(
-    env: GlobalLocalMDP,
+    env: Simulator,
     policy: SubsampledPolicy,
     n: int,
     *,
@@ -233,8 +260,12 @@ def evaluate_mc(
     policy (common random numbers). Batched over rows = (initial state, rollout) and agents, in
     chunks of at most ``max_batch_elems`` agent entries, on ``device`` (default: the env's),
     with ``num_threads`` torch CPU threads if given. ``keep_returns`` keeps the ``[I, R]``
-    discounted returns in the result (for paired comparisons).
+    discounted returns in the result (for paired comparisons). ``env`` is any
+    :class:`~sqtorch.envs.protocol.Simulator`; one that is not a :class:`GlobalLocalMDP` is first
+    checked by :func:`~sqtorch.envs.protocol.check_simulator` (``ValueError`` naming what is wrong).
     """
+    if not isinstance(env, GlobalLocalMDP):
+        check_simulator(env)
     check_int("n", n, 1, "number of local agents")
     check_int("rollouts", rollouts, 1, "rollouts per initial state")
     H = horizon_for(env.gamma) if horizon is None else horizon
@@ -250,7 +281,7 @@ def evaluate_mc(
     gen_subset = make_generator(derive_seed(seed, STREAM_SUBSET), env.device)
     gen_dynamics = make_generator(derive_seed(seed, STREAM_DYNAMICS), env.device)
     rows = torch.arange(I * rollouts, device=env.device) // rollouts  # initial state of each row
-    chunk = max(1, max_batch_elems // n)
+    chunk = max(1, max_batch_elems // (n * (1 if env.local.is_finite else env.local.d)))
     out = []
     with torch_threads(num_threads):
         for start in range(0, I * rollouts, chunk):  # memory chunks, independent of the policy
@@ -266,7 +297,7 @@ def evaluate_mc(
 
 
 def compare_mc(
-    env: GlobalLocalMDP,
+    env: Simulator,
     policy_a: SubsampledPolicy,
     policy_b: SubsampledPolicy,
     n: int,

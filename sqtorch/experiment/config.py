@@ -134,6 +134,9 @@ def validate_config(cfg: DictConfig) -> RunSpec:
         check_env_kind(algorithm, env)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if not isinstance(env, (GlobalLocalMDP, LocalActionMDP)):
+        raise ConfigError(f"env '{env.name}' is a simulator ({env.local.describe()} local states): training needs "
+                          "a GlobalLocalMDP for now; evaluate policies on it with sqtorch.evaluation.evaluate_mc")
     device = device_of(c["trainer"]["accelerator"])
     ckpt = _resume_from(algorithm, c.get("ckpt_path"), c, n, k, device.type)
     return RunSpec(algo, ev, env, c["env"], n, k, seed, threads, device, ckpt)

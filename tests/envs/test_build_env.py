@@ -25,7 +25,8 @@ def test_every_spec_builds_the_same_env():
         ({"Q": 2}, {}, r"env config needs '_target_' or 'name'"),
         ("qeueu", {}, r"env = 'qeueu' is unknown; allowed: \["),
         (queue(), {"Q": 2}, r"env constants \['Q'\] given with a GlobalLocalMDP"),
-        ({"_target_": "os.getcwd"}, {}, r"env builder getcwd returned str, expected GlobalLocalMDP or LocalActionMDP"),
+        ({"_target_": "os.getcwd"}, {},
+         r"env builder getcwd returned str, expected a GlobalLocalMDP, Simulator or LocalActionMDP"),
         (3, {}, r"env = 3 must be a GlobalLocalMDP"),
     ],
 )

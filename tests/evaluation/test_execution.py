@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from sqtorch.envs import make_env
 from sqtorch.envs.simulator import (
@@ -18,6 +17,7 @@ from sqtorch.evaluation import compare_mc, evaluate_mc, horizon_for, initial_sta
 from sqtorch.evaluation import execution as ex
 from sqtorch.tabular.counts import num_counts
 from sqtorch.tabular.qtable import QTable
+from tests.helpers.host_reads import HostReads
 
 
 class Constant:
@@ -198,26 +198,6 @@ def test_lookup_sampler_draws_exactly_like_inverse_cdf(name):
         assert torch.equal(S.sample(rows, v), sample_categorical(S.cdf_cols, rows, v))
 
 
-HOST_READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
-              "unique", "masked_select", "cpu"}
-
-
-class _HostReads(TorchFunctionMode):
-    """Counts the torch calls that read tensor values on the host (a stream sync on CUDA), bool masks included."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        masks = name in ("__getitem__", "__setitem__") and any(
-            isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in torch.utils._pytree.tree_leaves(args[1:2])
-        )
-        self.count += name in HOST_READS or masks
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("policy", ["tabular", "deepsets"])
 def test_step_loop_reads_nothing_on_the_host_in_sync_free_mode(queue, monkeypatch, policy):
     """The CUDA branches of the Monte Carlo step loop, run on the CPU: host reads do not grow with the horizon."""
@@ -233,11 +213,11 @@ def test_step_loop_reads_nothing_on_the_host_in_sync_free_mode(queue, monkeypatc
     evaluate_mc(queue, pol, 50, num_initial=2, rollouts=3, horizon=1, seed=0)  # fills the per-env caches
     reads = []
     for horizon in (5, 25):
-        with _HostReads() as mode:
+        with HostReads() as mode:
             evaluate_mc(queue, pol, 50, num_initial=2, rollouts=3, horizon=horizon, seed=0)
         reads.append(mode.count)
     assert reads[0] == reads[1], reads  # set-up and the first step's action check only
     monkeypatch.undo()  # on the CPU the per-step checks stay (they cost nothing there)
-    with _HostReads() as mode:
+    with HostReads() as mode:
         evaluate_mc(queue, pol, 50, num_initial=2, rollouts=3, horizon=25, seed=0)
     assert mode.count > reads[1]
