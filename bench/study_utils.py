@@ -52,7 +52,6 @@ def train_deepsets(
     trainer = pl.Trainer(
         accelerator="auto", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        gradient_clip_val=cfg.optim.grad_clip,
         max_time=None if max_seconds is None else timedelta(seconds=max_seconds),
     )
     t0 = time.perf_counter()

@@ -22,14 +22,20 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return gen
 
 
+GATHER_MAX_K = 8  # sample_categorical: outcomes up to which the boundaries are gathered at once
+
+
 def sample_categorical(cdf_cols: Tensor, row: Tensor, u: Tensor) -> Tensor:
     """Inverse-CDF draw from row ``row`` of a CDF table: ``j`` with ``cdf[j-1] <= u < cdf[j]``.
 
     ``cdf_cols [K, R]`` is the transposed CDF table (column ``j`` contiguous, last column exactly
     1), ``row`` and ``u`` (uniform in ``[0, 1)``) have the same shape. Zero-probability outcomes
-    are never drawn. Loops over the K outcomes (a state count, never an agent count), so no
-    ``[..., K]`` tensor of gathered rows is materialized.
+    are never drawn. The draw is the number of inner boundaries ``cdf[j] <= u``: for
+    ``K <= GATHER_MAX_K`` counted on one gathered ``[K - 1, ...]`` tensor (four ops whatever K),
+    else by a loop over the K outcomes (a state count, never an agent count) that gathers no rows.
     """
+    if cdf_cols.shape[0] <= GATHER_MAX_K:
+        return (cdf_cols[:-1, row] <= u).sum(0)
     out = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
     for j in range(cdf_cols.shape[0] - 1):
         out += cdf_cols[j].take(row) <= u

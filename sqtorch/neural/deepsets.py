@@ -8,8 +8,10 @@ action.
 
 Because the per-agent input is one-hot, ``phi`` takes only ``L`` (or ``G * L``) distinct values.
 :meth:`DeepSetsQ.forward_counts` therefore evaluates ``phi`` once per local state and pools with
-count weights: identical to the per-agent :meth:`DeepSetsQ.forward` (tested), but its cost does
-not grow with k.
+count weights: the same function as the per-agent :meth:`DeepSetsQ.forward` (tested), but its
+cost does not grow with k. Mean and sum pooling are one matrix product
+``pooled = W @ phi_flat`` with ``W [B, G*L]`` holding the row's weights in the block of its
+global state (zeros elsewhere), so no ``[B, L, d]`` tensor is built.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.runtime import check_int
 
 POOLINGS = ("mean", "sum", "max")
+DENSE_POOL_MAX = 1024  # widest W [B, G*L] of the one-matmul pooling; wider tables gather per row
 
 
 @dataclass
@@ -91,6 +94,13 @@ class DeepSetsQ(nn.Module):
         self.phi = mlp(L + (G if cfg.global_in_phi else 0), cfg.hidden, cfg.hidden, cfg.phi_layers)
         self.embed = nn.Embedding(G, cfg.embed_dim)
         self.rho = mlp(cfg.hidden + cfg.embed_dim, cfg.hidden, A, cfg.rho_layers)
+        # phi's every input, row g * L + x (x without global_in_phi); not saved in checkpoints
+        x = torch.arange(L)
+        if cfg.global_in_phi:
+            inputs = self._phi_input(torch.arange(G), x[None].expand(G, -1)).reshape(G * L, -1)
+        else:
+            inputs = nn.functional.one_hot(x, L).to(self.embed.weight.dtype)
+        self.register_buffer("phi_inputs", inputs, persistent=False)
 
     def _phi_input(self, s_g: Tensor, x: Tensor) -> Tensor:
         """``onehot(x)`` (+ ``onehot(s_g)`` broadcast over x's trailing agent dim)."""
@@ -117,30 +127,37 @@ class DeepSetsQ(nn.Module):
             pooled = enc.max(1).values
         return self._head(s_g, pooled)
 
+    def phi_flat(self) -> Tensor:
+        """``phi`` at every input: ``[G * L, d]`` in row ``g * L + x`` (``[L, d]`` without ``global_in_phi``)."""
+        return self.phi(self.phi_inputs)
+
     def phi_table(self, s_g: Tensor) -> Tensor:
         """``phi`` at every local state for each row's global state: ``[B, L, d]``."""
-        x = torch.arange(self.L, device=s_g.device)
+        table = self.phi_flat()
         if not self.global_in_phi:
-            return self.phi(self._phi_input(s_g[:1], x[None]))[0].expand(len(s_g), -1, -1)
-        g_all = torch.arange(self.G, device=s_g.device)
-        table = self.phi(self._phi_input(g_all, x[None].expand(self.G, -1)))  # [G, L, d]
-        return table[s_g]
+            return table.expand(len(s_g), -1, -1)
+        return table.reshape(self.G, self.L, -1)[s_g]
 
     def forward_counts(self, s_g: Tensor, c: Tensor) -> Tensor:
         """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.
 
         Mean pooling uses ``F = c / sum(c)`` (docs/model.md §3), sum pooling the counts, max pooling the
-        maximum over the local states present (``c_x > 0``).
+        maximum over the local states present (``c_x > 0``). Mean and sum pool with one matrix
+        product ``W @ phi_flat`` (``W [B, G*L]``: the weights in the row's ``s_g`` block).
         """
-        table = self.phi_table(s_g)  # [B, L, d]
-        c = c.to(table.dtype)
+        dtype = self.embed.weight.dtype
+        c = c.to(dtype)
         if self.pooling == "max":
+            table = self.phi_table(s_g)  # [B, L, d]
             masked = table.masked_fill((c <= 0)[..., None], float("-inf"))
-            pooled = masked.max(1).values
-        else:
-            w = c / c.sum(-1, keepdim=True) if self.pooling == "mean" else c
-            pooled = torch.einsum("bl,bld->bd", w, table)
-        return self._head(s_g, pooled)
+            return self._head(s_g, masked.max(1).values)
+        w = c / c.sum(-1, keepdim=True) if self.pooling == "mean" else c
+        if not self.global_in_phi:
+            return self._head(s_g, w @ self.phi_flat())
+        if self.G * self.L > DENSE_POOL_MAX:  # W would be wide and almost all zeros: gather instead
+            return self._head(s_g, torch.einsum("bl,bld->bd", w, self.phi_table(s_g)))
+        W = (nn.functional.one_hot(s_g, self.G).to(dtype)[:, :, None] * w[:, None, :]).reshape(len(s_g), -1)
+        return self._head(s_g, W @ self.phi_flat())
 
 
 def num_parameters(net: nn.Module) -> int:

@@ -7,7 +7,8 @@ Each optimizer step draws a :class:`~sqtorch.neural.data.Batch` of ``(s_g, s_Del
 
 the sampled version of the Bellman operator of docs/model.md §2, with a target network synced every
 ``target_sync`` steps (or Polyak-averaged with ``tau``), Huber or MSE loss, Adam and gradient
-clipping (the Trainer's ``gradient_clip_val``). The hyper-parameters (env config, n, k, the
+clipping at ``algo.optim.grad_clip`` (manual optimization: the Trainer's ``gradient_clip_val``
+must stay unset). The hyper-parameters (env config, n, k, the
 :class:`~sqtorch.neural.config.DeepSetsConfig` and the :class:`~sqtorch.evaluation.reference.
 ValidationConfig` as plain dicts) are stored in every checkpoint, so
 ``SubsampleQModule.load_from_checkpoint(path)`` needs no other input, and
@@ -35,6 +36,19 @@ from sqtorch.neural.deepsets import DeepSetsQ, q_scale_of
 from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.runtime import check_int, derive_seed
 from sqtorch.tabular.counts import counts_of
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
+    """Scale the gradients by ``min(1, max_norm / (||g||_2 + 1e-6))``, ``||g||`` over all of them.
+
+    The rule of ``torch.nn.utils.clip_grad_norm_`` (what the Trainer's ``gradient_clip_val``
+    applies) in three multi-tensor ops, with no host read.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
 
 
 class SubsampleQModule(pl.LightningModule):
@@ -69,6 +83,8 @@ class SubsampleQModule(pl.LightningModule):
         self.samples = 0
         self._pending_source_state: dict | None = None
         self._last_log: tuple[float, int] | None = None
+        self._params = list(self.net.parameters())
+        self.automatic_optimization = False  # training_step runs the whole update (fewer, larger ops)
 
     # ---- setup / data --------------------------------------------------------------------
     def _run_device(self) -> torch.device:
@@ -112,7 +128,12 @@ class SubsampleQModule(pl.LightningModule):
         return nn.functional.huber_loss(pred / s, target / s, delta=self.algo.huber_delta) * s * s
 
     def training_step(self, step_idx: Any, batch_idx: int) -> Tensor:
-        """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`)."""
+        """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`).
+
+        Manual optimization: zero the gradients, backward, clip the global gradient norm at
+        ``algo.optim.grad_clip``, one fused Adam step, one scheduler step. Nothing in it reads a
+        tensor on the host (no stream sync on CUDA); logging reads on logging steps only.
+        """
         assert self.source is not None
         batch_size = self.algo.batch_size
         self.update_target()
@@ -125,7 +146,16 @@ class SubsampleQModule(pl.LightningModule):
         self.samples += batch_size
         if self._logging_step():
             self._log_step(loss, q, target)
-        return loss
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.algo.optim.grad_clip is not None:
+            clip_grad_norm(self._params, float(self.algo.optim.grad_clip))
+        opt.step()
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()  # type: ignore[union-attr]
+        return loss.detach()
 
     def _logging_step(self) -> bool:
         """True on the steps the logger writes (``log_every_n_steps``); logging is not free."""
@@ -161,7 +191,7 @@ class SubsampleQModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.algo.optim
-        opt = torch.optim.Adam(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        opt = torch.optim.Adam(self._params, lr=o.lr, weight_decay=o.weight_decay, fused=True)
         if o.lr_schedule == "constant":
             return opt
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.algo.max_steps)
