@@ -196,11 +196,12 @@ def compare(args: argparse.Namespace) -> None:
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         trees = {"old": old, "new": ROOT}
         t = args.threads or 1
-        cases = [
-            ("steps/s, batch 256", "step", {"batch": args.batch_size, "steps": args.steps, "warmup": args.warmup}),
-            (f"items/s, batch {args.big_batch}", "step",
-             {"batch": args.big_batch, "steps": max(args.steps // 8, 10), "warmup": max(args.warmup // 4, 3)}),
-        ]
+        cases = [(f"steps/s, batch {args.batch_size}", "step",
+                  {"batch": args.batch_size, "steps": args.steps, "warmup": args.warmup})]
+        if args.big_batch:
+            cases.append((f"items/s, batch {args.big_batch}", "step",
+                          {"batch": args.big_batch, "steps": max(args.steps // 8, 10),
+                           "warmup": max(args.warmup // 4, 3)}))
         if args.main_steps:
             cases.append((f"main job training wall s ({args.main_steps} steps)", "main", {"steps": args.main_steps}))
         results: dict[tuple[str, str], list[float]] = {}
@@ -244,7 +245,7 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline", default=None, help="git revision to compare with (old vs new table)")
-    p.add_argument("--big-batch", type=int, default=4096, help="--baseline: the large batch (items/s)")
+    p.add_argument("--big-batch", type=int, default=4096, help="--baseline: the large batch (items/s; 0: skip)")
     p.add_argument("--warmup", type=int, default=20, help="--baseline: untimed steps before timing")
     p.add_argument("--main-steps", type=int, default=5000, help="--baseline: main job steps (0: skip it)")
     p.add_argument("--ks", type=int, nargs="+", default=[4, 16, 64])

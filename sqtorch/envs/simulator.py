@@ -7,6 +7,7 @@ on that device, so a seed fixes every rollout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -187,6 +188,16 @@ def lookup_sampler(P: Tensor) -> LookupSampler:
     return sampler
 
 
+@overload
+def step(
+    env: GlobalLocalMDP, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator,
+    cdf_g: Tensor | None = ..., cdf_l: Tensor | None = ..., reward: Literal[True] = ...,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def step(
+    env: GlobalLocalMDP, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator,
+    cdf_g: Tensor | None = ..., cdf_l: Tensor | None = ..., *, reward: Literal[False],
+) -> tuple[Tensor, Tensor, None]: ...
 def step(
     env: GlobalLocalMDP,
     s_g: Tensor,
@@ -195,8 +206,10 @@ def step(
     generator: torch.Generator,
     cdf_g: Tensor | None = None,
     cdf_l: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One transition of the full system: returns ``(s_g', s_l', r(s, a_g))``.
+    reward: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One transition of the full system: returns ``(s_g', s_l', r(s, a_g))`` (``r`` is ``None``
+    with ``reward=False``; the draws are the same either way).
 
     ``s_g [B]``, ``s_l [B, n]``, ``a_g [B]``. Every local agent moves independently with
     ``P_l[s_g, a_g, s_i]``; the global agent with ``P_g[s_g, a_g]``. Exactly one float64 uniform
@@ -208,7 +221,7 @@ def step(
     cdf_g = cdf_columns(env.P_g) if cdf_g is None else cdf_g
     ga = s_g * env.A + a_g  # [B]
     row = s_l + (ga * env.L)[:, None]  # [B, n] row of (g, a, x) in P_l and r_l
-    r = env.r_g[s_g, a_g] + env.r_l.reshape(-1).take(row).mean(-1)  # docs/model.md §1, all n agents
+    r = env.r_g[s_g, a_g] + env.r_l.reshape(-1).take(row).mean(-1) if reward else None  # docs/model.md §1
     u_l = torch.rand(s_l.shape, generator=generator, device=s_l.device, dtype=torch.float64)
     if env.L < IMPURE:
         s_l_next = lookup_sampler(env.P_l).sample(row, u_l)

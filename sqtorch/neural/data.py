@@ -160,7 +160,7 @@ class GenerativeSource:
         explore = torch.rand(R, generator=self.gen, device=self.device) < self.epsilon
         a_rand = torch.randint(self.env.A, (R,), generator=self.gen, device=self.device)
         a = torch.where(explore, a_rand, a)
-        g, s_l, _ = step(self.env, self.pool_g, self.pool_l, a, self.gen, self.cdf_g, self.cdf_l)
+        g, s_l, _ = step(self.env, self.pool_g, self.pool_l, a, self.gen, self.cdf_g, self.cdf_l, reward=False)
         reset = torch.rand(R, generator=self.gen, device=self.device) < self.reset_prob
         g0, l0 = sample_initial_state(self.env, self.n, R, self.gen)
         self.pool_g = torch.where(reset, g0, g)

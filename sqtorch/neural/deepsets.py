@@ -9,9 +9,8 @@ action.
 Because the per-agent input is one-hot, ``phi`` takes only ``L`` (or ``G * L``) distinct values.
 :meth:`DeepSetsQ.forward_counts` therefore evaluates ``phi`` once per local state and pools with
 count weights: the same function as the per-agent :meth:`DeepSetsQ.forward` (tested), but its
-cost does not grow with k. Mean and sum pooling are one matrix product
-``pooled = W @ phi_flat`` with ``W [B, G*L]`` holding the row's weights in the block of its
-global state (zeros elsewhere), so no ``[B, L, d]`` tensor is built.
+cost does not grow with k. With mean or sum pooling it also folds the first (linear) layer of
+``rho`` into that table, so a row's first hidden layer is one small matrix product.
 """
 
 from __future__ import annotations
@@ -101,6 +100,7 @@ class DeepSetsQ(nn.Module):
         else:
             inputs = nn.functional.one_hot(x, L).to(self.embed.weight.dtype)
         self.register_buffer("phi_inputs", inputs, persistent=False)
+        self.register_buffer("local_index", x, persistent=False)
 
     def _phi_input(self, s_g: Tensor, x: Tensor) -> Tensor:
         """``onehot(x)`` (+ ``onehot(s_g)`` broadcast over x's trailing agent dim)."""
@@ -142,8 +142,12 @@ class DeepSetsQ(nn.Module):
         """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.
 
         Mean pooling uses ``F = c / sum(c)`` (docs/model.md §3), sum pooling the counts, max pooling the
-        maximum over the local states present (``c_x > 0``). Mean and sum pool with one matrix
-        product ``W @ phi_flat`` (``W [B, G*L]``: the weights in the row's ``s_g`` block).
+        maximum over the local states present (``c_x > 0``). For mean and sum pooling the first
+        layer of ``rho`` is linear in the pooled encoding and in ``embed(s_g)``, so it is applied to
+        the ``phi`` table and to the embedding table first (``T = phi_flat @ W_pool^T``,
+        ``E = embed.weight @ W_embed^T + b``); then the first hidden layer of every row is one
+        matrix product ``[w (x) onehot(s_g), onehot(s_g)] @ [T; E]`` and no ``[B, L, d]`` tensor
+        or concatenated ``[B, d + embed_dim]`` input is built.
         """
         dtype = self.embed.weight.dtype
         c = c.to(dtype)
@@ -152,12 +156,24 @@ class DeepSetsQ(nn.Module):
             masked = table.masked_fill((c <= 0)[..., None], float("-inf"))
             return self._head(s_g, masked.max(1).values)
         w = c / c.sum(-1, keepdim=True) if self.pooling == "mean" else c
+        layers = iter(self.rho)  # (slicing a Sequential would build a new module per call)
+        first = next(layers)
+        d = first.in_features - self.embed.embedding_dim
+        T = self.phi_flat() @ first.weight[:, :d].T  # [G*L (or L), h]
+        E = nn.functional.linear(self.embed.weight, first.weight[:, d:], first.bias)  # [G, h]
         if not self.global_in_phi:
-            return self._head(s_g, w @ self.phi_flat())
-        if self.G * self.L > DENSE_POOL_MAX:  # W would be wide and almost all zeros: gather instead
-            return self._head(s_g, torch.einsum("bl,bld->bd", w, self.phi_table(s_g)))
-        W = (nn.functional.one_hot(s_g, self.G).to(dtype)[:, :, None] * w[:, None, :]).reshape(len(s_g), -1)
-        return self._head(s_g, W @ self.phi_flat())
+            h = torch.cat([w, nn.functional.one_hot(s_g, self.G).to(dtype)], -1) @ torch.cat([T, E])
+        elif self.G * self.L > DENSE_POOL_MAX:  # the [B, G*(L+1)] weights would be wide and sparse
+            h = torch.einsum("bl,blh->bh", w, T.reshape(self.G, self.L, -1)[s_g]) + E[s_g]
+        else:  # row g*(L+1) + x of the table: T[g*L + x] for x < L, E[g] for x = L
+            table = torch.cat([T.reshape(self.G, self.L, -1), E[:, None, :]], 1).reshape(self.G * (self.L + 1), -1)
+            base = s_g * (self.L + 1)
+            W = torch.zeros(len(s_g), self.G * (self.L + 1), dtype=dtype, device=s_g.device)
+            W.scatter_(1, base[:, None] + self.local_index, w).scatter_(1, (base + self.L)[:, None], 1.0)
+            h = W @ table
+        for layer in layers:
+            h = layer(h)
+        return self.q_offset + self.q_scale * h
 
 
 def num_parameters(net: nn.Module) -> int:

@@ -164,16 +164,24 @@ class SubsampleQModule(pl.LightningModule):
         return every > 0 and (self.global_step + 1) % every == 0
 
     def _log_step(self, loss: Tensor, q: Tensor, target: Tensor) -> None:
+        """Write the ``train/*`` and ``charts/*`` scalars at this step (one host read).
+
+        They go to the Trainer's loggers directly (``self.log`` costs milliseconds per call); the
+        TD loss also goes to the progress bar when there is one.
+        """
         now = time.perf_counter()
-        self.log(M.TRAIN_TD_LOSS, loss, prog_bar=True)
-        self.log(M.TRAIN_Q_MEAN, q.mean())
-        self.log(M.TRAIN_TARGET_MEAN, target.mean())
-        self.log(M.TRAIN_SAMPLES, float(self.samples))
-        self.log(M.LEARNING_RATE, self.optimizers().param_groups[0]["lr"])
+        stats = torch.stack([loss.detach(), q.detach().mean(), target.detach().mean()]).tolist()
+        values = dict(zip((M.TRAIN_TD_LOSS, M.TRAIN_Q_MEAN, M.TRAIN_TARGET_MEAN), stats, strict=True))
+        values[M.TRAIN_SAMPLES] = float(self.samples)
+        values[M.LEARNING_RATE] = float(self.optimizers().param_groups[0]["lr"])
         if self._last_log is not None:  # averaged since the previous logging step
             t, samples = self._last_log
-            self.log(M.SAMPLES_PER_SECOND, (self.samples - samples) / max(now - t, 1e-9))
+            values[M.SAMPLES_PER_SECOND] = (self.samples - samples) / max(now - t, 1e-9)
         self._last_log = (now, self.samples)
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.global_step)
+        if self._trainer is not None and self._trainer.progress_bar_callback is not None:
+            self.log(M.TRAIN_TD_LOSS, values[M.TRAIN_TD_LOSS], prog_bar=True, logger=False)
 
     def update_target(self) -> None:
         """Target update before step t: Polyak with ``tau``, else a copy when t % target_sync == 0.
