@@ -23,7 +23,8 @@ every repeat), with the same settings (``--threads``, default 1; queue, k = 4, n
 ``--big-batch`` (4096), each timed inside one ``Trainer.fit`` after ``--warmup`` steps, and the
 training wall (``train/wall_seconds``: ``Trainer.fit`` with its validations and checkpoints) of
 the main job ``python train.py threads=1 algo.max_steps=--main-steps`` run in the tree's own
-directory. It prints one table of medians over ``--repeats`` with new/old ratios.
+directory. It prints one table of medians over ``--repeats`` with new/old ratios, for the steps
+also in CPU time per step (``time.process_time``: less sensitive to other processes on the cores).
 """
 
 from __future__ import annotations
@@ -153,9 +154,11 @@ def child_main(argv: list[str]) -> None:
     class Clock(pl.Callback):
         def __init__(self) -> None:
             self.t: dict[int, float] = {}
+            self.cpu: dict[int, float] = {}
 
         def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
             self.t[trainer.global_step] = time.perf_counter()
+            self.cpu[trainer.global_step] = time.process_time()
 
     warm, steps, batch = opts["warmup"], opts["steps"], opts["batch"]
     module = SubsampleQModule(
@@ -171,7 +174,8 @@ def child_main(argv: list[str]) -> None:
                          limit_val_batches=0, log_every_n_steps=10, deterministic=True, callbacks=[clock], **clip)
     trainer.fit(module)
     dt = (clock.t[warm + steps] - clock.t[warm]) / steps
-    print(json.dumps({"ms": dt * 1e3, "items_per_s": batch / dt}))
+    cpu = (clock.cpu[warm + steps] - clock.cpu[warm]) / steps
+    print(json.dumps({"ms": dt * 1e3, "items_per_s": batch / dt, "cpu_ms": cpu * 1e3}))
 
 
 def run_child(tree: Path, kind: str, opts: dict) -> dict:
@@ -217,16 +221,23 @@ def compare(args: argparse.Namespace) -> None:
                     else:
                         value = r["items_per_s"]
                     results.setdefault((label, name), []).append(value)
+                    if "cpu_ms" in r:
+                        results.setdefault((label, name + " cpu"), []).append(r["cpu_ms"])
                     print(f"  repeat {rep + 1}: {label} {name}: {value:,.2f}", flush=True)
     header = (f"old = {rev}, new = {head}{' + uncommitted changes' if dirty else ''}; cpu, {t} thread(s), "
               f"torch {torch.__version__}; queue, n = 64, k = 4, m = 8, state_dist = visited; "
               f"median of {args.repeats} alternating repeats (each in its own process); "
               f"load average at the end {os.getloadavg()[0]:.1f}")
-    rows = ["| measure | old | new | speed-up (new vs old) |", "|---|---:|---:|---:|"]
+    rows = ["| measure | old | new | speed-up (new vs old) | CPU ms/step old / new | speed-up in CPU time |",
+            "|---|---:|---:|---:|---:|---:|"]
     for label, kind, _ in cases:
         o, n = (statistics.median(results[(label, name)]) for name in ("old", "new"))
         ratio = o / n if kind == "main" else n / o  # a wall time: shorter is faster
-        rows.append(f"| {label} | {o:,.2f} | {n:,.2f} | **{ratio:.2f}x** |")
+        cpu = ["-", "-"]
+        if kind == "step":
+            co, cn = (statistics.median(results[(label, name + " cpu")]) for name in ("old", "new"))
+            cpu = [f"{co:.2f} / {cn:.2f}", f"{co / cn:.2f}x"]
+        rows.append(f"| {label} | {o:,.2f} | {n:,.2f} | **{ratio:.2f}x** | {cpu[0]} | {cpu[1]} |")
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     text = f"Command: `{cmd}`\n\n{header}\n\n" + "\n".join(rows) + "\n"
     print(text)

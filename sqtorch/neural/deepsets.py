@@ -16,6 +16,7 @@ cost does not grow with k. With mean or sum pooling it also folds the first (lin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch import Tensor, nn
@@ -138,40 +139,51 @@ class DeepSetsQ(nn.Module):
             return table.expand(len(s_g), -1, -1)
         return table.reshape(self.G, self.L, -1)[s_g]
 
-    def forward_counts(self, s_g: Tensor, c: Tensor) -> Tensor:
-        """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.
+    def hidden_table(self) -> Tensor:
+        """Pre-activation of ``rho``'s first layer per table row (mean and sum pooling).
 
-        Mean pooling uses ``F = c / sum(c)`` (docs/model.md §3), sum pooling the counts, max pooling the
-        maximum over the local states present (``c_x > 0``). For mean and sum pooling the first
-        layer of ``rho`` is linear in the pooled encoding and in ``embed(s_g)``, so it is applied to
-        the ``phi`` table and to the embedding table first (``T = phi_flat @ W_pool^T``,
-        ``E = embed.weight @ W_embed^T + b``); then the first hidden layer of every row is one
-        matrix product ``[w (x) onehot(s_g), onehot(s_g)] @ [T; E]`` and no ``[B, L, d]`` tensor
-        or concatenated ``[B, d + embed_dim]`` input is built.
+        That layer is linear in the pooled encoding and in ``embed(s_g)``, so it applies to the
+        ``phi`` table and to the embedding table first: ``T = phi_flat @ W_pool^T`` and
+        ``E = embed.weight @ W_embed^T + b``. Rows ``g * (L + 1) + x`` hold ``T[g * L + x]`` for
+        ``x < L`` and ``E[g]`` for ``x = L`` (without ``global_in_phi``: ``T`` then ``E``).
         """
-        dtype = self.embed.weight.dtype
-        c = c.to(dtype)
-        if self.pooling == "max":
-            table = self.phi_table(s_g)  # [B, L, d]
-            masked = table.masked_fill((c <= 0)[..., None], float("-inf"))
-            return self._head(s_g, masked.max(1).values)
-        w = c / c.sum(-1, keepdim=True) if self.pooling == "mean" else c
-        layers = iter(self.rho)  # (slicing a Sequential would build a new module per call)
-        first = next(layers)
+        first = self.rho[0]
         d = first.in_features - self.embed.embedding_dim
         T = self.phi_flat() @ first.weight[:, :d].T  # [G*L (or L), h]
         E = nn.functional.linear(self.embed.weight, first.weight[:, d:], first.bias)  # [G, h]
         if not self.global_in_phi:
-            h = torch.cat([w, nn.functional.one_hot(s_g, self.G).to(dtype)], -1) @ torch.cat([T, E])
-        elif self.G * self.L > DENSE_POOL_MAX:  # the [B, G*(L+1)] weights would be wide and sparse
-            h = torch.einsum("bl,blh->bh", w, T.reshape(self.G, self.L, -1)[s_g]) + E[s_g]
-        else:  # row g*(L+1) + x of the table: T[g*L + x] for x < L, E[g] for x = L
-            table = torch.cat([T.reshape(self.G, self.L, -1), E[:, None, :]], 1).reshape(self.G * (self.L + 1), -1)
-            base = s_g * (self.L + 1)
-            W = torch.zeros(len(s_g), self.G * (self.L + 1), dtype=dtype, device=s_g.device)
-            W.scatter_(1, base[:, None] + self.local_index, w).scatter_(1, (base + self.L)[:, None], 1.0)
+            return torch.cat([T, E])
+        return torch.cat([T.reshape(self.G, self.L, -1), E[:, None, :]], 1).reshape(self.G * (self.L + 1), -1)
+
+    def forward_counts(self, s_g: Tensor, c: Tensor, table: Tensor | None = None) -> Tensor:
+        """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.
+
+        Mean pooling uses ``F = c / sum(c)`` (docs/model.md §3), sum pooling the counts, max pooling the
+        maximum over the local states present (``c_x > 0``). With mean or sum pooling a row's
+        first hidden layer is ``sum_x w_x T[s_g, x] + E[s_g]`` (:meth:`hidden_table`; pass
+        ``table`` to reuse one computed with the current weights): one matrix product of the
+        weights ``w (x) onehot(s_g)`` with the table, so no ``[B, L, d]`` tensor or concatenated
+        ``[B, d + embed_dim]`` input is built.
+        """
+        dtype = self.embed.weight.dtype
+        c = c.to(dtype)
+        if self.pooling == "max":
+            pooled = self.phi_table(s_g).masked_fill((c <= 0)[..., None], float("-inf")).max(1).values
+            return self._head(s_g, pooled)
+        table = self.hidden_table() if table is None else table
+        w = c / c.sum(-1, keepdim=True) if self.pooling == "mean" else c
+        G, L = self.G, self.L
+        if not self.global_in_phi:
+            h = torch.cat([w, nn.functional.one_hot(s_g, G).to(dtype)], -1) @ table
+        elif G * L > DENSE_POOL_MAX:  # the [B, G*(L+1)] weights would be wide and sparse: gather rows
+            rows = table.reshape(G, L + 1, -1)[s_g]
+            h = torch.einsum("bl,blh->bh", w, rows[:, :L]) + rows[:, L]
+        else:
+            base = s_g * (L + 1)
+            W = torch.zeros(len(s_g), G * (L + 1), dtype=dtype, device=s_g.device)
+            W.scatter_(1, base[:, None] + self.local_index, w).scatter_(1, (base + L)[:, None], 1.0)
             h = W @ table
-        for layer in layers:
+        for layer in islice(self.rho, 1, None):
             h = layer(h)
         return self.q_offset + self.q_scale * h
 

@@ -137,9 +137,18 @@ class SubsampleQModule(pl.LightningModule):
         assert self.source is not None
         batch_size = self.algo.batch_size
         self.update_target()
-        policy = self._greedy_fn if self.source.state_dist == "visited" else None
+        # the weights do not change before the update: one table serves the pool's greedy policy
+        # (detached) and the regression (mean and sum pooling)
+        table = self.net.hidden_table() if self.net.pooling != "max" else None
+        policy = None
+        if self.source.state_dist == "visited":
+            frozen = None if table is None else table.detach()
+
+            def policy(s_g: Tensor, s_sub: Tensor) -> Tensor:
+                return self.net.forward_counts(s_g, counts_of(s_sub, self.env.L), frozen).argmax(-1)
+
         b = self.source.sample(batch_size, policy)
-        q = self.net.forward_counts(b.s_g, counts_of(b.s_sub, self.env.L))
+        q = self.net.forward_counts(b.s_g, counts_of(b.s_sub, self.env.L), table)
         pred = q.gather(1, b.a_g[:, None])[:, 0]
         target = self.td_target(b.r, b.g_next, b.c_next)
         loss = self._loss(pred, target)
