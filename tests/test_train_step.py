@@ -157,3 +157,25 @@ def test_training_step_reads_nothing_on_the_host_in_sync_free_mode(state_dist, m
     trainer.fit(module)
     assert len(reads) == 6 and all(r == [] for r in reads), reads
     assert trainer.global_step == 6
+
+
+def test_a_checkpoint_counted_by_automatic_optimization_resumes_at_its_step(make_cfg, tmp_path):
+    """Checkpoints whose steps Lightning counted under automatic optimization resume at their step."""
+    from sqtorch.experiment import run
+
+    common = ("debug=fast", "trainer=cpu", "logger=none", "algo.max_steps=30")
+    run(make_cfg(*common, "algo.max_steps=20", out=tmp_path / "a"))
+    ckpt = torch.load(tmp_path / "a" / "checkpoints" / "step-20.ckpt", weights_only=False)
+    loop = ckpt["loops"]["fit_loop"]
+    manual = loop["epoch_loop.manual_optimization.optim_step_progress"]
+    assert manual["total"]["completed"] == 20
+    loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"] = {
+        key: dict(value) for key, value in manual.items()
+    }
+    for part in manual.values():
+        part.update(ready=0, completed=0)
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    metrics = run(make_cfg(*common, f"ckpt_path='{old}'", out=tmp_path / "b"))
+    assert metrics["train/global_step"] == 30
+    assert metrics["train/samples"] == 30 * 32  # debug=fast: batch 32; 20 restored + 10 new steps

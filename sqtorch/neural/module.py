@@ -51,6 +51,16 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
 
 
+def _steps_as_manual(checkpoint: dict) -> None:
+    """A checkpoint written under automatic optimization counts its optimizer steps there; the
+    Trainer of this (manual) module reads ``global_step`` from the manual counter, so copy it."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    auto = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+    manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+    if auto and manual and manual["total"]["completed"] == 0 and auto["total"]["completed"] > 0:
+        loop["epoch_loop.manual_optimization.optim_step_progress"] = copy.deepcopy(auto)
+
+
 class SubsampleQModule(pl.LightningModule):
     """DeepSets Q-learning from a generative model (docs/model.md §3).
 
@@ -241,6 +251,7 @@ class SubsampleQModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        _steps_as_manual(checkpoint)
         state = checkpoint.get("sqtorch") or {}
         self.samples = int(state.get("samples", 0))
         if state.get("source") is not None:
