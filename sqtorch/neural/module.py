@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -49,6 +50,11 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
         return
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+
+
+# Lightning warns that a checkpoint of a manually optimized module holds the weights after the
+# step's update: ours are meant to (as under automatic optimization); a resume continues from there.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
 
 
 def _steps_as_manual(checkpoint: dict) -> None:
