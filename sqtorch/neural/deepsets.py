@@ -25,7 +25,7 @@ from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.runtime import check_int
 
 POOLINGS = ("mean", "sum", "max")
-DENSE_POOL_MAX = 1024  # widest W [B, G*L] of the one-matmul pooling; wider tables gather per row
+DENSE_POOL_MAX = 1024  # widest G*L pooled by one [B, G*(L+1)] product; wider tables gather per row
 
 
 @dataclass

@@ -224,7 +224,10 @@ class SubsampleQModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.algo.optim
-        opt = torch.optim.Adam(self._params, lr=o.lr, weight_decay=o.weight_decay, fused=True)
+        try:  # one fused kernel for all parameters
+            opt = torch.optim.Adam(self._params, lr=o.lr, weight_decay=o.weight_decay, fused=True)
+        except RuntimeError:  # torch < 2.4 has no fused Adam on the CPU
+            opt = torch.optim.Adam(self._params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
         if o.lr_schedule == "constant":
             return opt
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.algo.max_steps)
