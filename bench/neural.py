@@ -3,6 +3,7 @@
     python bench/neural.py                       # k = 4, 16, 64 on queue and demand_response
     python bench/neural.py --quick               # fewer steps
     python bench/neural.py   # prints the table; --out FILE also writes it
+    python bench/neural.py --baseline 6998883    # old vs new in one run (queue, k = 4, 1 thread)
 
 For each k it reports, on the device it ran on (CUDA when available, else CPU):
 
@@ -13,30 +14,49 @@ For each k it reports, on the device it ran on (CUDA when available, else CPU):
   no checkpoints), wall time / steps after a warm-up fit;
 * items/s = batch_size / step time (one item = one (s_g, s_Delta, a_g) with its m successors),
   transitions/s = items/s * m.
+
+``--baseline REV`` compares this tree with git revision ``REV`` (materialised with ``git archive``
+into a temporary directory; nothing in the repository changes). Every measurement runs in its
+own subprocess with the chosen tree first on ``sys.path``, alternating old / new (the order flips
+every repeat), with the same settings (``--threads``, default 1; queue, k = 4, n = 64, m = 8, the
+``visited`` state distribution): Lightning steps/s at ``--batch-size`` (256) and items/s at
+``--big-batch`` (4096), each timed inside one ``Trainer.fit`` after ``--warmup`` steps, and the
+training wall (``train/wall_seconds``: ``Trainer.fit`` with its validations and checkpoints) of
+the main job ``python train.py threads=1 algo.max_steps=--main-steps`` run in the tree's own
+directory. It prints one table of medians over ``--repeats`` with new/old ratios, for the steps
+also in CPU time per step (``time.process_time``: less sensitive to other processes on the cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if "--child" not in sys.argv:  # a child puts its own tree first (see child_main)
+    sys.path.insert(0, str(ROOT))
 
-from sqtorch.neural.data import DataConfig, GenerativeSource  # noqa: E402
-from sqtorch.neural.module import SubsampleQModule  # noqa: E402
-from sqtorch.tabular.counts import counts_of  # noqa: E402
+if TYPE_CHECKING:
+    from sqtorch.neural.module import SubsampleQModule
 
 ENVS = {"queue": {"_target_": "sqtorch.envs.queue"}, "demand_response": {"_target_": "sqtorch.envs.demand_response"}}
 
 
 def make_module(env: str, n: int, k: int, args: argparse.Namespace, max_steps: int) -> SubsampleQModule:
+    from sqtorch.neural.module import SubsampleQModule
+
     return SubsampleQModule(
         ENVS[env],
         n=n,
@@ -53,10 +73,15 @@ def make_module(env: str, n: int, k: int, args: argparse.Namespace, max_steps: i
 
 
 def raw_step_ms(env: str, n: int, k: int, args: argparse.Namespace, device: torch.device) -> float:
-    """ms per optimizer step without Lightning."""
+    """ms per optimizer step without Lightning (the module's update: fused Adam, norm clipping at 10)."""
+    from sqtorch.neural.data import DataConfig, GenerativeSource
+    from sqtorch.neural.module import clip_grad_norm
+    from sqtorch.tabular.counts import counts_of
+
     module = make_module(env, n, k, args, args.steps).to(device)
     module.source = GenerativeSource(module.env.to(device), n, k, args.m, DataConfig("visited"), seed=0)
-    opt = torch.optim.Adam(module.net.parameters(), lr=1e-3)
+    params = list(module.net.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True)
     L = module.env.L
 
     def step() -> None:
@@ -66,6 +91,7 @@ def raw_step_ms(env: str, n: int, k: int, args: argparse.Namespace, device: torc
         loss = module._loss(pred, module.td_target(b.r, b.g_next, b.c_next))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        clip_grad_norm(params, 10.0)
         opt.step()
 
     for _ in range(5):
@@ -106,13 +132,133 @@ def lightning_step_ms(env: str, n: int, k: int, args: argparse.Namespace, device
     return min(times[1:])
 
 
+# ---- old vs new (--baseline) ---------------------------------------------------------------------
+def child_main(argv: list[str]) -> None:
+    """``--child TREE KIND ...``: one measurement with ``TREE``'s sqtorch; prints one JSON line."""
+    tree, kind = Path(argv[0]), argv[1]
+    opts = json.loads(argv[2])
+    torch.set_num_threads(opts["threads"])
+    if kind == "main":  # the main job, run as a user would, in the tree's own directory
+        with tempfile.TemporaryDirectory() as out:
+            cmd = [sys.executable, "train.py", f"threads={opts['threads']}", f"algo.max_steps={opts['steps']}",
+                   f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"]
+            subprocess.run(cmd, cwd=tree, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            metrics = json.loads((Path(out) / "metrics.json").read_text())
+        print(json.dumps({"wall": metrics["train/wall_seconds"], "return": metrics.get("eval/return")}))
+        return
+    sys.path.insert(0, str(tree))
+    import lightning.pytorch as pl
+
+    from sqtorch.neural.module import SubsampleQModule
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.t: dict[int, float] = {}
+            self.cpu: dict[int, float] = {}
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+            self.t[trainer.global_step] = time.perf_counter()
+            self.cpu[trainer.global_step] = time.process_time()
+
+    warm, steps, batch = opts["warmup"], opts["steps"], opts["batch"]
+    module = SubsampleQModule(
+        {"_target_": "sqtorch.envs.queue"}, n=64, k=4,
+        algo={"m": 8, "batch_size": batch, "max_steps": warm + steps, "data": {"state_dist": "visited"}},
+        eval={"reference": "none"},
+    )
+    # the old module clips through the Trainer (automatic optimization), the new one itself
+    clip = {"gradient_clip_val": 10.0} if module.automatic_optimization else {}
+    clock = Clock()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=warm + steps, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, log_every_n_steps=10, deterministic=True, callbacks=[clock], **clip)
+    trainer.fit(module)
+    dt = (clock.t[warm + steps] - clock.t[warm]) / steps
+    cpu = (clock.cpu[warm + steps] - clock.cpu[warm]) / steps
+    print(json.dumps({"ms": dt * 1e3, "items_per_s": batch / dt, "cpu_ms": cpu * 1e3}))
+
+
+def run_child(tree: Path, kind: str, opts: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree), kind, json.dumps(opts)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Old (``--baseline``) vs this tree, alternating, medians; prints (and with --out writes) one table."""
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "sqtorch", "conf", "train.py"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "old"
+        old.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        trees = {"old": old, "new": ROOT}
+        t = args.threads or 1
+        cases = [(f"steps/s, batch {args.batch_size}", "step",
+                  {"batch": args.batch_size, "steps": args.steps, "warmup": args.warmup})]
+        if args.big_batch:
+            cases.append((f"items/s, batch {args.big_batch}", "step",
+                          {"batch": args.big_batch, "steps": max(args.steps // 8, 10),
+                           "warmup": max(args.warmup // 4, 3)}))
+        if args.main_steps:
+            cases.append((f"main job training wall s ({args.main_steps} steps)", "main", {"steps": args.main_steps}))
+        results: dict[tuple[str, str], list[float]] = {}
+        for rep in range(args.repeats):
+            for label, kind, opts in cases:
+                order = ("old", "new") if rep % 2 == 0 else ("new", "old")
+                for name in order:
+                    r = run_child(trees[name], kind, {**opts, "threads": t})
+                    if kind == "main":
+                        value = r["wall"]
+                    elif label.startswith("steps/s"):
+                        value = 1e3 / r["ms"]
+                    else:
+                        value = r["items_per_s"]
+                    results.setdefault((label, name), []).append(value)
+                    if "cpu_ms" in r:
+                        results.setdefault((label, name + " cpu"), []).append(r["cpu_ms"])
+                    print(f"  repeat {rep + 1}: {label} {name}: {value:,.2f}", flush=True)
+    header = (f"old = {rev}, new = {head}{' + uncommitted changes' if dirty else ''}; cpu, {t} thread(s), "
+              f"torch {torch.__version__}; queue, n = 64, k = 4, m = 8, state_dist = visited; "
+              f"median of {args.repeats} alternating repeats (each in its own process); "
+              f"load average at the end {os.getloadavg()[0]:.1f}")
+    rows = ["| measure | old | new | speed-up (new vs old) | CPU ms/step old / new | speed-up in CPU time |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for label, kind, _ in cases:
+        o, n = (statistics.median(results[(label, name)]) for name in ("old", "new"))
+        ratio = o / n if kind == "main" else n / o  # a wall time: shorter is faster
+        cpu = ["-", "-"]
+        if kind == "step":
+            co, cn = (statistics.median(results[(label, name + " cpu")]) for name in ("old", "new"))
+            cpu = [f"{co:.2f} / {cn:.2f}", f"{co / cn:.2f}x"]
+        rows.append(f"| {label} | {o:,.2f} | {n:,.2f} | **{ratio:.2f}x** | {cpu[0]} | {cpu[1]} |")
+    cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    text = f"Command: `{cmd}`\n\n{header}\n\n" + "\n".join(rows) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        child_main(sys.argv[2:])
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--baseline", default=None, help="git revision to compare with (old vs new table)")
+    p.add_argument("--big-batch", type=int, default=4096, help="--baseline: the large batch (items/s; 0: skip)")
+    p.add_argument("--warmup", type=int, default=20, help="--baseline: untimed steps before timing")
+    p.add_argument("--main-steps", type=int, default=5000, help="--baseline: main job steps (0: skip it)")
     p.add_argument("--ks", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--n", type=int, default=64, help="agents of the n-agent system (>= max k)")
     p.add_argument("--envs", nargs="+", default=list(ENVS))
@@ -128,6 +274,9 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.steps = 50
+    if args.baseline:
+        compare(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -7,6 +7,7 @@ on that device, so a seed fixes every rollout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -23,14 +24,20 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return gen
 
 
+GATHER_MAX_K = 8  # sample_categorical: outcomes up to which the boundaries are gathered at once
+
+
 def sample_categorical(cdf_cols: Tensor, row: Tensor, u: Tensor) -> Tensor:
     """Inverse-CDF draw from row ``row`` of a CDF table: ``j`` with ``cdf[j-1] <= u < cdf[j]``.
 
     ``cdf_cols [K, R]`` is the transposed CDF table (column ``j`` contiguous, last column exactly
     1), ``row`` and ``u`` (uniform in ``[0, 1)``) have the same shape. Zero-probability outcomes
-    are never drawn. Loops over the K outcomes (a state count, never an agent count), so no
-    ``[..., K]`` tensor of gathered rows is materialized.
+    are never drawn. The draw is the number of inner boundaries ``cdf[j] <= u``: for
+    ``K <= GATHER_MAX_K`` counted on one gathered ``[K - 1, ...]`` tensor (four ops whatever K),
+    else by a loop over the K outcomes (a state count, never an agent count) that gathers no rows.
     """
+    if cdf_cols.shape[0] <= GATHER_MAX_K:
+        return (cdf_cols[:-1, row] <= u).sum(0)
     out = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
     for j in range(cdf_cols.shape[0] - 1):
         out += cdf_cols[j].take(row) <= u
@@ -214,6 +221,16 @@ def global_step(env: GlobalLocalMDP, s_g: Tensor, a_g: Tensor, generator: torch.
     return sample_categorical(cached_cdf_columns(env.P_g), s_g * env.A + a_g, u_g)
 
 
+@overload
+def step(
+    env: GlobalLocalMDP, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator,
+    cdf_g: Tensor | None = ..., cdf_l: Tensor | None = ..., reward: Literal[True] = ...,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def step(
+    env: GlobalLocalMDP, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator,
+    cdf_g: Tensor | None = ..., cdf_l: Tensor | None = ..., *, reward: Literal[False],
+) -> tuple[Tensor, Tensor, None]: ...
 def step(
     env: GlobalLocalMDP,
     s_g: Tensor,
@@ -222,8 +239,10 @@ def step(
     generator: torch.Generator,
     cdf_g: Tensor | None = None,
     cdf_l: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One transition of the full system: returns ``(s_g', s_l', r(s, a_g))``.
+    reward: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One transition of the full system: returns ``(s_g', s_l', r(s, a_g))`` (``r`` is ``None``
+    with ``reward=False``; the draws are the same either way).
 
     ``s_g [B]``, ``s_l [B, n]``, ``a_g [B]``. Every local agent moves independently with
     ``P_l[s_g, a_g, s_i]``; the global agent with ``P_g[s_g, a_g]``. Exactly one float64 uniform
@@ -235,7 +254,7 @@ def step(
     cdf_g = cdf_columns(env.P_g) if cdf_g is None else cdf_g
     ga = s_g * env.A + a_g  # [B]
     row = s_l + (ga * env.L)[:, None]  # [B, n] row of (g, a, x) in P_l and r_l
-    r = env.r_g[s_g, a_g] + env.r_l.reshape(-1).take(row).mean(-1)  # docs/model.md §1, all n agents
+    r = env.r_g[s_g, a_g] + env.r_l.reshape(-1).take(row).mean(-1) if reward else None  # docs/model.md §1
     u_l = torch.rand(s_l.shape, generator=generator, device=s_l.device, dtype=torch.float64)
     if env.L < IMPURE:
         s_l_next = lookup_sampler(env.P_l).sample(row, u_l)

@@ -34,7 +34,9 @@ from torch.utils.data import IterableDataset
 from sqtorch.checks import check_int, check_k, check_unit
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.simulator import (
+    IMPURE,
     cdf_columns,
+    lookup_sampler,
     make_generator,
     sample_categorical,
     sample_initial_state,
@@ -101,6 +103,7 @@ class GenerativeSource:
         self.epsilon, self.reset_prob = float(d.epsilon), float(d.reset_prob)
         self.device = env.device
         self.cdf_g, self.cdf_l = cdf_columns(env.P_g), cdf_columns(env.P_l)
+        self.lookup_l = lookup_sampler(env.P_l) if env.L < IMPURE else None
         self.gen = make_generator(seed, self.device)
         self.pool_g: Tensor | None = None
         self.pool_l: Tensor | None = None
@@ -152,7 +155,7 @@ class GenerativeSource:
         explore = torch.rand(R, generator=self.gen, device=self.device) < self.epsilon
         a_rand = torch.randint(self.env.A, (R,), generator=self.gen, device=self.device)
         a = torch.where(explore, a_rand, a)
-        g, s_l, _ = step(self.env, self.pool_g, self.pool_l, a, self.gen, self.cdf_g, self.cdf_l)
+        g, s_l, _ = step(self.env, self.pool_g, self.pool_l, a, self.gen, self.cdf_g, self.cdf_l, reward=False)
         reset = torch.rand(R, generator=self.gen, device=self.device) < self.reset_prob
         g0, l0 = sample_initial_state(self.env, self.n, R, self.gen)
         self.pool_g = torch.where(reset, g0, g)
@@ -167,7 +170,10 @@ class GenerativeSource:
         g_next = sample_categorical(self.cdf_g, ga, u_g)
         rows = ga[..., None] * env.L + s_sub[:, None, :]  # [B, m, k]
         u_l = torch.rand(rows.shape, generator=self.gen, device=self.device, dtype=torch.float64)
-        x_next = sample_categorical(self.cdf_l, rows, u_l)
+        if self.lookup_l is not None:  # same draws as inverse-CDF sampling, one gather per agent
+            x_next = self.lookup_l.sample(rows, u_l)
+        else:
+            x_next = sample_categorical(self.cdf_l, rows, u_l)
         return g_next, counts_of(x_next, env.L)
 
     def sample(self, B: int, policy: Policy | None = None) -> Batch:

@@ -8,13 +8,15 @@ action.
 
 Because the per-agent input is one-hot, ``phi`` takes only ``L`` (or ``G * L``) distinct values.
 :meth:`DeepSetsQ.forward_counts` therefore evaluates ``phi`` once per local state and pools with
-count weights: identical to the per-agent :meth:`DeepSetsQ.forward` (tested), but its cost does
-not grow with k.
+count weights: the same function as the per-agent :meth:`DeepSetsQ.forward` (tested), but its
+cost does not grow with k. With mean or sum pooling it also folds the first (linear) layer of
+``rho`` into that table, so a row's first hidden layer is one small matrix product.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ from sqtorch.checks import check_int
 from sqtorch.envs.base import GlobalLocalMDP
 
 POOLINGS = ("mean", "sum", "max")
+DENSE_POOL_MAX = 1024  # widest G*L pooled by one [B, G*(L+1)] product; wider tables gather per row
 
 
 @dataclass
@@ -94,6 +97,14 @@ class DeepSetsQ(nn.Module):
         self.phi = mlp(L + (G if cfg.global_in_phi else 0), cfg.hidden, cfg.hidden, cfg.phi_layers)
         self.embed = nn.Embedding(G, cfg.embed_dim)
         self.rho = mlp(cfg.hidden + cfg.embed_dim, cfg.hidden, A, cfg.rho_layers)
+        # phi's every input, row g * L + x (x without global_in_phi); not saved in checkpoints
+        x = torch.arange(L)
+        if cfg.global_in_phi:
+            inputs = self._phi_input(torch.arange(G), x[None].expand(G, -1)).reshape(G * L, -1)
+        else:
+            inputs = nn.functional.one_hot(x, L).to(self.embed.weight.dtype)
+        self.register_buffer("phi_inputs", inputs, persistent=False)
+        self.register_buffer("local_index", x, persistent=False)
 
     def _phi_input(self, s_g: Tensor, x: Tensor) -> Tensor:
         """``onehot(x)`` (+ ``onehot(s_g)`` broadcast over x's trailing agent dim)."""
@@ -120,30 +131,64 @@ class DeepSetsQ(nn.Module):
             pooled = enc.max(1).values
         return self._head(s_g, pooled)
 
+    def phi_flat(self) -> Tensor:
+        """``phi`` at every input: ``[G * L, d]`` in row ``g * L + x`` (``[L, d]`` without ``global_in_phi``)."""
+        return self.phi(self.phi_inputs)
+
     def phi_table(self, s_g: Tensor) -> Tensor:
         """``phi`` at every local state for each row's global state: ``[B, L, d]``."""
-        x = torch.arange(self.L, device=s_g.device)
+        table = self.phi_flat()
         if not self.global_in_phi:
-            return self.phi(self._phi_input(s_g[:1], x[None]))[0].expand(len(s_g), -1, -1)
-        g_all = torch.arange(self.G, device=s_g.device)
-        table = self.phi(self._phi_input(g_all, x[None].expand(self.G, -1)))  # [G, L, d]
-        return table[s_g]
+            return table.expand(len(s_g), -1, -1)
+        return table.reshape(self.G, self.L, -1)[s_g]
 
-    def forward_counts(self, s_g: Tensor, c: Tensor) -> Tensor:
+    def hidden_table(self) -> Tensor:
+        """Pre-activation of ``rho``'s first layer per table row (mean and sum pooling).
+
+        That layer is linear in the pooled encoding and in ``embed(s_g)``, so it applies to the
+        ``phi`` table and to the embedding table first: ``T = phi_flat @ W_pool^T`` and
+        ``E = embed.weight @ W_embed^T + b``. Rows ``g * (L + 1) + x`` hold ``T[g * L + x]`` for
+        ``x < L`` and ``E[g]`` for ``x = L`` (without ``global_in_phi``: ``T`` then ``E``).
+        """
+        first = self.rho[0]
+        d = first.in_features - self.embed.embedding_dim
+        T = self.phi_flat() @ first.weight[:, :d].T  # [G*L (or L), h]
+        E = nn.functional.linear(self.embed.weight, first.weight[:, d:], first.bias)  # [G, h]
+        if not self.global_in_phi:
+            return torch.cat([T, E])
+        return torch.cat([T.reshape(self.G, self.L, -1), E[:, None, :]], 1).reshape(self.G * (self.L + 1), -1)
+
+    def forward_counts(self, s_g: Tensor, c: Tensor, table: Tensor | None = None) -> Tensor:
         """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.
 
         Mean pooling uses ``F = c / sum(c)`` (docs/model.md §3), sum pooling the counts, max pooling the
-        maximum over the local states present (``c_x > 0``).
+        maximum over the local states present (``c_x > 0``). With mean or sum pooling a row's
+        first hidden layer is ``sum_x w_x T[s_g, x] + E[s_g]`` (:meth:`hidden_table`; pass
+        ``table`` to reuse one computed with the current weights): one matrix product of the
+        weights ``w (x) onehot(s_g)`` with the table, so no ``[B, L, d]`` tensor or concatenated
+        ``[B, d + embed_dim]`` input is built.
         """
-        table = self.phi_table(s_g)  # [B, L, d]
-        c = c.to(table.dtype)
+        dtype = self.embed.weight.dtype
+        c = c.to(dtype)
         if self.pooling == "max":
-            masked = table.masked_fill((c <= 0)[..., None], float("-inf"))
-            pooled = masked.max(1).values
+            pooled = self.phi_table(s_g).masked_fill((c <= 0)[..., None], float("-inf")).max(1).values
+            return self._head(s_g, pooled)
+        table = self.hidden_table() if table is None else table
+        w = c / c.sum(-1, keepdim=True) if self.pooling == "mean" else c
+        G, L = self.G, self.L
+        if not self.global_in_phi:
+            h = torch.cat([w, nn.functional.one_hot(s_g, G).to(dtype)], -1) @ table
+        elif G * L > DENSE_POOL_MAX:  # the [B, G*(L+1)] weights would be wide and sparse: gather rows
+            rows = table.reshape(G, L + 1, -1)[s_g]
+            h = torch.einsum("bl,blh->bh", w, rows[:, :L]) + rows[:, L]
         else:
-            w = c / c.sum(-1, keepdim=True) if self.pooling == "mean" else c
-            pooled = torch.einsum("bl,bld->bd", w, table)
-        return self._head(s_g, pooled)
+            base = s_g * (L + 1)
+            W = torch.zeros(len(s_g), G * (L + 1), dtype=dtype, device=s_g.device)
+            W.scatter_(1, base[:, None] + self.local_index, w).scatter_(1, (base + L)[:, None], 1.0)
+            h = W @ table
+        for layer in islice(self.rho, 1, None):
+            h = layer(h)
+        return self.q_offset + self.q_scale * h
 
 
 def num_parameters(net: nn.Module) -> int:

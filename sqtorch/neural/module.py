@@ -7,7 +7,8 @@ Each optimizer step draws a :class:`~sqtorch.neural.data.Batch` of ``(s_g, s_Del
 
 the sampled version of the Bellman operator of docs/model.md §2, with a target network synced every
 ``target_sync`` steps (or Polyak-averaged with ``tau``), Huber or MSE loss, Adam and gradient
-clipping (the Trainer's ``gradient_clip_val``). The hyper-parameters (env config, n, k, the
+clipping at ``algo.optim.grad_clip`` (manual optimization: the Trainer's ``gradient_clip_val``
+must stay unset). The hyper-parameters (env config, n, k, the
 :class:`~sqtorch.neural.config.DeepSetsConfig` and the :class:`~sqtorch.evaluation.reference.
 ValidationConfig` as plain dicts) are stored in every checkpoint, so
 ``SubsampleQModule.load_from_checkpoint(path)`` needs no other input, and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -36,6 +38,34 @@ from sqtorch.neural.deepsets import DeepSetsQ, q_scale_of
 from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.runtime import derive_seed
 from sqtorch.tabular.counts import counts_of
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
+    """Scale the gradients by ``min(1, max_norm / (||g||_2 + 1e-6))``, ``||g||`` over all of them.
+
+    The rule of ``torch.nn.utils.clip_grad_norm_`` (what the Trainer's ``gradient_clip_val``
+    applies) in three multi-tensor ops, with no host read.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+
+
+# Lightning warns that a checkpoint of a manually optimized module holds the weights after the
+# step's update: ours are meant to (as under automatic optimization); a resume continues from there.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+
+
+def _steps_as_manual(checkpoint: dict) -> None:
+    """A checkpoint written under automatic optimization counts its optimizer steps there; the
+    Trainer of this (manual) module reads ``global_step`` from the manual counter, so copy it."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    auto = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+    manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+    if auto and manual and manual["total"]["completed"] == 0 and auto["total"]["completed"] > 0:
+        loop["epoch_loop.manual_optimization.optim_step_progress"] = copy.deepcopy(auto)
 
 
 class SubsampleQModule(pl.LightningModule):
@@ -68,6 +98,8 @@ class SubsampleQModule(pl.LightningModule):
         self.samples = 0
         self._pending_source_state: dict | None = None
         self._last_log: tuple[float, int] | None = None
+        self._params = list(self.net.parameters())
+        self.automatic_optimization = False  # training_step runs the whole update (fewer, larger ops)
 
     # ---- setup / data --------------------------------------------------------------------
     def _run_device(self) -> torch.device:
@@ -111,20 +143,43 @@ class SubsampleQModule(pl.LightningModule):
         return nn.functional.huber_loss(pred / s, target / s, delta=self.algo.huber_delta) * s * s
 
     def training_step(self, step_idx: Any, batch_idx: int) -> Tensor:
-        """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`)."""
+        """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`).
+
+        Manual optimization: zero the gradients, backward, clip the global gradient norm at
+        ``algo.optim.grad_clip``, one fused Adam step, one scheduler step. Nothing in it reads a
+        tensor on the host (no stream sync on CUDA); logging reads on logging steps only.
+        """
         assert self.source is not None
         batch_size = self.algo.batch_size
         self.update_target()
-        policy = self._greedy_fn if self.source.state_dist == "visited" else None
+        # the weights do not change before the update: one table serves the pool's greedy policy
+        # (detached) and the regression (mean and sum pooling)
+        table = self.net.hidden_table() if self.net.pooling != "max" else None
+        policy = None
+        if self.source.state_dist == "visited":
+            frozen = None if table is None else table.detach()
+
+            def policy(s_g: Tensor, s_sub: Tensor) -> Tensor:
+                return self.net.forward_counts(s_g, counts_of(s_sub, self.env.L), frozen).argmax(-1)
+
         b = self.source.sample(batch_size, policy)
-        q = self.net.forward_counts(b.s_g, counts_of(b.s_sub, self.env.L))
+        q = self.net.forward_counts(b.s_g, counts_of(b.s_sub, self.env.L), table)
         pred = q.gather(1, b.a_g[:, None])[:, 0]
         target = self.td_target(b.r, b.g_next, b.c_next)
         loss = self._loss(pred, target)
         self.samples += batch_size
         if self._logging_step():
             self._log_step(loss, q, target)
-        return loss
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.algo.optim.grad_clip is not None:
+            clip_grad_norm(self._params, float(self.algo.optim.grad_clip))
+        opt.step()
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()  # type: ignore[union-attr]
+        return loss.detach()
 
     def _logging_step(self) -> bool:
         """True on the steps the logger writes (``log_every_n_steps``); logging is not free."""
@@ -133,16 +188,24 @@ class SubsampleQModule(pl.LightningModule):
         return every > 0 and (self.global_step + 1) % every == 0
 
     def _log_step(self, loss: Tensor, q: Tensor, target: Tensor) -> None:
+        """Write the ``train/*`` and ``charts/*`` scalars at this step (one host read).
+
+        They go to the Trainer's loggers directly (``self.log`` costs milliseconds per call); the
+        TD loss also goes to the progress bar when there is one.
+        """
         now = time.perf_counter()
-        self.log(M.TRAIN_TD_LOSS, loss, prog_bar=True)
-        self.log(M.TRAIN_Q_MEAN, q.mean())
-        self.log(M.TRAIN_TARGET_MEAN, target.mean())
-        self.log(M.TRAIN_SAMPLES, float(self.samples))
-        self.log(M.LEARNING_RATE, self.optimizers().param_groups[0]["lr"])
+        stats = torch.stack([loss.detach(), q.detach().mean(), target.detach().mean()]).tolist()
+        values = dict(zip((M.TRAIN_TD_LOSS, M.TRAIN_Q_MEAN, M.TRAIN_TARGET_MEAN), stats, strict=True))
+        values[M.TRAIN_SAMPLES] = float(self.samples)
+        values[M.LEARNING_RATE] = float(self.optimizers().param_groups[0]["lr"])
         if self._last_log is not None:  # averaged since the previous logging step
             t, samples = self._last_log
-            self.log(M.SAMPLES_PER_SECOND, (self.samples - samples) / max(now - t, 1e-9))
+            values[M.SAMPLES_PER_SECOND] = (self.samples - samples) / max(now - t, 1e-9)
         self._last_log = (now, self.samples)
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.global_step)
+        if self._trainer is not None and self._trainer.progress_bar_callback is not None:
+            self.log(M.TRAIN_TD_LOSS, values[M.TRAIN_TD_LOSS], prog_bar=True, logger=False)
 
     def update_target(self) -> None:
         """Target update before step t: Polyak with ``tau``, else a copy when t % target_sync == 0.
@@ -160,7 +223,10 @@ class SubsampleQModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.algo.optim
-        opt = torch.optim.Adam(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        try:  # one fused kernel for all parameters
+            opt = torch.optim.Adam(self._params, lr=o.lr, weight_decay=o.weight_decay, fused=True)
+        except RuntimeError:  # torch < 2.4 has no fused Adam on the CPU
+            opt = torch.optim.Adam(self._params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
         if o.lr_schedule == "constant":
             return opt
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.algo.max_steps)
@@ -193,6 +259,7 @@ class SubsampleQModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        _steps_as_manual(checkpoint)
         state = checkpoint.get("sqtorch") or {}
         self.samples = int(state.get("samples", 0))
         if state.get("source") is not None:

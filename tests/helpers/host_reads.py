@@ -13,11 +13,14 @@ class HostReads(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.names: list[str] = []  # the calls counted, in order
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         masks = name in ("__getitem__", "__setitem__") and any(
             isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in torch.utils._pytree.tree_leaves(args[1:2])
         )
-        self.count += name in HOST_READS or masks
+        if name in HOST_READS or masks:
+            self.count += 1
+            self.names.append(name)
         return func(*args, **(kwargs or {}))

@@ -1,0 +1,163 @@
+"""The batched DeepSets training step (docs/model.md §3): its sampler draws exactly the definition's
+successors, its pooling paths are one function, its clipping is ``clip_grad_norm_``'s rule, and it
+reads nothing on the host outside logging steps."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from sqtorch.envs import make_env
+from sqtorch.envs import simulator as sim
+from sqtorch.neural import deepsets
+from sqtorch.neural.data import DataConfig, GenerativeSource
+from sqtorch.neural.deepsets import POOLINGS, DeepSetsQ
+from sqtorch.neural.module import SubsampleQModule, clip_grad_norm
+from sqtorch.tabular.counts import counts_of
+from tests.helpers.host_reads import HostReads
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _draw(P: torch.Tensor, rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The definition: outcome j with cdf[j-1] <= u < cdf[j] (last cdf value set to 1), by binary search."""
+    cdf = P.reshape(-1, P.shape[-1]).cumsum(-1)
+    cdf[:, -1] = 1.0
+    return torch.searchsorted(cdf[rows.reshape(-1)], u.reshape(-1, 1), right=True).reshape(u.shape)
+
+
+@pytest.mark.parametrize("name", ["queue", "demand_response"])
+def test_inverse_cdf_draws_equal_the_definition_on_both_paths(name, monkeypatch):
+    env = make_env(name)
+    gen = torch.Generator().manual_seed(0)
+    for P in (env.P_g, env.P_l):
+        cdf_cols = sim.cdf_columns(P)
+        rows = torch.randint(cdf_cols.shape[1], (4000,), generator=gen)
+        u = torch.rand(4000, generator=gen, dtype=torch.float64)
+        want = _draw(P, rows, u)
+        for gather_max in (0, 10_000):  # the loop over outcomes, then the one-gather path
+            monkeypatch.setattr(sim, "GATHER_MAX_K", gather_max)
+            assert torch.equal(sim.sample_categorical(cdf_cols, rows, u), want), gather_max
+
+
+@pytest.mark.parametrize("name", ["queue", "demand_response"])
+def test_successors_are_the_definitions_draws(name):
+    """Same generator state -> the successors of the inverse-CDF definition, uniform by uniform."""
+    env = make_env(name)
+    n, k, m, B = 12, 5, 6, 64
+    src = GenerativeSource(env, n, k, m, DataConfig("uniform"), seed=4)
+    s_g, s_sub = src.sample_states(B)
+    a_g = torch.randint(env.A, (B,), generator=src.gen)
+    state = src.gen.get_state()
+    g_next, c_next = src.successors(s_g, s_sub, a_g)
+    gen = torch.Generator()
+    gen.set_state(state)
+    u_g = torch.rand(B, m, generator=gen, dtype=torch.float64)
+    u_l = torch.rand(B, m, k, generator=gen, dtype=torch.float64)
+    ga = (s_g * env.A + a_g)[:, None].expand(B, m)
+    assert torch.equal(g_next, _draw(env.P_g, ga, u_g))
+    x_next = _draw(env.P_l, ga[..., None] * env.L + s_sub[:, None, :], u_l)
+    assert torch.equal(c_next, counts_of(x_next, env.L))
+
+
+def test_successor_frequencies_fit_the_local_kernel():
+    """Chi-square (p = 0.001) of one agent's next local state against its row of P_l."""
+    env = make_env("demand_response")
+    m = 40_000
+    src = GenerativeSource(env, 4, 1, m, DataConfig("uniform"), seed=1)
+    g, a, x = 2, 1, 7
+    _, c_next = src.successors(torch.tensor([g]), torch.tensor([[x]]), torch.tensor([a]))
+    observed = c_next[0].sum(0).double()
+    p = env.P_l[g, a, x]
+    support = p > 0
+    assert observed[~support].sum() == 0  # zero-probability states are never drawn
+    expected = m * p[support]
+    chi2 = ((observed[support] - expected) ** 2 / expected).sum().item()
+    dof = int(support.sum()) - 1
+    z = 3.09  # Wilson-Hilferty 0.999 quantile of chi2(dof)
+    bound = dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3 if dof > 0 else 0.0
+    assert chi2 <= bound, (chi2, bound, dof)
+
+
+@pytest.mark.parametrize("pooling", [p for p in POOLINGS if p != "max"])
+@pytest.mark.parametrize("global_in_phi", [True, False])
+@pytest.mark.parametrize("wide", [False, True])
+def test_every_pooling_path_is_the_per_agent_network(pooling, global_in_phi, wide, monkeypatch):
+    """The dense product, the gather path for wide tables and a reused table all equal forward()."""
+    if wide:
+        monkeypatch.setattr(deepsets, "DENSE_POOL_MAX", 0)
+    torch.manual_seed(0)
+    net = DeepSetsQ(G=4, L=6, A=3, hidden=16, embed_dim=4, pooling=pooling, global_in_phi=global_in_phi,
+                    rho_layers=3).double()
+    gen = torch.Generator().manual_seed(2)
+    s_g = torch.randint(4, (50,), generator=gen)
+    s_sub = torch.randint(6, (50, 7), generator=gen)
+    want = net(s_g, s_sub)
+    c = counts_of(s_sub, 6)
+    torch.testing.assert_close(net.forward_counts(s_g, c), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(net.forward_counts(s_g, c, net.hidden_table()), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_clip_grad_norm_is_torchs_rule(scale):
+    torch.manual_seed(0)
+    a, b = DeepSetsQ(4, 5, 3).double(), DeepSetsQ(4, 5, 3).double()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        pa.grad = torch.randn_like(pa) * scale
+        pb.grad = pa.grad.clone()
+    clip_grad_norm(list(a.parameters()), 10.0)
+    torch.nn.utils.clip_grad_norm_(b.parameters(), 10.0)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("state_dist", ["visited", "simplex"])
+def test_training_step_reads_nothing_on_the_host_in_sync_free_mode(state_dist, monkeypatch):
+    """The CUDA branches, run on the CPU: a non-logging step (sample, targets, update) has no host read."""
+    from sqtorch import runtime
+
+    monkeypatch.setattr(runtime, "sync_free", lambda t: True)  # as on CUDA
+    module = SubsampleQModule({"_target_": "sqtorch.envs.queue"}, n=10, k=4,
+                              algo={"batch_size": 32, "max_steps": 6, "data": {"state_dist": state_dist}},
+                              eval={"reference": "none"})
+    reads: list[list[str]] = []
+    step = module.training_step
+
+    def counted(*args, **kwargs):
+        with HostReads() as mode:
+            out = step(*args, **kwargs)
+        reads.append(mode.names)
+        return out
+
+    monkeypatch.setattr(module, "training_step", counted)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         log_every_n_steps=1000)
+    trainer.fit(module)
+    assert len(reads) == 6 and all(r == [] for r in reads), reads
+    assert trainer.global_step == 6
+
+
+def test_a_checkpoint_counted_by_automatic_optimization_resumes_at_its_step(make_cfg, tmp_path):
+    """Checkpoints whose steps Lightning counted under automatic optimization resume at their step."""
+    from sqtorch.experiment import run
+
+    common = ("debug=fast", "trainer=cpu", "logger=none", "algo.max_steps=30")
+    run(make_cfg(*common, "algo.max_steps=20", out=tmp_path / "a"))
+    ckpt = torch.load(tmp_path / "a" / "checkpoints" / "step-20.ckpt", weights_only=False)
+    loop = ckpt["loops"]["fit_loop"]
+    manual = loop["epoch_loop.manual_optimization.optim_step_progress"]
+    assert manual["total"]["completed"] == 20
+    loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"] = {
+        key: dict(value) for key, value in manual.items()
+    }
+    for part in manual.values():
+        part.update(ready=0, completed=0)
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    metrics = run(make_cfg(*common, f"ckpt_path='{old}'", out=tmp_path / "b"))
+    assert metrics["train/global_step"] == 30
+    assert metrics["train/samples"] == 30 * 32  # debug=fast: batch 32; 20 restored + 10 new steps
