@@ -65,6 +65,56 @@ def _check_shape(name: str, t: Tensor, shape: tuple[int, ...], meaning: str) -> 
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape} ({meaning})")
 
 
+def validate_model(m: object, local_actions: bool) -> None:
+    """Validate and canonicalize the dense fields of a model (``GlobalLocalMDP``, ``LocalActionMDP``) in place.
+
+    Shapes ``P_g [G, A, G]``, ``P_l [G, A, (Al,) L, L]``, ``r_g [G, A]``, ``r_l [G, A, (Al,) L]``,
+    every space non-empty, probabilities >= 0 summing to 1, finite rewards, ``0 < gamma < 1``,
+    ``init_l [L]`` a distribution, name tuples of the right lengths. Errors name the field and index.
+    """
+    for fname in ("P_g", "P_l", "r_g", "r_l"):
+        object.__setattr__(m, fname, torch.as_tensor(getattr(m, fname), dtype=torch.float64))
+    P_g, P_l = m.P_g, m.P_l
+    if P_g.dim() != 3:
+        raise ValueError(f"P_g must have 3 dims [G, A, G], got shape {tuple(P_g.shape)}")
+    G, A, _ = P_g.shape
+    al = ", Al" if local_actions else ""
+    if P_l.dim() != 4 + local_actions:
+        raise ValueError(f"P_l must have {4 + local_actions} dims [G, A{al}, L, L], got shape {tuple(P_l.shape)}")
+    L = P_l.shape[-1]
+    mid = (P_l.shape[2],) if local_actions else ()
+    dims = [("G", G, "P_g.shape[0]"), ("A", A, "P_g.shape[1]"), ("L", L, "P_l.shape[-1]")]
+    if local_actions:
+        dims.append(("Al", mid[0], "P_l.shape[2]"))
+    for dim, size, where in dims:
+        if size < 1:
+            raise ValueError(f"{dim} = {size} ({where}) is outside the allowed range {dim} >= 1: "
+                             "an MDP needs at least one element in every state and action space")
+    _check_shape("P_g", P_g, (G, A, G), "[G, A, G]")
+    _check_shape("P_l", P_l, (G, A, *mid, L, L), f"[G, A{al}, L, L]")
+    _check_shape("r_g", m.r_g, (G, A), "[G, A]")
+    _check_shape("r_l", m.r_l, (G, A, *mid, L), f"[G, A{al}, L]")
+    _check_stochastic("P_g", P_g)
+    _check_stochastic("P_l", P_l)
+    _check_finite("r_g", m.r_g)
+    _check_finite("r_l", m.r_l)
+    if m.init_l is not None:
+        init_l = torch.as_tensor(m.init_l, dtype=torch.float64, device=P_l.device)
+        _check_shape("init_l", init_l, (L,), "[L], the initial local-state distribution")
+        _check_stochastic("init_l", init_l)
+        object.__setattr__(m, "init_l", init_l)
+    if not (0.0 < float(m.gamma) < 1.0):
+        raise ValueError(f"gamma = {m.gamma} is outside the allowed range (0, 1)")
+    object.__setattr__(m, "gamma", float(m.gamma))
+    names = [(m.global_state_names, G, "global_state_names"), (m.local_state_names, L, "local_state_names"),
+             (m.action_names, A, "action_names")]
+    if local_actions:
+        names.append((m.local_action_names, mid[0], "local_action_names"))
+    for given, size, what in names:
+        if given is not None and len(given) != size:
+            raise ValueError(f"{what} has {len(given)} names, expected {size}")
+
+
 @dataclass(frozen=True)
 class GlobalLocalMDP(Simulator):
     """The tuple ``(P_g, P_l, r_g, r_l, gamma)`` of docs/model.md §1, validated on construction.
@@ -95,42 +145,7 @@ class GlobalLocalMDP(Simulator):
     init_l: Tensor | None = None
 
     def __post_init__(self) -> None:
-        for fname in ("P_g", "P_l", "r_g", "r_l"):
-            value = torch.as_tensor(getattr(self, fname), dtype=torch.float64)
-            object.__setattr__(self, fname, value)
-        if self.P_g.dim() != 3:
-            raise ValueError(f"P_g must have 3 dims [G, A, G], got shape {tuple(self.P_g.shape)}")
-        G, A, _ = self.P_g.shape
-        if self.P_l.dim() != 4:
-            raise ValueError(f"P_l must have 4 dims [G, A, L, L], got shape {tuple(self.P_l.shape)}")
-        L = self.P_l.shape[-1]
-        for dim, size, where in (("G", G, "P_g.shape[0]"), ("A", A, "P_g.shape[1]"), ("L", L, "P_l.shape[-1]")):
-            if size < 1:
-                raise ValueError(f"{dim} = {size} ({where}) is outside the allowed range {dim} >= 1: "
-                                 "an MDP needs at least one global state, global action and local state")
-        _check_shape("P_g", self.P_g, (G, A, G), "[G, A, G]")
-        _check_shape("P_l", self.P_l, (G, A, L, L), "[G, A, L, L]")
-        _check_shape("r_g", self.r_g, (G, A), "[G, A]")
-        _check_shape("r_l", self.r_l, (G, A, L), "[G, A, L]")
-        _check_stochastic("P_g", self.P_g)
-        _check_stochastic("P_l", self.P_l)
-        _check_finite("r_g", self.r_g)
-        _check_finite("r_l", self.r_l)
-        if self.init_l is not None:
-            init_l = torch.as_tensor(self.init_l, dtype=torch.float64, device=self.P_l.device)
-            _check_shape("init_l", init_l, (L,), "[L], the initial local-state distribution")
-            _check_stochastic("init_l", init_l)
-            object.__setattr__(self, "init_l", init_l)
-        if not (0.0 < float(self.gamma) < 1.0):
-            raise ValueError(f"gamma = {self.gamma} is outside the allowed range (0, 1)")
-        object.__setattr__(self, "gamma", float(self.gamma))
-        for names, size, what in (
-            (self.global_state_names, G, "global_state_names"),
-            (self.local_state_names, L, "local_state_names"),
-            (self.action_names, A, "action_names"),
-        ):
-            if names is not None and len(names) != size:
-                raise ValueError(f"{what} has {len(names)} names, expected {size}")
+        validate_model(self, local_actions=False)
 
     @property
     def G(self) -> int:

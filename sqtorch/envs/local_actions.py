@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from sqtorch.envs.base import GlobalLocalMDP, _check_finite, _check_shape, _check_stochastic
+from sqtorch.envs.base import GlobalLocalMDP, validate_model
 
 
 @dataclass(frozen=True)
@@ -48,40 +48,7 @@ class LocalActionMDP:
     init_l: Tensor | None = None
 
     def __post_init__(self) -> None:
-        for fname in ("P_g", "P_l", "r_g", "r_l"):
-            object.__setattr__(self, fname, torch.as_tensor(getattr(self, fname), dtype=torch.float64))
-        if self.P_g.dim() != 3:
-            raise ValueError(f"P_g must have 3 dims [G, A, G], got shape {tuple(self.P_g.shape)}")
-        G, A, _ = self.P_g.shape
-        if self.P_l.dim() != 5:
-            raise ValueError(f"P_l must have 5 dims [G, A, Al, L, L], got shape {tuple(self.P_l.shape)}")
-        Al, L = self.P_l.shape[2], self.P_l.shape[-1]
-        _check_shape("P_g", self.P_g, (G, A, G), "[G, A, G]")
-        _check_shape("P_l", self.P_l, (G, A, Al, L, L), "[G, A, Al, L, L]")
-        _check_shape("r_g", self.r_g, (G, A), "[G, A]")
-        _check_shape("r_l", self.r_l, (G, A, Al, L), "[G, A, Al, L]")
-        if min(G, A, Al, L) < 1:
-            raise ValueError(f"G, A, Al, L = {G}, {A}, {Al}, {L}: every space needs at least one element")
-        _check_stochastic("P_g", self.P_g)
-        _check_stochastic("P_l", self.P_l)
-        _check_finite("r_g", self.r_g)
-        _check_finite("r_l", self.r_l)
-        if self.init_l is not None:
-            init_l = torch.as_tensor(self.init_l, dtype=torch.float64, device=self.P_l.device)
-            _check_shape("init_l", init_l, (L,), "[L], the initial local-state distribution")
-            _check_stochastic("init_l", init_l)
-            object.__setattr__(self, "init_l", init_l)
-        if not (0.0 < float(self.gamma) < 1.0):
-            raise ValueError(f"gamma = {self.gamma} is outside the allowed range (0, 1)")
-        object.__setattr__(self, "gamma", float(self.gamma))
-        for names, size, what in (
-            (self.global_state_names, G, "global_state_names"),
-            (self.local_state_names, L, "local_state_names"),
-            (self.action_names, A, "action_names"),
-            (self.local_action_names, Al, "local_action_names"),
-        ):
-            if names is not None and len(names) != size:
-                raise ValueError(f"{what} has {len(names)} names, expected {size}")
+        validate_model(self, local_actions=True)
 
     @property
     def G(self) -> int:
