@@ -59,7 +59,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from sqtorch.envs import ENVS, GlobalLocalMDP, build_env, env_params
 from sqtorch.envs.simulator import cdf_columns, make_generator, sample_initial_state, sample_subset, step
 from sqtorch.evaluation.execution import horizon_for
-from sqtorch.tabular.counts import counts_of
+from sqtorch.tabular.counts import count_features, counts_of
 
 OBS_MODES = ("counts", "subsample", "agents")
 SEED_HIGH = 2**63 - 1
@@ -79,20 +79,6 @@ def preset_params(name: str) -> dict[str, Any]:
     if name not in ENVS:
         raise ValueError(f"mdp = '{name}' is unknown; allowed: {sorted(ENVS)}")
     return {key: d for key, d in env_params(ENVS[name]).items() if d is not inspect.Parameter.empty}
-
-
-def count_features(s_g: Tensor, counts: Tensor, G: int) -> Tensor:
-    """``[onehot(s_g), counts / sum(counts)]`` as float32 ``[B, G + L]`` (the ``counts`` encoding).
-
-    ``s_g [B]``, ``counts [B, L]`` (count vectors of n agents, or of a k-subset). Shared by the
-    envs and by :class:`sqtorch.baselines.sb3.SB3Policy`, so a policy sees the same features.
-    """
-    B, L = counts.shape
-    out = torch.zeros(B, G + L, dtype=torch.float32, device=counts.device)
-    out[torch.arange(B, device=counts.device), s_g] = 1.0
-    out[:, G:] = counts / counts.sum(-1, keepdim=True)
-    return out
-
 
 
 class _Core:

@@ -153,3 +153,16 @@ def rank_columns(x: list[Tensor], L: int, dtype: torch.dtype = torch.int64) -> T
     for i in range(1, k):
         out += table[i].index_select(0, x[i].reshape(-1).int()).view(x[0].shape)
     return out
+
+
+def count_features(s_g: Tensor, counts: Tensor, G: int) -> Tensor:
+    """``[onehot(s_g), counts / sum(counts)]`` as float32 ``[B, G + L]`` (the ``counts`` encoding).
+
+    ``s_g [B]``, ``counts [B, L]`` (count vectors of n agents, or of a k-subset). Shared by the
+    Gymnasium envs and by :class:`sqtorch.baselines.sb3.SB3Policy`, so a policy sees the same features.
+    """
+    B, L = counts.shape
+    out = torch.zeros(B, G + L, dtype=torch.float32, device=counts.device)
+    out[torch.arange(B, device=counts.device), s_g] = 1.0
+    out[:, G:] = counts / counts.sum(-1, keepdim=True)
+    return out
