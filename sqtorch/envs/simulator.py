@@ -6,8 +6,9 @@ on that device, so a seed fixes every rollout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -173,34 +174,31 @@ class LookupSampler:
         return out
 
 
-_SAMPLERS: dict[int, tuple[Tensor, LookupSampler]] = {}
+_CACHES: dict[str, dict[int, tuple[Tensor, Any]]] = {"sampler": {}, "cdf": {}}
+CACHE_SIZE = 16  # transition tensors remembered per cache (a few envs at a time)
+
+
+def _cached(kind: str, P: Tensor, build: Callable[[Tensor], Any]) -> Any:
+    """``build(P)``, computed once per transition tensor (keyed by identity, the tensor kept alive with it)."""
+    cache = _CACHES[kind]
+    hit = cache.get(id(P))
+    if hit is not None and hit[0] is P:
+        return hit[1]
+    if len(cache) >= CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    value = build(P)
+    cache[id(P)] = (P, value)
+    return value
 
 
 def lookup_sampler(P: Tensor) -> LookupSampler:
-    """Cached :class:`LookupSampler` of the transition tensor ``P`` (keyed by tensor identity)."""
-    hit = _SAMPLERS.get(id(P))
-    if hit is not None and hit[0] is P:
-        return hit[1]
-    if len(_SAMPLERS) >= 16:
-        _SAMPLERS.pop(next(iter(_SAMPLERS)))
-    sampler = LookupSampler.build(P)
-    _SAMPLERS[id(P)] = (P, sampler)
-    return sampler
-
-
-_CDFS: dict[int, tuple[Tensor, Tensor]] = {}
+    """Cached :class:`LookupSampler` of the transition tensor ``P``."""
+    return _cached("sampler", P, LookupSampler.build)
 
 
 def cached_cdf_columns(P: Tensor) -> Tensor:
-    """Cached :func:`cdf_columns` of ``P`` (keyed by tensor identity): built once, no host read per step."""
-    hit = _CDFS.get(id(P))
-    if hit is not None and hit[0] is P:
-        return hit[1]
-    if len(_CDFS) >= 16:
-        _CDFS.pop(next(iter(_CDFS)))
-    cdf = cdf_columns(P)
-    _CDFS[id(P)] = (P, cdf)
-    return cdf
+    """Cached :func:`cdf_columns` of ``P``: built once, no host read per step."""
+    return _cached("cdf", P, cdf_columns)
 
 
 def local_step(env: GlobalLocalMDP, s_g: Tensor, s_l: Tensor, a_g: Tensor, generator: torch.Generator) -> Tensor:
