@@ -33,7 +33,8 @@ from sqtorch.envs.protocol import LocalSpace, Simulator
 
 
 class TCLSimulator(Simulator):
-    """Cooling TCLs under a Markov price (module docstring). Local states ``[B, m, 2]`` float32 ``(theta, mode)``."""
+    """Cooling TCLs under a Markov price (module docstring; constants of docs/model.md §4.5 in °C, kW, kWh/°C, $/kWh,
+    minutes). Local states ``[B, m, 2]`` float32 ``(theta, mode)``."""
 
     def __init__(
         self,
@@ -155,26 +156,7 @@ class TCLSimulator(Simulator):
         return self.global_step(s_g, a_g, generator), out.transpose(1, 2), r
 
 
-def tcl(
-    prices: Sequence[float] = (0.05, 0.15, 0.50),
-    price_stay: float = 0.9,
-    offsets: Sequence[float] = (-2.0, 0.0, 2.0),
-    R: float = 2.0,
-    C: float = 10.0,
-    P: float = 14.0,
-    eta: float = 2.5,
-    theta_set: float = 20.0,
-    delta: float = 0.5,
-    theta_out: float = 32.0,
-    h_minutes: float = 5.0,
-    sigma: float = 0.05,
-    comfort: float = 0.02,
-    init_spread: float = 1.5,
-    gamma: float = 0.95,
-) -> TCLSimulator:
-    """The TCL simulator with the constants of docs/model.md §4.5 (units: °C, kW, kWh/°C, $/kWh, minutes)."""
-    return TCLSimulator(prices, price_stay, offsets, R, C, P, eta, theta_set, delta, theta_out, h_minutes, sigma,
-                        comfort, init_spread, gamma)
+tcl = TCLSimulator  # the registered builder (ENVS["tcl"], conf/env/tcl.yaml): its keywords are the constants
 
 
 __all__ = ["TCLSimulator", "tcl"]
