@@ -13,7 +13,7 @@ from sqtorch.envs.local_actions import LocalActionMDP, formation
 from sqtorch.envs.protocol import LocalSpace, Simulator, check_simulator
 from sqtorch.envs.queue import queue
 from sqtorch.envs.simulator import sample_initial_state, sample_subset, step
-from sqtorch.envs.tcl import tcl
+from sqtorch.envs.tcl import TCLSimulator, tcl
 from sqtorch.envs.types import queue_types, type_of, with_types
 
 ENVS: dict[str, Callable[..., Simulator | LocalActionMDP]] = {
@@ -129,6 +129,7 @@ __all__ = [
     "queue_types",
     "register_env",
     "tcl",
+    "TCLSimulator",
     "sample_initial_state",
     "sample_subset",
     "step",

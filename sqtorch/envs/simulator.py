@@ -111,6 +111,13 @@ def sample_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Ten
     return keys.topk(k, dim=1, sorted=False).indices
 
 
+def gather_agents(s_l: Tensor, idx: Tensor) -> Tensor:
+    """The agents ``idx [B, k]`` of ``s_l [B, n]`` or ``[B, n, d]``: ``[B, k]`` or ``[B, k, d]``."""
+    if s_l.dim() == 3:
+        return s_l.gather(1, idx[:, :, None].expand(-1, -1, s_l.shape[2]))
+    return s_l.gather(1, idx)
+
+
 LOOKUP_ENTRIES = 1 << 18  # target size of a bucket table (rows x 2^bits): 256 KiB of uint8
 IMPURE = 255  # bucket marker: an outcome boundary lies inside, resolve by the exact CDF
 

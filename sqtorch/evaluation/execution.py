@@ -33,6 +33,7 @@ from sqtorch.envs.base import GlobalLocalMDP, check_states
 from sqtorch.envs.protocol import Simulator, check_simulator
 from sqtorch.envs.simulator import (
     cdf_columns,
+    gather_agents,
     make_generator,
     sample_initial_state,
     sample_subset,
@@ -181,10 +182,7 @@ def check_actions(env: Simulator, a_g: Tensor, batch: int) -> None:
 
 def subsampled_states(s_l: Tensor, n: int, k: int, generator: torch.Generator) -> Tensor:
     """Local states of a fresh uniform k-subset of the n agents, per row: ``[B, k]`` or ``[B, k, d]`` (Alg. 2)."""
-    idx = sample_subset(n, k, s_l.shape[0], generator)
-    if s_l.dim() == 3:
-        return s_l.gather(1, idx[:, :, None].expand(-1, -1, s_l.shape[2]))
-    return s_l.gather(1, idx)
+    return gather_agents(s_l, sample_subset(n, k, s_l.shape[0], generator))
 
 
 def simulate_returns(

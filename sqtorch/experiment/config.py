@@ -26,8 +26,9 @@ from sqtorch.checks import check_int, check_k
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.local_actions import LocalActionMDP
+from sqtorch.envs.protocol import Simulator, check_simulator
 from sqtorch.evaluation.reference import ValidationConfig
-from sqtorch.experiment.registry import Algorithm, check_env_kind, get_algorithm
+from sqtorch.experiment.registry import ALGORITHMS, Algorithm, check_env_kind, get_algorithm
 
 DEVICES = ("cpu", "gpu", "cuda")  # Lightning's "auto" could pick Apple's MPS, which has no float64
 
@@ -70,7 +71,7 @@ class RunSpec:
 
     algo: Any  # an instance of the algorithm's config dataclass (sqtorch.experiment.registry)
     eval: ValidationConfig
-    env: GlobalLocalMDP | LocalActionMDP
+    env: Simulator | LocalActionMDP
     env_cfg: dict
     n: int
     k: int
@@ -135,11 +136,28 @@ def validate_config(cfg: DictConfig) -> RunSpec:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if not isinstance(env, (GlobalLocalMDP, LocalActionMDP)):
-        raise ConfigError(f"env '{env.name}' is a simulator ({env.local.describe()} local states): training needs "
-                          "a GlobalLocalMDP for now; evaluate policies on it with sqtorch.evaluation.evaluate_mc")
+        _check_simulator_run(algorithm, env, n)
+    try:
+        algorithm.check_env(algo, env, n, k)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     device = device_of(c["trainer"]["accelerator"])
     ckpt = _resume_from(algorithm, c.get("ckpt_path"), c, n, k, device.type)
     return RunSpec(algo, ev, env, c["env"], n, k, seed, threads, device, ckpt)
+
+
+def _check_simulator_run(algorithm: Algorithm, env: Simulator, n: int) -> None:
+    """A simulator (not a GlobalLocalMDP) trains only with an algorithm that needs samples alone, and only
+    once :func:`~sqtorch.envs.protocol.check_simulator` passes (its message names what is wrong)."""
+    if not algorithm.simulators:
+        fits = sorted(name for name, a in ALGORITHMS.items() if a.simulators)
+        raise ConfigError(f"algo = '{algorithm.name}' needs the tensors P_g, P_l, r_g, r_l of a GlobalLocalMDP; "
+                          f"env '{env.name}' is a simulator ({env.local.describe()} local states): "
+                          f"algorithms for it: {fits}")
+    try:
+        check_simulator(env, n=min(n, 5))
+    except ValueError as e:
+        raise ConfigError(f"env: {e}") from e
 
 
 def _resume_from(algorithm: Algorithm, ckpt_path: Any, c: dict, n: int, k: int, device: str) -> str | None:

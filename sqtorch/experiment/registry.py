@@ -75,6 +75,7 @@ class Algorithm:
     interruptible: ClassVar[bool] = True  # False: SIGTERM/SIGINT end it the default way (no checkpoint)
     resumable: ClassVar[bool] = False  # True: resume_from() resolves ckpt_path (and Slurm requeues resume)
     local_actions: ClassVar[bool] = False  # True: for envs whose local agents act (LocalActionMDP)
+    simulators: ClassVar[bool] = False  # True: trains on any Simulator (samples only), not just a GlobalLocalMDP
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train, write the artifact into ``ctx.out``, evaluate; return the final metrics (via ``finish``)."""
@@ -91,6 +92,9 @@ class Algorithm:
         global-state draws are not counted. Default: the run's ``train/samples`` metric.
         """
         return float(metrics.get(M.TRAIN_SAMPLES, math.nan))
+
+    def check_env(self, config: Any, env: Any, n: int, k: int) -> None:
+        """``ValueError`` naming the key if ``config`` (this algorithm's) cannot run on ``env``; default: any."""
 
     def resume_from(self, ckpt_path: Any, cfg: dict, n: int, k: int, device: str) -> str:
         """The checkpoint file to resume from, checked against this run; default: not resumable."""

@@ -67,3 +67,6 @@ class DeepSetsConfig:
             value = getattr(self, key)
             if isinstance(value, dict):
                 setattr(self, key, cls(**value))
+        if self.data.state_dist == "trajectory" and self.m != 1:
+            raise ValueError(f"algo.m = {self.m}: trajectory data holds one observed successor per item "
+                             "(algo.data.state_dist = 'trajectory'); set algo.m=1")

@@ -15,6 +15,13 @@ State distributions (``state_dist``):
 * ``visited``: a pool of ``pool_size`` full n-agent systems is advanced one step per batch with the
   current epsilon-greedy subsampled policy (Algorithm 2); items are a pool entry and a fresh uniform
   k-subset of its agents. A fraction ``uniform_frac`` of each batch is drawn from ``simplex``.
+* ``trajectory``: learning from n-agent rollouts alone, for any simulator
+  (:class:`sqtorch.neural.sim_data.SimulatorSource`, docs/model.md §3).
+
+A :class:`~sqtorch.envs.protocol.Simulator` that is not a :class:`GlobalLocalMDP` (continuous
+local states, a user's own code) is sampled through its protocol methods by
+:class:`~sqtorch.neural.sim_data.SimulatorSource`; this module's :class:`GenerativeSource` is the
+tensor path of a :class:`GlobalLocalMDP`.
 
 Lightning gets only :class:`StepDataset` (an infinite ``IterableDataset`` of step indices,
 ``num_workers=0``): the batch itself is drawn inside ``training_step``. Drawing it in the data
@@ -45,16 +52,35 @@ from sqtorch.envs.simulator import (
 )
 from sqtorch.tabular.counts import counts_of
 
-STATE_DISTS = ("uniform", "simplex", "visited")
+GENERATIVE_DISTS = ("uniform", "simplex", "visited")  # the env is queried at chosen states
+STATE_DISTS = (*GENERATIVE_DISTS, "trajectory")  # trajectory: observed rollouts only (sim_data.py)
 Policy = Callable[[Tensor, Tensor], Tensor]
 
+
+def uniform_states(G: int, L: int, k: int, B: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``state_dist = uniform``: ``s_g [B]`` and every one of the k local states ``[B, k]`` i.i.d. uniform."""
+    s_g = torch.randint(G, (B,), generator=gen, device=gen.device)
+    return s_g, torch.randint(L, (B, k), generator=gen, device=gen.device)
+
+
+def simplex_states(G: int, L: int, k: int, B: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``state_dist = simplex``: uniform ``s_g``, ``F ~ Dirichlet(1, .., 1)`` per row, then ``s_i ~ F`` i.i.d."""
+    dev = gen.device
+    s_g = torch.randint(G, (B,), generator=gen, device=dev)
+    e = -torch.rand(B, L, generator=gen, device=dev).clamp_min(1e-12).log()
+    F = e / e.sum(-1, keepdim=True)  # F ~ Dirichlet(1)
+    # CUDA's cumsum has no deterministic kernel (trainer.deterministic=true): a triangular matmul does
+    upper = torch.ones(L, L, dtype=F.dtype, device=F.device).triu()
+    cdf = F @ upper if F.is_cuda else F.cumsum(-1)
+    u = torch.rand(B, k, generator=gen, device=dev)
+    return s_g, (u[..., None] >= cdf[:, None, :-1]).sum(-1)
 
 
 @dataclass
 class DataConfig:
     """Where training items come from (``algo.data.*``; see the module docstring)."""
 
-    state_dist: str = "visited"  # uniform | simplex | visited
+    state_dist: str = "visited"  # uniform | simplex | visited | trajectory (sqtorch/neural/sim_data.py)
     uniform_frac: float = 0.5  # visited: fraction of each batch drawn from `simplex`
     pool_size: int = 256  # visited: parallel n-agent systems
     epsilon: float = 0.1  # visited: exploration of the pool's policy
@@ -72,8 +98,10 @@ class DataConfig:
 class Batch:
     """One training batch: current items and ``m`` sampled successors of each.
 
-    ``s_g [B]``, ``s_sub [B, k]``, ``a_g [B]``, ``r [B]`` (the subsampled reward ``r_Delta``),
-    ``g_next [B, m]``, ``c_next [B, m, L]`` (count vectors of the k successors).
+    ``s_g [B]``, ``s_sub [B, k]`` (``[B, k, d]`` for continuous local states), ``a_g [B]``,
+    ``r [B]`` (the subsampled reward ``r_Delta``), ``g_next [B, m]`` and the k successors of each
+    of the m samples: their count vectors ``c_next [B, m, L]`` for finite local states, else the
+    states themselves ``x_next [B, m, k, d]``.
     """
 
     s_g: Tensor
@@ -81,10 +109,41 @@ class Batch:
     a_g: Tensor
     r: Tensor
     g_next: Tensor
-    c_next: Tensor
+    c_next: Tensor | None
+    x_next: Tensor | None = None
 
 
-class GenerativeSource:
+class PooledSampler:
+    """Checkpointing shared by the samplers: their seeded generator ``gen`` and pool ``pool_g``/``pool_l``."""
+
+    gen: torch.Generator
+    device: torch.device
+    pool_g: Tensor | None
+    pool_l: Tensor | None
+
+    def state_dict(self) -> dict:
+        """Generator state and visited pool (saved by ``on_save_checkpoint``)."""
+        return {
+            "gen": self.gen.get_state(),
+            "pool_g": None if self.pool_g is None else self.pool_g.cpu(),
+            "pool_l": None if self.pool_l is None else self.pool_l.cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (same device type: a CUDA generator state fits no CPU one)."""
+        try:
+            self.gen.set_state(state["gen"])
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"cannot restore the sampler's {self.device.type} generator from this checkpoint "
+                f"(saved on another device type?): {e}; resume on the device it was saved on"
+            ) from e
+        if state.get("pool_g") is not None:
+            self.pool_g = state["pool_g"].to(self.device)
+            self.pool_l = state["pool_l"].to(self.device)
+
+
+class GenerativeSource(PooledSampler):
     """Seeded sampler of :class:`Batch` es on the env's device (docs/model.md §3)."""
 
     def __init__(
@@ -99,6 +158,9 @@ class GenerativeSource:
         d = data if data is not None else DataConfig()
         check_k(k, n)
         self.env, self.n, self.k, self.m = env, n, k, check_int("m", m, 1, "next-state samples per item")
+        if d.state_dist not in GENERATIVE_DISTS:
+            raise ValueError(f"GenerativeSource draws {list(GENERATIVE_DISTS)}; state_dist = '{d.state_dist}' is "
+                             "SimulatorSource's (sqtorch.neural.sim_data)")
         self.state_dist, self.uniform_frac = d.state_dist, float(d.uniform_frac)
         self.epsilon, self.reset_prob = float(d.epsilon), float(d.reset_prob)
         self.device = env.device
@@ -112,20 +174,10 @@ class GenerativeSource:
 
     # ---- state distributions -------------------------------------------------------------
     def _uniform(self, B: int) -> tuple[Tensor, Tensor]:
-        s_g = torch.randint(self.env.G, (B,), generator=self.gen, device=self.device)
-        s_sub = torch.randint(self.env.L, (B, self.k), generator=self.gen, device=self.device)
-        return s_g, s_sub
+        return uniform_states(self.env.G, self.env.L, self.k, B, self.gen)
 
     def _simplex(self, B: int) -> tuple[Tensor, Tensor]:
-        s_g = torch.randint(self.env.G, (B,), generator=self.gen, device=self.device)
-        e = -torch.rand(B, self.env.L, generator=self.gen, device=self.device).clamp_min(1e-12).log()
-        F = e / e.sum(-1, keepdim=True)  # F ~ Dirichlet(1)
-        # CUDA's cumsum has no deterministic kernel (trainer.deterministic=true): a triangular matmul does
-        upper = torch.ones(self.env.L, self.env.L, dtype=F.dtype, device=F.device).triu()
-        cdf = F @ upper if F.is_cuda else F.cumsum(-1)
-        u = torch.rand(B, self.k, generator=self.gen, device=self.device)
-        s_sub = (u[..., None] >= cdf[:, None, :-1]).sum(-1)
-        return s_g, s_sub
+        return simplex_states(self.env.G, self.env.L, self.k, B, self.gen)
 
     def _visited(self, B: int) -> tuple[Tensor, Tensor]:
         assert self.pool_g is not None and self.pool_l is not None
@@ -185,28 +237,6 @@ class GenerativeSource:
         r = self.env.reward(s_g, s_sub, a_g)  # r_Delta: mean over the k sampled agents
         g_next, c_next = self.successors(s_g, s_sub, a_g)
         return Batch(s_g, s_sub, a_g, r, g_next, c_next)
-
-    # ---- checkpointing -------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Generator state and visited pool (saved by ``on_save_checkpoint``)."""
-        return {
-            "gen": self.gen.get_state(),
-            "pool_g": None if self.pool_g is None else self.pool_g.cpu(),
-            "pool_l": None if self.pool_l is None else self.pool_l.cpu(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (same device type: a CUDA generator state fits no CPU one)."""
-        try:
-            self.gen.set_state(state["gen"])
-        except RuntimeError as e:
-            raise RuntimeError(
-                f"cannot restore the sampler's {self.device.type} generator from this checkpoint "
-                f"(saved on another device type?): {e}; resume on the device it was saved on"
-            ) from e
-        if state.get("pool_g") is not None:
-            self.pool_g = state["pool_g"].to(self.device)
-            self.pool_l = state["pool_l"].to(self.device)
 
 
 class StepDataset(IterableDataset):

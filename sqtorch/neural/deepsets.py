@@ -6,6 +6,12 @@ agents only through the empirical distribution ``F = c / k`` exactly like the ta
 and one network can be evaluated at any k); ``rho(pooled, embed(s_g))`` gives one value per global
 action.
 
+Continuous local states (a :class:`~sqtorch.envs.protocol.Simulator` with a continuous
+:class:`~sqtorch.envs.protocol.LocalSpace`, ``s_sub [B, k, d]``): ``phi`` reads the feature vector
+``(x - loc) / scale`` (no one-hot; ``loc``/``scale`` from
+:func:`~sqtorch.neural.sim_data.simulator_scales`, saved with the weights), pooling is the same,
+and :meth:`DeepSetsQ.q_states` runs the per-agent :meth:`DeepSetsQ.forward`.
+
 Because the per-agent input is one-hot, ``phi`` takes only ``L`` (or ``G * L``) distinct values.
 :meth:`DeepSetsQ.forward_counts` therefore evaluates ``phi`` once per local state and pools with
 count weights: the same function as the per-agent :meth:`DeepSetsQ.forward` (tested), but its
@@ -23,6 +29,9 @@ from torch import Tensor, nn
 
 from sqtorch.checks import check_int
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.protocol import Simulator
+from sqtorch.neural.sim_data import q_scale_of_simulator, simulator_scales
+from sqtorch.tabular.counts import counts_of
 
 POOLINGS = ("mean", "sum", "max")
 DENSE_POOL_MAX = 1024  # widest G*L pooled by one [B, G*(L+1)] product; wider tables gather per row
@@ -46,8 +55,14 @@ class NetConfig:
             raise ValueError(f"algo.net.pooling = '{self.pooling}' is unknown; allowed: {list(POOLINGS)}")
 
 
-def q_scale_of(env: GlobalLocalMDP) -> float:
-    """``max |r| / (1 - gamma)``: the size of any Q value, used to keep network outputs O(1)."""
+def q_scale_of(env: Simulator) -> float:
+    """``max |r| / (1 - gamma)``: the size of any Q value, used to keep network outputs O(1).
+
+    For a simulator without reward tensors ``max |r|`` comes from a short rollout
+    (:func:`~sqtorch.neural.sim_data.simulator_scales`).
+    """
+    if not isinstance(env, GlobalLocalMDP):
+        return q_scale_of_simulator(env)
     r_max = float(env.r_g.abs().max() + env.r_l.abs().max())
     return max(r_max, 1e-6) / (1.0 - env.gamma)
 
@@ -70,12 +85,14 @@ class DeepSetsQ(nn.Module):
 
     Args:
         G: number of global states.
-        L: number of local states.
+        L: number of local states (finite local states; ignored when ``local_dim`` is set).
         A: number of global actions.
         net: the architecture (:class:`NetConfig`); or its fields as keyword arguments.
         q_scale: the output is ``q_offset + q_scale * rho(...)`` so the network works with O(1)
             numbers (set from the reward range and gamma by the LightningModule).
         q_offset: see ``q_scale``.
+        local_dim: ``d`` of continuous local states ``[..., d]`` (``None``: finite, one-hot input).
+        loc, scale: ``[d]`` feature normalization of continuous states (default 0 and 1).
     """
 
     def __init__(
@@ -86,17 +103,27 @@ class DeepSetsQ(nn.Module):
         net: NetConfig | None = None,
         q_scale: float = 1.0,
         q_offset: float = 0.0,
+        local_dim: int | None = None,
+        loc: Tensor | None = None,
+        scale: Tensor | None = None,
         **net_fields: object,
     ) -> None:
         super().__init__()
         cfg = net if net is not None else NetConfig(**net_fields)  # type: ignore[arg-type]
-        self.G, self.L, self.A = G, L, A
+        self.finite = local_dim is None
+        self.G, self.L, self.A = G, (L if self.finite else 0), A
         self.pooling = cfg.pooling
         self.global_in_phi = cfg.global_in_phi
         self.q_scale, self.q_offset = float(q_scale), float(q_offset)
-        self.phi = mlp(L + (G if cfg.global_in_phi else 0), cfg.hidden, cfg.hidden, cfg.phi_layers)
+        d_in = self.L if local_dim is None else check_int("local_dim", local_dim, 1, "dimension of a local state")
+        self.phi = mlp(d_in + (G if cfg.global_in_phi else 0), cfg.hidden, cfg.hidden, cfg.phi_layers)
         self.embed = nn.Embedding(G, cfg.embed_dim)
         self.rho = mlp(cfg.hidden + cfg.embed_dim, cfg.hidden, A, cfg.rho_layers)
+        if local_dim is not None:  # saved with the weights: a loaded policy normalizes as in training
+            self.register_buffer("x_loc", torch.zeros(local_dim) if loc is None else loc.float().reshape(local_dim))
+            ones = torch.ones(local_dim)
+            self.register_buffer("x_scale", ones if scale is None else scale.float().reshape(local_dim))
+            return
         # phi's every input, row g * L + x (x without global_in_phi); not saved in checkpoints
         x = torch.arange(L)
         if cfg.global_in_phi:
@@ -106,22 +133,45 @@ class DeepSetsQ(nn.Module):
         self.register_buffer("phi_inputs", inputs, persistent=False)
         self.register_buffer("local_index", x, persistent=False)
 
+    @classmethod
+    def for_env(cls, env: Simulator, net: NetConfig | None = None, **kwargs: object) -> DeepSetsQ:
+        """The network for ``env``: one-hot input for finite local states, normalized features for continuous ones."""
+        if env.local.is_finite:
+            return cls(env.G, env.L, env.A, net, q_scale=q_scale_of(env), **kwargs)  # type: ignore[arg-type]
+        r_max, loc, scale = simulator_scales(env)
+        return cls(env.G, 0, env.A, net, q_scale=r_max / (1.0 - float(env.gamma)), local_dim=env.local.d,
+                   loc=loc, scale=scale, **kwargs)  # type: ignore[arg-type]
+
     def _phi_input(self, s_g: Tensor, x: Tensor) -> Tensor:
-        """``onehot(x)`` (+ ``onehot(s_g)`` broadcast over x's trailing agent dim)."""
+        """``onehot(x)`` or the normalized features of ``x [..., k, d]`` (+ ``onehot(s_g)`` on every agent)."""
         dtype = self.embed.weight.dtype
-        h = nn.functional.one_hot(x, self.L).to(dtype)
+        if self.finite:
+            h = nn.functional.one_hot(x, self.L).to(dtype)
+        else:
+            h = ((x - self.x_loc) / self.x_scale).to(dtype)
         if self.global_in_phi:
             g = nn.functional.one_hot(s_g, self.G).to(dtype)
-            g = g[:, None, :].expand(*x.shape, self.G)
+            g = g[:, None, :].expand(*h.shape[:-1], self.G)
             h = torch.cat([h, g], dim=-1)
         return h
+
+    def q_states(self, s_g: Tensor, s_sub: Tensor, table: Tensor | None = None) -> Tensor:
+        """``Q [B, A]`` at ``s_g [B]`` and k local states ``s_sub [B, k]`` (finite: the count path,
+        :meth:`forward_counts` with ``table``) or ``[B, k, d]`` (continuous: :meth:`forward`)."""
+        if self.finite:
+            return self.forward_counts(s_g, counts_of(s_sub, self.L), table)
+        return self.forward(s_g, s_sub)
+
+    def _finite_only(self, what: str) -> None:
+        if not self.finite:
+            raise ValueError(f"{what} needs finite local states; this network reads continuous ones (use q_states)")
 
     def _head(self, s_g: Tensor, pooled: Tensor) -> Tensor:
         out = self.rho(torch.cat([pooled, self.embed(s_g)], dim=-1))
         return self.q_offset + self.q_scale * out
 
     def forward(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
-        """Per-agent DeepSets: ``s_g [B]`` (int), ``s_sub [B, k]`` (int) -> ``Q [B, A]``."""
+        """Per-agent DeepSets: ``s_g [B]`` (int), ``s_sub [B, k]`` (int) or ``[B, k, d]`` (float) -> ``Q [B, A]``."""
         enc = self.phi(self._phi_input(s_g, s_sub))  # [B, k, d]
         if self.pooling == "mean":
             pooled = enc.mean(1)
@@ -133,6 +183,7 @@ class DeepSetsQ(nn.Module):
 
     def phi_flat(self) -> Tensor:
         """``phi`` at every input: ``[G * L, d]`` in row ``g * L + x`` (``[L, d]`` without ``global_in_phi``)."""
+        self._finite_only("phi_flat")
         return self.phi(self.phi_inputs)
 
     def phi_table(self, s_g: Tensor) -> Tensor:

@@ -31,13 +31,14 @@ from torch.utils.data import DataLoader
 from sqtorch import metrics as M
 from sqtorch.checks import check_int, check_k
 from sqtorch.envs import build_env
+from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.reference import Reference, ValidationConfig, build_reference, validation_metrics
 from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.neural.data import GenerativeSource, StepDataset
-from sqtorch.neural.deepsets import DeepSetsQ, q_scale_of
+from sqtorch.neural.deepsets import DeepSetsQ
 from sqtorch.neural.policy import DeepSetsPolicy
+from sqtorch.neural.sim_data import SimulatorSource
 from sqtorch.runtime import derive_seed
-from sqtorch.tabular.counts import counts_of
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
@@ -91,9 +92,9 @@ class SubsampleQModule(pl.LightningModule):
         hparams = dict(env=dict(env), n=n, k=int(k), algo=asdict(self.algo), eval=asdict(self.eval_cfg))
         self.save_hyperparameters({**hparams, "seed": check_int("seed", seed, 0, "a seed")}, logger=False)
         self.env = build_env(env)
-        self.net = DeepSetsQ(self.env.G, self.env.L, self.env.A, self.algo.net, q_scale=q_scale_of(self.env))
+        self.net = DeepSetsQ.for_env(self.env, self.algo.net)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
-        self.source: GenerativeSource | None = None
+        self.source: GenerativeSource | SimulatorSource | None = None
         self.reference: Reference | None = None
         self.samples = 0
         self._pending_source_state: dict | None = None
@@ -112,7 +113,9 @@ class SubsampleQModule(pl.LightningModule):
             h, env = self.hparams, self.env.to(self._run_device())
             rank = self._trainer.global_rank if self._trainer is not None else 0
             seed = h.seed if rank == 0 else derive_seed(h.seed, rank)  # DDP: each rank its own batches
-            self.source = GenerativeSource(env, h.n, h.k, self.algo.m, self.algo.data, seed)
+            tensors = isinstance(env, GlobalLocalMDP) and self.algo.data.state_dist != "trajectory"
+            source = GenerativeSource if tensors else SimulatorSource  # a simulator: through its protocol methods
+            self.source = source(env, h.n, h.k, self.algo.m, self.algo.data, seed)
         if self._pending_source_state is not None:
             self.source.load_state_dict(self._pending_source_state)
             self._pending_source_state = None
@@ -124,14 +127,18 @@ class SubsampleQModule(pl.LightningModule):
         return DataLoader([0], batch_size=None, num_workers=0)
 
     # ---- learning ------------------------------------------------------------------------
-    def _greedy_fn(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
-        return self.net.forward_counts(s_g, counts_of(s_sub, self.env.L)).argmax(-1)
+    def td_target(self, r: Tensor, g_next: Tensor, c_next: Tensor | None, x_next: Tensor | None = None) -> Tensor:
+        """``r + gamma * mean_j max_a' Q_target(g'_j, c'_j, a')`` for ``g_next [B, m]``.
 
-    def td_target(self, r: Tensor, g_next: Tensor, c_next: Tensor) -> Tensor:
-        """``r + gamma * mean_j max_a' Q_target(g'_j, c'_j, a')`` for ``g_next [B, m]``."""
+        The successors are count vectors ``c_next [B, m, L]`` or continuous states ``x_next [B, m, k, d]``.
+        """
         B, m = g_next.shape
         with torch.no_grad():
-            q_next = self.target_net.forward_counts(g_next.reshape(-1), c_next.reshape(B * m, -1))
+            if c_next is not None:
+                q_next = self.target_net.forward_counts(g_next.reshape(-1), c_next.reshape(B * m, -1))
+            else:
+                assert x_next is not None
+                q_next = self.target_net(g_next.reshape(-1), x_next.reshape(B * m, *x_next.shape[2:]))
             v_next = q_next.max(-1).values.reshape(B, m).mean(1)
         return r.to(v_next.dtype) + self.env.gamma * v_next
 
@@ -154,18 +161,18 @@ class SubsampleQModule(pl.LightningModule):
         self.update_target()
         # the weights do not change before the update: one table serves the pool's greedy policy
         # (detached) and the regression (mean and sum pooling)
-        table = self.net.hidden_table() if self.net.pooling != "max" else None
+        table = self.net.hidden_table() if self.net.finite and self.net.pooling != "max" else None
         policy = None
-        if self.source.state_dist == "visited":
+        if self.source.state_dist in ("visited", "trajectory"):
             frozen = None if table is None else table.detach()
 
             def policy(s_g: Tensor, s_sub: Tensor) -> Tensor:
-                return self.net.forward_counts(s_g, counts_of(s_sub, self.env.L), frozen).argmax(-1)
+                return self.net.q_states(s_g, s_sub, frozen).argmax(-1)
 
         b = self.source.sample(batch_size, policy)
-        q = self.net.forward_counts(b.s_g, counts_of(b.s_sub, self.env.L), table)
+        q = self.net.q_states(b.s_g, b.s_sub, table)
         pred = q.gather(1, b.a_g[:, None])[:, 0]
-        target = self.td_target(b.r, b.g_next, b.c_next)
+        target = self.td_target(b.r, b.g_next, b.c_next, b.x_next)
         loss = self._loss(pred, target)
         self.samples += batch_size
         if self._logging_step():
@@ -235,6 +242,8 @@ class SubsampleQModule(pl.LightningModule):
     # ---- validation ----------------------------------------------------------------------
     def ensure_reference(self) -> Reference:
         """Exact tabular Q at k / V* at n when tractable (built once, on the run's device)."""
+        if self.reference is None and not isinstance(self.env, GlobalLocalMDP):
+            self.reference = Reference(notes=[f"env '{self.env.name}' is a simulator: Monte Carlo return only"])
         if self.reference is None:
             env = self.env.to(self._run_device())
             self.reference = build_reference(env, self.hparams.n, self.hparams.k, self.eval_cfg)

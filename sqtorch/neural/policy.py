@@ -17,8 +17,8 @@ from sqtorch.checks import check_int
 from sqtorch.envs import build_env
 from sqtorch.envs.base import check_states
 from sqtorch.neural.checkpoint import load_checkpoint
-from sqtorch.neural.deepsets import DeepSetsQ, NetConfig, q_scale_of
-from sqtorch.tabular.counts import all_counts, counts_of
+from sqtorch.neural.deepsets import DeepSetsQ, NetConfig
+from sqtorch.tabular.counts import all_counts
 
 NET_PREFIX = "net."  # the online network's weights in a checkpoint's state_dict
 
@@ -37,22 +37,25 @@ class DeepSetsPolicy:
     def q(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
         """``Q [B, A]`` at ``s_g [B]`` and sampled local states ``s_sub [B, k]``."""
         dev = self.device
-        c = counts_of(s_sub.to(dev), self.net.L)
-        return self.net.forward_counts(s_g.to(dev), c)
+        return self.net.q_states(s_g.to(dev), s_sub.to(dev))
 
     @torch.no_grad()
     def act(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
         """Greedy global action ``[B]`` (ties: lowest index), on the device of ``s_g``."""
-        if s_sub.shape[-1] != self.k:
-            raise ValueError(f"s_sub has {s_sub.shape[-1]} agents per row, this policy has k = {self.k}")
+        agents = s_sub.shape[1] if s_sub.dim() > 1 else -1
+        if agents != self.k or s_sub.dim() != (2 if self.net.finite else 3):
+            want = "[B, k]" if self.net.finite else "[B, k, d]"
+            raise ValueError(f"s_sub has shape {list(s_sub.shape)}, this policy takes {want} with k = {self.k}")
         if not runtime.sync_free(s_g):  # on CUDA the check would stall every step on a host sync
             check_states("s_g", s_g, self.net.G)
-            check_states("s_sub", s_sub, self.net.L)
+            if self.net.finite:
+                check_states("s_sub", s_sub, self.net.L)
         return self.q(s_g, s_sub).argmax(-1).to(s_g.device)
 
     @torch.no_grad()
     def q_table(self) -> Tensor:
         """The network as a table ``[G, C(k+L-1, k), A]`` in count-vector rank order (docs/model.md §2)."""
+        self.net._finite_only("q_table")
         G, L = self.net.G, self.net.L
         c = all_counts(self.k, L, self.device)  # [N, L]
         N = c.shape[0]
@@ -73,7 +76,7 @@ class DeepSetsPolicy:
         ckpt = load_checkpoint(path)
         hp = ckpt["hyper_parameters"]
         env = build_env(hp["env"])
-        net = DeepSetsQ(env.G, env.L, env.A, NetConfig(**hp["algo"]["net"]), q_scale=q_scale_of(env))
+        net = DeepSetsQ.for_env(env, NetConfig(**hp["algo"]["net"]))
         weights = {key[len(NET_PREFIX) :]: w for key, w in ckpt["state_dict"].items() if key.startswith(NET_PREFIX)}
         try:
             net.load_state_dict(weights)

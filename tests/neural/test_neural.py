@@ -12,7 +12,7 @@ from sqtorch.envs.simulator import make_generator
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.reference import evaluate_return
 from sqtorch.experiment import run
-from sqtorch.neural.data import STATE_DISTS, DataConfig, GenerativeSource
+from sqtorch.neural.data import GENERATIVE_DISTS, DataConfig, GenerativeSource
 from sqtorch.neural.deepsets import POOLINGS, DeepSetsQ
 from sqtorch.neural.module import SubsampleQModule
 from sqtorch.neural.policy import DeepSetsPolicy
@@ -81,7 +81,7 @@ def test_q_table_is_the_network_in_rank_order() -> None:
     assert torch.equal(policy.greedy(), table.argmax(-1))
 
 
-@pytest.mark.parametrize("dist", STATE_DISTS)
+@pytest.mark.parametrize("dist", GENERATIVE_DISTS)
 def test_source_seeded_and_resumable(dist: str) -> None:
     env = make_env("queue")
     a, b = (GenerativeSource(env, 10, 4, 3, DataConfig(dist, pool_size=8), seed=5) for _ in range(2))

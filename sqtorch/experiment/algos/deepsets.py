@@ -25,6 +25,7 @@ from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.neural.deepsets import num_parameters
 from sqtorch.neural.module import SubsampleQModule
 from sqtorch.neural.policy import DeepSetsPolicy
+from sqtorch.neural.sim_data import check_state_dist
 from sqtorch.runtime import SignalFlag
 
 
@@ -49,6 +50,7 @@ class DeepSets(Algorithm):
     config = DeepSetsConfig
     artifact = FINAL_CKPT
     resumable = True
+    simulators = True  # samples only: any Simulator, continuous local states included (docs/model.md §3)
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Fit :class:`SubsampleQModule` with the configured Trainer, then evaluate it on n agents."""
@@ -88,13 +90,18 @@ class DeepSets(Algorithm):
                             float(metrics[M.TRAIN_WALL_SECONDS]))
 
     def samples(self, cfg: dict, metrics: dict, size: int) -> float:
-        """Per optimizer step ``batch_size * m`` successors of k agents, plus (``visited``) one step of
-        the ``pool_size`` n-agent systems (docs/model.md §3)."""
+        """Per optimizer step ``batch_size * m`` successors of k agents (none with ``trajectory``), plus
+        (``visited``, ``trajectory``) one step of the ``pool_size`` n-agent systems (docs/model.md §3)."""
         a, k, n = cfg["algo"], int(cfg["k"]), int(cfg["n"])
-        per_step = a["batch_size"] * a["m"] * k
-        if a["data"]["state_dist"] == "visited":
+        dist = a["data"]["state_dist"]
+        per_step = 0 if dist == "trajectory" else a["batch_size"] * a["m"] * k  # trajectory: observed steps only
+        if dist in ("visited", "trajectory"):
             per_step += a["data"]["pool_size"] * n
         return float(metrics[M.TRAIN_GLOBAL_STEP] * per_step)
+
+    def check_env(self, config: DeepSetsConfig, env: Any, n: int, k: int) -> None:
+        """The state distribution must fit the env's local states (``uniform``/``simplex``: finite only)."""
+        check_state_dist(config.data.state_dist, env)
 
     def resume_from(self, ckpt_path: Any, cfg: dict, n: int, k: int, device: str) -> str:
         """The checkpoint of ``ckpt_path`` (a file, or a run dir: its highest step), checked against the run."""
