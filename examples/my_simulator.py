@@ -6,9 +6,13 @@ cap (global action: 0, 50% or 100% of the charger power). A vehicle is out drivi
 per step (it then uses energy and cannot charge). Reward: minus the energy bill (price by grid state)
 minus a penalty for every vehicle below 20% charge, averaged over the vehicles (docs/model.md §1.1).
 
-Evaluate it through the Python API (``check_simulator`` runs first and names any problem):
+Evaluate two hand-written policies through the Python API (``check_simulator`` runs first and names any
+problem), then train DeepSets on it with train.py and evaluate the run with evaluate.py, all from the
+repository root (so that ``examples.my_simulator`` imports):
 
     python examples/my_simulator.py            # two policies, paired by common random numbers
+    python train.py env=custom env._target_=examples.my_simulator.EVFleet n=1000 k=8 hydra.run.dir=logs/ev_fleet
+    python evaluate.py runs=logs/ev_fleet      # report.md, results.csv and plots in logs/evaluate/<time>/
 """
 
 import torch

@@ -34,6 +34,9 @@ def register_env(name: str, builder: Callable[..., Simulator]) -> None:
 
 
 def _builder(target: str) -> Callable[..., Simulator]:
+    if target in ("???", "", "None"):
+        raise ValueError("env._target_ is not set: pass env._target_=<module>.<builder> (a function or Simulator "
+                         "class importable from the working directory, e.g. examples.my_simulator.EVFleet)")
     module, _, attr = target.rpartition(".")
     try:
         return getattr(importlib.import_module(module), attr)

@@ -38,6 +38,8 @@ from omegaconf import OmegaConf
 
 from sqtorch.envs import build_env
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.local_actions import LocalActionMDP
+from sqtorch.envs.protocol import Simulator
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import evaluate_mc, initial_states, stratified_ci
 from sqtorch.experiment.outputs import CONFIG
@@ -65,7 +67,7 @@ def t95(dof: int) -> float:
 
 
 def evaluate_group(
-    env: GlobalLocalMDP, n: int, runs: list[Run], *, num_initial: int, rollouts: int, seed: int,
+    env: Simulator, n: int, runs: list[Run], *, num_initial: int, rollouts: int, seed: int,
     exact: bool, max_states: int,
 ) -> list[dict]:
     """Rows of results for runs that share (env, n): MC (common random numbers) and exact values.
@@ -74,7 +76,8 @@ def evaluate_group(
     ``gap_mc_ci95`` is the 95% CI of the paired per-rollout differences (common random numbers).
     """
     s0 = initial_states(env, n, num_initial, seed=seed)
-    kernel = count_kernel(env, n) if exact and is_tractable(env, n, max_states) else None
+    tensors = isinstance(env, GlobalLocalMDP)  # a simulator: Monte Carlo only
+    kernel = count_kernel(env, n) if tensors and exact and is_tractable(env, n, max_states) else None
     v_star = optimal_value(env, n, kernel=kernel, max_states=max_states) if kernel is not None else None
     v_star_s0 = float(value_at(v_star, *s0, L=env.L).mean()) if v_star is not None else math.nan
     rows, returns = [], []
@@ -115,7 +118,7 @@ def evaluate_runs(
     rows = []
     for group in groups.values():
         env = build_env(group[0].env_cfg)
-        if not isinstance(env, GlobalLocalMDP):  # Algorithm 2 with local actions has its own evaluator
+        if isinstance(env, LocalActionMDP):  # Algorithm 2 with local actions has its own evaluator
             raise StudyError(f"{group[0].path}: env '{group[0].env_name}' has local agents that act; evaluate.py "
                              "compares SUBSAMPLE-Q policies only (an MFQ run's metrics.json has its return and gap)")
         rows += evaluate_group(
