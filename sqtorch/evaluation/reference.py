@@ -21,6 +21,7 @@ from torch import Tensor
 from sqtorch import metrics as M
 from sqtorch.checks import check_int
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.protocol import Simulator
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import SubsampledPolicy, evaluate_mc, initial_states
 from sqtorch.tabular.exact import count_kernel, is_tractable, optimal_q
@@ -74,11 +75,14 @@ class Reference:
 
 
 def build_reference(
-    env: GlobalLocalMDP, n: int, k: int, cfg: ValidationConfig, *, with_tabular: bool = True
+    env: Simulator, n: int, k: int, cfg: ValidationConfig, *, with_tabular: bool = True
 ) -> Reference:
     """Exact tabular Q at k and V* at n, each where :func:`is_tractable` allows (``cfg.max_states``)."""
     ref = Reference()
     if cfg.reference == "none":
+        return ref
+    if not isinstance(env, GlobalLocalMDP):
+        ref.notes.append(f"env '{env.name}' is a simulator without kernel tensors: Monte Carlo only")
         return ref
     try:  # a comparator is a metric: never let it stop training
         if with_tabular and is_tractable(env, k, cfg.max_states):

@@ -242,8 +242,6 @@ class SubsampleQModule(pl.LightningModule):
     # ---- validation ----------------------------------------------------------------------
     def ensure_reference(self) -> Reference:
         """Exact tabular Q at k / V* at n when tractable (built once, on the run's device)."""
-        if self.reference is None and not isinstance(self.env, GlobalLocalMDP):
-            self.reference = Reference(notes=[f"env '{self.env.name}' is a simulator: Monte Carlo return only"])
         if self.reference is None:
             env = self.env.to(self._run_device())
             self.reference = build_reference(env, self.hparams.n, self.hparams.k, self.eval_cfg)

@@ -22,6 +22,7 @@ class TabularConfig:
     tol: float = 1.0e-8  # stop when the fixed point is known to within tol (sup norm)
     dtype: str = "float64"  # float64 | float32
     max_memory_gib: float = 8.0  # refuse tables whose learner would need more memory than this
+    bins: int | None = None  # continuous local states: bins per coordinate (sqtorch/envs/discretize.py)
 
     def __post_init__(self) -> None:
         expected = type(self).__dataclass_fields__["name"].default
@@ -33,6 +34,8 @@ class TabularConfig:
         check_positive("algo.tol", self.tol)
         check_choice("algo.dtype", self.dtype, list(DTYPES))
         check_positive("algo.max_memory_gib", self.max_memory_gib)
+        if self.bins is not None:
+            check_int("algo.bins", self.bins, 2, "bins per continuous local-state coordinate, or null")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -49,5 +52,7 @@ class TabularMFQConfig(TabularConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.bins is not None:
+            raise ValueError(f"algo.bins = {self.bins}: tabular_mfq needs finite local states; remove algo.bins")
         if self.tie_tol is not None:
             check_float("algo.tie_tol", self.tie_tol, 0.0, hi_open=True, what="a finite number >= 0, or null")

@@ -26,6 +26,7 @@ import torch
 
 from sqtorch.checks import check_int, check_k
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.protocol import Simulator
 from sqtorch.runtime import GiB, torch_threads
 from sqtorch.tabular.bellman import BellmanKernel, subsampled_reward, value_iteration
 from sqtorch.tabular.config import DTYPES, TabularConfig
@@ -34,6 +35,7 @@ from sqtorch.tabular.exact import count_kernel, local_kernels
 from sqtorch.tabular.qtable import QTable
 from sqtorch.tabular.sampled_kernel import SampledKernel, gather_chunk_rows
 from sqtorch.tabular.sampling import sample_chunk_rows, sample_kernel
+from sqtorch.tabular.simulator_kernel import simulator_kernel
 
 
 @dataclass
@@ -95,9 +97,28 @@ def table_memory_gib(
     return (samples + tables + workers * max(gather, sampling)) / GiB
 
 
-def distinct_local_kernels(env: GlobalLocalMDP) -> int:
-    """Number B of distinct local kernels ``P_l[g, a]`` (the sample arrays are ``[B, N, m]``)."""
+def distinct_local_kernels(env: Simulator) -> int:
+    """Number B of distinct local kernels ``P_l[g, a]`` (the sample arrays are ``[B, N, m]``);
+    ``G * A`` for a simulator without kernel tensors (one block per ``(g, a)``)."""
+    if not isinstance(env, GlobalLocalMDP):
+        return env.G * env.A
     return local_kernels(env)[0].shape[0]
+
+
+def check_learnable(env: Simulator, m: int | str) -> None:
+    """``ValueError`` in one line unless the tabular learner can run on ``env`` with ``m``.
+
+    A :class:`GlobalLocalMDP` takes any ``m``; another simulator needs finite local states and an
+    integer ``m`` (its samples are all there is: the exact operator needs the kernel tensors).
+    """
+    if isinstance(env, GlobalLocalMDP):
+        return
+    if not env.local.is_finite:
+        raise ValueError(f"the tabular learner needs finite local states; env '{env.name}' has "
+                         f"{env.local.describe()}: set algo.bins (the histogram discretization) or use algo=deepsets")
+    if m == "exact":
+        raise ValueError(f"algo.m = 'exact' needs the kernel tensors of a GlobalLocalMDP; env '{env.name}' is a "
+                         "simulator (samples only): set algo.m=<next-state samples per entry>, e.g. 20")
 
 
 def _validate(
@@ -118,7 +139,7 @@ def _validate(
 
 
 def check_memory(
-    env: GlobalLocalMDP, k: int, m: int | str, dtype: torch.dtype, max_memory_gib: float, workers: int
+    env: Simulator, k: int, m: int | str, dtype: torch.dtype, max_memory_gib: float, workers: int
 ) -> float:
     """The GiB :func:`learn` needs at ``(k, m)`` with ``workers`` threads (:func:`table_memory_gib`).
 
@@ -138,7 +159,7 @@ def check_memory(
 
 
 def learn(
-    env: GlobalLocalMDP,
+    env: Simulator,
     k: int,
     m: int | str = TabularConfig.m,
     T: int = TabularConfig.T,
@@ -161,6 +182,7 @@ def learn(
     is then the T-th iterate, not the midpoint of the first bracket within ``tol``.
     """
     _validate(k, m, T, tol, seed, n, dtype, max_memory_gib)
+    check_learnable(env, m)
     k, m = int(k), m if m == "exact" else int(m)
     cuda = env.device.type == "cuda"  # one stream: no thread pool there
     workers = 1 if cuda else torch.get_num_threads()
@@ -173,11 +195,15 @@ def learn(
     with torch_threads(1):  # parallel over our own chunks only (sqtorch.tabular.buffers.run_tasks)
         kernel: BellmanKernel
         X = state_columns(k, env.L, env.device)  # for the draws and for r_Delta
-        if m == "exact":
-            kernel = count_kernel(env, k, max_memory_gib=max_memory_gib)
+        if not isinstance(env, GlobalLocalMDP):  # samples from the simulator's own methods
+            kernel, r = simulator_kernel(env, k, int(m), seed, X, workers)
+            r = r.to(dtype)
         else:
-            kernel = sample_kernel(env, k, m, seed, workers, X=X)
-        r = subsampled_reward(env, k, X).to(dtype)
+            if m == "exact":
+                kernel = count_kernel(env, k, max_memory_gib=max_memory_gib)
+            else:
+                kernel = sample_kernel(env, k, m, seed, workers, X=X)
+            r = subsampled_reward(env, k, X).to(dtype)
         del X
         build_seconds = time.perf_counter() - t0
         fp = value_iteration(kernel, r, env.gamma, T, tol, on_iteration=on_iteration, stop_early=stop_early)
@@ -189,7 +215,7 @@ def learn(
         k=k,
         L=env.L,
         env_name=env.name,
-        meta=dict(m=m, seed=seed, gamma=env.gamma, env_params=dict(env.params)),
+        meta=dict(m=m, seed=seed, gamma=env.gamma, env_params=dict(getattr(env, "params", {}))),
     )
     return LearnResult(
         qtable=qtable,

@@ -114,7 +114,10 @@ def test_simulator_run_resumes_bit_for_bit(make_cfg, tmp_path, dist) -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (("algo=tabular",), r"algo = 'tabular' needs the tensors .* algorithms for it: \['deepsets'\]"),
+        (("algo=tabular",), r"tabular learner needs finite local states; env 'tcl'.* set algo.bins"),
+        (("algo=tabular", "algo.bins=4", "algo.m=exact"), r"algo.m = 'exact' needs kernel tensors"),
+        (("algo=sb3_ppo",), r"'sb3_ppo' needs the tensors .* algorithms for it: \['deepsets', 'fixed', 'tabular'\]"),
+        (("algo=fixed", "algo.actions=[0,1]"), r"algo.actions has 2 entries; the env has G = 3"),
         (("algo.data.state_dist=simplex",), r"algo.data.state_dist = 'simplex' needs finite local states"),
         (("algo.data.state_dist=trajectory",), r"algo.m = 8: trajectory data .* set algo.m=1"),
         (("env.sigma=-1",), r"sigma = -1.* outside the allowed range"),
@@ -148,3 +151,14 @@ def test_trained_on_the_protocol_path_matches_the_exact_q(make_cfg, tmp_path) ->
     q_net = policy.q_table()
     assert ((q_net - q_exact).abs().max() / q_exact.abs().max()).item() < 0.05
     assert (q_net.argmax(-1) == q_exact.argmax(-1)).double().mean().item() >= 0.9
+
+
+def test_tabular_on_histogram_bins_trains_on_a_continuous_env_and_reloads(make_cfg, tmp_path) -> None:
+    from sqtorch.experiment.registry import get_algorithm
+
+    metrics = run(make_cfg(*TCL_SMALL, "algo=tabular", "algo.bins=4", "algo.m=5", "k=2", "debug=fast"))
+    assert M.EVAL_RETURN in metrics and M.EVAL_GAP not in metrics  # a simulator: Monte Carlo only
+    cfg = {"env": {"_target_": "sqtorch.envs.tcl"}, "algo": {"m": 5, "bins": 4}, "k": 2}
+    loaded = get_algorithm("tabular").load(tmp_path, cfg, json.loads((tmp_path / "metrics.json").read_text()))
+    s_g, s_l = build_env("tcl").initial(2, 5, torch.Generator().manual_seed(0))
+    assert loaded.policy.act(s_g, s_l).shape == (5,) and loaded.label == "tabular m=5 bins=4"

@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 from sqtorch import metrics as M
+from sqtorch.envs import build_env
+from sqtorch.envs.discretize import Discretized, DiscretizedPolicy
 from sqtorch.evaluation.reference import build_reference, evaluate_return, exact_gap
 from sqtorch.experiment.outputs import QTABLE, finish, logging_to
 from sqtorch.experiment.registry import Algorithm, LoadedPolicy, TrainContext
 from sqtorch.tabular.config import TabularConfig
 from sqtorch.tabular.counts import num_counts
-from sqtorch.tabular.learner import learn
+from sqtorch.tabular.learner import check_learnable, learn
 from sqtorch.tabular.qtable import QTable
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,7 @@ class Tabular(Algorithm):
     name = "tabular"
     config = TabularConfig
     artifact = QTABLE
+    simulators = True  # finite simulators by their samples (m-sample operator), continuous ones by algo.bins
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """``learn(env, k, m, T, tol)``, then the Monte Carlo return and, where tractable, the exact gap."""
@@ -44,12 +48,14 @@ class Tabular(Algorithm):
                     logger.info("tabular iteration %d/%d: error bound %.3g (tol %g), %.0f s",
                                 it + 1, a.T, residual, a.tol, elapsed)
 
-            entries = env.G * num_counts(spec.k, env.L) * env.A
+            model = env if a.bins is None else Discretized(env, a.bins)  # the histogram model of a continuous env
+            entries = model.G * num_counts(spec.k, model.L) * model.A
             logger.info("tabular: m = %s next states for %s entries (G*N*A) ...", a.m, f"{entries:,}")
-            res = learn(env, spec.k, a.m, T=a.T, tol=a.tol, seed=spec.seed, n=spec.n, dtype=a.torch_dtype,
+            res = learn(model, spec.k, a.m, T=a.T, tol=a.tol, seed=spec.seed, n=spec.n, dtype=a.torch_dtype,
                         max_memory_gib=a.max_memory_gib, on_iteration=on_iteration)
             res.qtable.save(ctx.out / QTABLE)
-            mean, ci = evaluate_return(env, res.qtable, spec.n, **spec.eval.mc_kwargs())
+            policy = res.qtable if a.bins is None else DiscretizedPolicy(res.qtable, model)
+            mean, ci = evaluate_return(env, policy, spec.n, **spec.eval.mc_kwargs())
             flag.check("after learning, before the final metrics; rerun the same command")
             metrics = {
                 M.EVAL_RETURN: mean,
@@ -68,11 +74,24 @@ class Tabular(Algorithm):
             details = f"m={a.m} iterations={res.iterations} converged={res.converged} learn={res.learn_seconds:.2f}s"
             return finish(ctx.cfg, spec, ctx.out, tb, metrics, res.iterations, details)
 
+    def check_env(self, config: TabularConfig, env: Any, n: int, k: int) -> None:
+        """Finite local states, or ``algo.bins`` for continuous ones; ``m = exact`` only with kernel tensors."""
+        if config.bins is not None and env.local.is_finite:
+            raise ValueError(f"algo.bins = {config.bins} discretizes continuous local states; env '{env.name}' has "
+                             "finite ones: remove algo.bins")
+        if config.bins is None:
+            check_learnable(env, config.m)
+        elif config.m == "exact":
+            raise ValueError(f"algo.m = 'exact' needs kernel tensors; the {config.bins}-bin model of env "
+                             f"'{env.name}' is sampled: set algo.m=<next-state samples per entry>, e.g. 20")
+
     def load(self, path: Path, cfg: dict, metrics: dict) -> LoadedPolicy:
-        policy = QTable.load(path / QTABLE)
+        qtable = QTable.load(path / QTABLE)
+        bins = cfg["algo"].get("bins")
+        policy = qtable if bins is None else DiscretizedPolicy(qtable, Discretized(build_env(cfg["env"]), int(bins)))
         seconds = metrics[M.TABULAR_LEARN_SECONDS] + metrics.get(M.TABULAR_BUILD_SECONDS, 0.0)
-        return LoadedPolicy(policy, f"tabular m={cfg['algo']['m']}", policy.k, policy.q.numel(), float(seconds),
-                            deterministic=True)
+        label = f"tabular m={cfg['algo']['m']}" + ("" if bins is None else f" bins={bins}")
+        return LoadedPolicy(policy, label, qtable.k, qtable.q.numel(), float(seconds), deterministic=True)
 
     def samples(self, cfg: dict, metrics: dict, size: int) -> float:
         """Every entry ``(g, c, a)`` moves its k agents m times: ``G N_k A * m * k``; ``m = exact`` draws none."""
