@@ -18,6 +18,11 @@ Observation modes (``obs=``), all accepted by Stable-Baselines3 DQN/PPO:
 - ``"agents"``: ``MultiDiscrete([G, L, ..., L])`` (int64, length ``1 + n``) = ``[s_g, s_1..s_n]``,
   every local state (for small n; SB3 one-hot encodes it, so its input grows like ``n L``).
 
+Any :class:`~sqtorch.envs.protocol.Simulator` runs here through its protocol methods. With
+continuous local states pass ``bins=``: ``counts``/``subsample`` then count the agents' bins of
+:class:`~sqtorch.envs.discretize.Discretized` (the histogram observation of the follow-ups; the
+dynamics stay continuous), and ``L`` is the number of bins.
+
 Both envs run the batched torch simulator (``sqtorch.envs.simulator.step``); the single env is
 the vector env's core at batch 1, so for one seed :class:`GlobalLocalEnv` and a 1-env
 :class:`GlobalLocalVectorEnv` produce the same trajectory.
@@ -57,7 +62,15 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from sqtorch.envs import ENVS, GlobalLocalMDP, build_env, env_params
-from sqtorch.envs.simulator import cdf_columns, make_generator, sample_initial_state, sample_subset, step
+from sqtorch.envs.discretize import Discretized
+from sqtorch.envs.simulator import (
+    cdf_columns,
+    gather_agents,
+    make_generator,
+    sample_initial_state,
+    sample_subset,
+    step,
+)
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.tabular.counts import count_features, counts_of
 
@@ -93,6 +106,7 @@ class _Core:
         horizon: int | None,
         batch: int,
         device: torch.device | str | None,
+        bins: int | None = None,
     ) -> None:
         self.n = check_int("n", n, 1, "number of local agents")
         if obs not in OBS_MODES:
@@ -108,15 +122,38 @@ class _Core:
         self.horizon = horizon_for(mdp.gamma) if horizon is None else check_int("horizon", horizon, 1, "steps")
         self.batch = batch
         dev = self.mdp.device
-        self.cdf_g = cdf_columns(self.mdp.P_g)
+        self.tensors = isinstance(self.mdp, GlobalLocalMDP)  # else a Simulator through its protocol methods
+        self.disc = self._histogram(bins)
+        self.L = self.mdp.L if self.disc is None else self.disc.L  # local states (bins) the observation counts
+        self.cdf_g = cdf_columns(self.mdp.P_g) if self.tensors else None
         self.gen_dyn: torch.Generator | None = None
         self.gen_sub: torch.Generator | None = None
         self.s_g = torch.zeros(batch, dtype=torch.int64, device=dev)
-        self.s_l = torch.zeros(batch, n, dtype=torch.int64, device=dev)
+        if self.disc is None:
+            self.s_l = torch.zeros(batch, n, dtype=torch.int64, device=dev)
+        else:
+            self.s_l = torch.zeros(batch, n, int(self.mdp.local.d), device=dev)
         self.t = torch.zeros(batch, dtype=torch.int64, device=dev)
 
+    def _histogram(self, bins: int | None) -> Discretized | None:
+        """The binning of continuous local states (``bins`` per coordinate); ``None`` for finite ones."""
+        if self.mdp.local.is_finite:
+            if bins is not None:
+                raise ValueError(f"bins = {bins} bins continuous local states; env '{self.mdp.name}' has finite "
+                                 "ones: leave bins None")
+            return None
+        if bins is None:
+            raise ValueError(f"env '{self.mdp.name}' has continuous local states ({self.mdp.local.describe()}): "
+                             "pass bins=<bins per coordinate> (the observation is their histogram)")
+        if self.obs == "agents":
+            raise ValueError("obs = 'agents' needs finite local states; use 'counts' or 'subsample' with bins")
+        return Discretized(self.mdp, bins)
+
+    def _bins(self, s_l: Tensor) -> Tensor:
+        return s_l if self.disc is None else self.disc.bin_of(s_l)
+
     def single_observation_space(self) -> spaces.Space:
-        G, L = self.mdp.G, self.mdp.L
+        G, L = self.mdp.G, self.L
         if self.obs == "agents":
             return spaces.MultiDiscrete(np.array([G] + [L] * self.n, dtype=np.int64))
         return spaces.Box(0.0, 1.0, shape=(G + L,), dtype=np.float32)
@@ -132,8 +169,10 @@ class _Core:
         count = self.batch if rows is None else int(rows.numel())
         if options and ("s_g" in options or "s_l" in options):
             s_g, s_l = self._explicit_state(options, count)
-        else:
+        elif self.tensors:
             s_g, s_l = sample_initial_state(self.mdp, self.n, count, self.gen_dyn)
+        else:
+            s_g, s_l = self.mdp.initial(self.n, count, self.gen_dyn)
         if rows is None:
             self.s_g, self.s_l = s_g, s_l
             self.t = torch.zeros_like(self.t)
@@ -143,6 +182,8 @@ class _Core:
     def _explicit_state(self, options: dict[str, Any], count: int) -> tuple[Tensor, Tensor]:
         if "s_g" not in options or "s_l" not in options:
             raise ValueError("reset options must give both 's_g' and 's_l' (or neither)")
+        if self.disc is not None:
+            raise ValueError("reset options 's_g' / 's_l' need finite local states")
         dev = self.mdp.device
         s_g = torch.as_tensor(np.asarray(options["s_g"]), dtype=torch.int64, device=dev).reshape(-1)
         s_l = torch.as_tensor(np.asarray(options["s_l"]), dtype=torch.int64, device=dev)
@@ -161,23 +202,28 @@ class _Core:
     def step(self, a_g: Tensor, rows: Tensor | None = None) -> Tensor:
         """Advance ``rows`` (None: all) one step with actions ``a_g``; returns their rewards (float64)."""
         if rows is None:
-            self.s_g, self.s_l, r = step(self.mdp, self.s_g, self.s_l, a_g, self.gen_dyn, self.cdf_g)
+            self.s_g, self.s_l, r = self._transition(self.s_g, self.s_l, a_g)
             self.t += 1
             return r
-        s_g, s_l, r = step(self.mdp, self.s_g[rows], self.s_l[rows], a_g, self.gen_dyn, self.cdf_g)
+        s_g, s_l, r = self._transition(self.s_g[rows], self.s_l[rows], a_g)
         self.s_g[rows], self.s_l[rows] = s_g, s_l
         self.t[rows] += 1
         return r
+
+    def _transition(self, s_g: Tensor, s_l: Tensor, a_g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.tensors:
+            return step(self.mdp, s_g, s_l, a_g, self.gen_dyn, self.cdf_g)
+        return self.mdp.step(s_g, s_l, a_g, self.gen_dyn)
 
     def observe(self) -> np.ndarray:
         """Observations of all B systems, ``[B, ...]`` (a fresh subset per row for ``subsample``)."""
         if self.obs == "agents":
             return torch.cat([self.s_g[:, None], self.s_l], 1).cpu().numpy()
         if self.obs == "counts":
-            c = counts_of(self.s_l, self.mdp.L)
+            c = counts_of(self._bins(self.s_l), self.L)
         else:
             idx = sample_subset(self.n, self.k, self.batch, self.gen_sub)
-            c = counts_of(self.s_l.gather(1, idx), self.mdp.L)
+            c = counts_of(self._bins(gather_agents(self.s_l, idx)), self.L)
         return count_features(self.s_g, c, self.mdp.G).cpu().numpy()
 
     def actions(self, action: Any, name: str = "action") -> Tensor:
@@ -191,7 +237,7 @@ class _Core:
         return a.long()
 
     def render(self, row: int = 0) -> str:
-        c = counts_of(self.s_l[row : row + 1], self.mdp.L)[0].tolist()
+        c = counts_of(self._bins(self.s_l[row : row + 1]), self.L)[0].tolist()
         return f"t={int(self.t[row])} s_g={int(self.s_g[row])} counts={c}"
 
 
@@ -216,12 +262,13 @@ class GlobalLocalEnv(gymnasium.Env):
         horizon: int | None = None,
         device: torch.device | str | None = None,
         render_mode: str | None = None,
+        bins: int | None = None,
         **env_kwargs: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode = {render_mode!r}; allowed: None or {self.metadata['render_modes']}")
         self.mdp = build_env(mdp, **env_kwargs)
-        self._core = _Core(self.mdp, n, obs, k, horizon, 1, device)
+        self._core = _Core(self.mdp, n, obs, k, horizon, 1, device, bins)
         self.mdp = self._core.mdp
         self.n, self.obs, self.k, self.horizon = n, obs, self._core.k, self._core.horizon
         self.render_mode = render_mode
@@ -278,6 +325,7 @@ class GlobalLocalVectorEnv(VectorEnv):
         device: torch.device | str | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         render_mode: str | None = None,
+        bins: int | None = None,
         **env_kwargs: Any,
     ) -> None:
         self.num_envs = check_int("num_envs", num_envs, 1, "batch of systems")
@@ -294,7 +342,7 @@ class GlobalLocalVectorEnv(VectorEnv):
         self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.render_mode = render_mode
         mdp = build_env(mdp, **env_kwargs)
-        self._core = _Core(mdp, n, obs, k, horizon, self.num_envs, device)
+        self._core = _Core(mdp, n, obs, k, horizon, self.num_envs, device, bins)
         self.mdp = self._core.mdp
         self.n, self.obs, self.k, self.horizon = n, obs, self._core.k, self._core.horizon
         self.single_action_space = spaces.Discrete(self.mdp.A)

@@ -16,7 +16,7 @@ from sqtorch.checks import check_int, check_positive
 
 OBS = ("counts", "subsample")
 ARTIFACT_STEM = "policy"  # a run dir's SB3 artifact: policy.zip + policy.json (sqtorch.baselines.sb3)
-_COMMON = ("name", "obs", "total_timesteps", "num_envs", "horizon")
+_COMMON = ("name", "obs", "total_timesteps", "num_envs", "horizon", "bins")
 
 
 
@@ -31,6 +31,7 @@ class Sb3Config:
     horizon: int | None = None  # episode truncation; None: smallest H with gamma^H <= 1e-4
     learning_rate: float | None = None  # None: SB3's default (DQN 1e-4, PPO 3e-4)
     batch_size: int | None = None  # None: scaled default (DQN 32, PPO min(64, n_steps * num_envs))
+    bins: int | None = None  # continuous local states: the histogram observation's bins per coordinate
 
     @property
     def algo(self) -> str:
@@ -44,7 +45,7 @@ class Sb3Config:
             raise ValueError(f"algo.obs = '{self.obs}' is unknown; allowed: {list(OBS)}")
         check_int("algo.total_timesteps", self.total_timesteps, 1, "env steps")
         check_int("algo.num_envs", self.num_envs, 1, "parallel envs")
-        for key in ("horizon", "batch_size"):
+        for key in ("horizon", "batch_size", "bins"):
             if getattr(self, key) is not None:
                 check_int(f"algo.{key}", getattr(self, key), 1, "a positive integer, or null for the default")
         check_positive("algo.learning_rate", self.learning_rate, allow_none=True)

@@ -44,7 +44,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from sqtorch.checks import check_int
-from sqtorch.envs import ENVS, GlobalLocalMDP, build_env, make_env
+from sqtorch.envs import ENVS, GlobalLocalMDP, Simulator, build_env, make_env
+from sqtorch.envs.discretize import Discretized
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.gym import GlobalLocalEnv, count_features, preset_params
 from sqtorch.metrics import SAMPLES_PER_SECOND, TRAIN_SAMPLES
@@ -64,8 +65,14 @@ def _same_mdp(a: GlobalLocalMDP, b: GlobalLocalMDP) -> bool:
     )
 
 
-def _env_record(mdp: GlobalLocalMDP, stem: Path) -> dict[str, Any]:
-    """JSON description that rebuilds ``mdp``: preset name + constants, else a tensor file."""
+def _env_record(mdp: Simulator, stem: Path, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """JSON description that rebuilds ``mdp``: preset name + constants, else a tensor file; a simulator
+    without kernel tensors is recorded by its env config ``cfg`` (``{"config": cfg}``)."""
+    if not isinstance(mdp, GlobalLocalMDP):
+        if cfg is None:
+            raise ValueError(f"env '{mdp.name}' is a simulator: pass its env config (a name or mapping), not the "
+                             "object, so that the saved policy can rebuild it")
+        return {"config": dict(cfg)}
     if mdp.name in ENVS and set(mdp.params) <= set(preset_params(mdp.name)):
         try:
             rebuilt = make_env(mdp.name, **mdp.params)
@@ -79,7 +86,9 @@ def _env_record(mdp: GlobalLocalMDP, stem: Path) -> dict[str, Any]:
     return {"tensors": path.name, "name": mdp.name}
 
 
-def _load_env_record(rec: Mapping[str, Any], folder: Path) -> GlobalLocalMDP:
+def _load_env_record(rec: Mapping[str, Any], folder: Path) -> Simulator:
+    if "config" in rec:
+        return build_env(rec["config"])
     if "tensors" in rec:
         d = torch.load(folder / rec["tensors"], weights_only=True)
         return GlobalLocalMDP(d["P_g"], d["P_l"], d["r_g"], d["r_l"], d["gamma"], name=d["name"])
@@ -103,7 +112,7 @@ def default_algo_kwargs(algo: str, total_timesteps: int, num_envs: int) -> dict[
 
 def train_sb3(
     algo: str,
-    env_or_cfg: GlobalLocalMDP | str | Mapping[str, Any],
+    env_or_cfg: Simulator | str | Mapping[str, Any],
     n: int,
     obs: str = "counts",
     k: int | None = None,
@@ -119,6 +128,7 @@ def train_sb3(
     verbose: int = 0,
     stem: str | None = None,
     tensorboard_dir: str | Path | None = None,
+    bins: int | None = None,
 ) -> Path:
     """Train SB3 ``algo`` (``dqn`` / ``ppo``) on the n-agent env; returns the saved zip's path.
 
@@ -129,7 +139,9 @@ def train_sb3(
     records ``samples = env steps x n`` (local-agent transitions drawn from the simulator).
     ``tensorboard_dir``: SB3's scalars (``rollout/*``, ``train/*``, ``time/*``) plus
     ``train/samples`` and ``charts/samples_per_second`` (sqtorch.metrics names) go there as
-    TensorBoard events; ``None``: no logging. Artifacts are written atomically.
+    TensorBoard events; ``None``: no logging. Artifacts are written atomically. A simulator with
+    continuous local states needs ``bins`` (the histogram observation, :mod:`sqtorch.gym`) and is
+    given by its config (a name or mapping), which the artifact records.
     """
     if algo not in ALGOS:
         raise ValueError(f"algo = {algo!r} is not supported; allowed: {sorted(ALGOS)}")
@@ -141,8 +153,12 @@ def train_sb3(
     check_int("seed", seed, 0, "random seed")
     mdp = build_env(env_or_cfg)
     horizon = horizon_for(mdp.gamma) if horizon is None else check_int("horizon", horizon, 1, "steps")
-    env_kw = dict(mdp=mdp, n=n, obs=obs, k=k if obs == "subsample" else None, horizon=horizon)
-    GlobalLocalEnv(**env_kw)  # validate n / obs / k before SB3 builds anything
+    env_kw = dict(mdp=mdp, n=n, obs=obs, k=k if obs == "subsample" else None, horizon=horizon, bins=bins)
+    L_obs = GlobalLocalEnv(**env_kw)._core.L  # validates n / obs / k / bins before SB3 builds anything
+    cfg = None if isinstance(env_or_cfg, Simulator) else ({"name": env_or_cfg} if isinstance(env_or_cfg, str)
+                                                          else env_or_cfg)
+    if cfg is None and not isinstance(mdp, GlobalLocalMDP):  # refused before anything is trained
+        _env_record(mdp, Path(out_dir), cfg)
     kwargs = {**default_algo_kwargs(algo, total_timesteps, num_envs), **dict(algo_kwargs or {})}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,9 +180,10 @@ def train_sb3(
         "obs": obs,
         "n": n,
         "k": n if obs == "counts" else k,
-        "env": _env_record(mdp, out / stem),
+        "env": _env_record(mdp, out / stem, cfg),
+        "bins": bins,
         "G": mdp.G,
-        "L": mdp.L,
+        "L": L_obs,
         "A": mdp.A,
         "gamma": mdp.gamma,
         "horizon": horizon,
@@ -213,8 +230,11 @@ class SB3Policy:
     function of the empirical distribution, but it was trained on the recorded one.
     """
 
-    def __init__(self, model: BaseAlgorithm, mdp: GlobalLocalMDP, meta: dict[str, Any], k: int | None = None) -> None:
+    def __init__(self, model: BaseAlgorithm, mdp: Simulator, meta: dict[str, Any], k: int | None = None) -> None:
         self.model, self.mdp, self.meta = model, mdp, meta
+        bins = meta.get("bins")
+        self.disc = None if bins is None else Discretized(mdp, int(bins))  # the histogram it was trained on
+        self.L = int(meta["L"])
         self.k = check_int("k", meta["k"] if k is None else k, 1, "agents the policy sees")
         self.n, self.obs, self.algo = int(meta["n"]), str(meta["obs"]), str(meta["algo"])
         self.samples = int(meta.get("samples", 0))
@@ -238,13 +258,19 @@ class SB3Policy:
         model = ALGOS[meta["algo"]].load(zip_path, device=device)
         return cls(model, mdp, meta, k)
 
-    def check_env(self, env: GlobalLocalMDP) -> None:
-        """Raise ``ValueError`` unless ``env`` has the trained (G, L, A)."""
-        want = (self.mdp.G, self.mdp.L, self.mdp.A)
-        if (env.G, env.L, env.A) != want:
-            raise ValueError(
-                f"env '{env.name}' has (G, L, A) = {(env.G, env.L, env.A)}, this policy was trained on {want}"
-            )
+    def check_env(self, env: Simulator) -> None:
+        """Raise ``ValueError`` unless ``env`` has the trained (G, local space, A)."""
+        if self.mdp.local.is_finite and env.local.is_finite:
+            want = (self.mdp.G, self.mdp.L, self.mdp.A)
+            if (env.G, env.L, env.A) != want:
+                raise ValueError(
+                    f"env '{env.name}' has (G, L, A) = {(env.G, env.L, env.A)}, this policy was trained on {want}"
+                )
+            return
+        want, have = (self.mdp.G, self.mdp.local, self.mdp.A), (env.G, env.local, env.A)
+        if have != want:
+            raise ValueError(f"env '{env.name}' has (G, local space, A) = ({env.G}, {env.local.describe()}, {env.A}), "
+                             f"this policy was trained on ({want[0]}, {self.mdp.local.describe()}, {want[2]})")
 
     def _predict(self, features: Tensor) -> Tensor:
         out = []
@@ -255,12 +281,15 @@ class SB3Policy:
 
     def act(self, s_g: Tensor, s_sub: Tensor) -> Tensor:
         """Greedy ``a_g [B]`` for ``s_g [B]`` and sampled local states ``s_sub [B, k]`` (paper Alg. 2)."""
-        x = count_features(s_g, counts_of(s_sub, self.mdp.L), self.mdp.G)
+        bins = s_sub if self.disc is None else self.disc.bin_of(s_sub)
+        x = count_features(s_g, counts_of(bins, self.L), self.mdp.G)
         return self._predict(x).to(s_g.device)
 
     def greedy(self) -> Tensor:
         """Action table ``[G, C(k+L-1, k)]`` over count vectors in ``sqtorch.tabular.counts`` rank order."""
-        G, L = self.mdp.G, self.mdp.L
+        if self.disc is not None:
+            raise ValueError("greedy() needs finite local states (this policy bins continuous ones)")
+        G, L = self.mdp.G, self.L
         c = all_counts(self.k, L)  # [N, L]
         N = c.shape[0]
         s_g = torch.arange(G).repeat_interleave(N)
@@ -274,7 +303,7 @@ class SB3Policy:
 
     def table_size(self) -> int:
         """Entries of :meth:`greedy` (``G * C(k+L-1, k)``)."""
-        return self.mdp.G * num_counts(self.k, self.mdp.L)
+        return self.mdp.G * num_counts(self.k, self.L)
 
     def __repr__(self) -> str:
         return f"SB3Policy(algo={self.algo!r}, obs={self.obs!r}, n={self.n}, k={self.k}, env={self.mdp.name!r})"

@@ -9,9 +9,11 @@ SB3 is an optional extra (``pip install -e '.[baselines]'``), imported only when
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqtorch import metrics as M
 from sqtorch.baselines.config import ARTIFACT_STEM, Sb3DqnConfig, Sb3PpoConfig
+from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.reference import build_reference, evaluate_return, exact_gap
 from sqtorch.experiment.config import ConfigError
 from sqtorch.experiment.outputs import finish, logging_to
@@ -29,17 +31,28 @@ def _sb3():
 class _Sb3(Algorithm):
     artifact = f"{ARTIFACT_STEM}.zip"
     interruptible = False  # SB3's loop has no safe stopping point: a signal ends it the default way
+    simulators = True  # any simulator; continuous local states with algo.bins (the histogram observation)
+
+    def check_env(self, config: Any, env: Any, n: int, k: int) -> None:
+        """Continuous local states need ``algo.bins``; finite ones must not have it."""
+        if env.local.is_finite and config.bins is not None:
+            raise ValueError(f"algo.bins = {config.bins} bins continuous local states; env '{env.name}' has finite "
+                             "ones: remove algo.bins")
+        if not env.local.is_finite and config.bins is None:
+            raise ValueError(f"env '{env.name}' has continuous local states ({env.local.describe()}): set "
+                             "algo.bins=<bins per coordinate> (the policy observes their histogram)")
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train SB3 DQN / PPO on the n-agent Gymnasium env, then evaluate it like any subsampled policy."""
         sb3 = _sb3()
         spec, a, out = ctx.spec, ctx.spec.algo, ctx.out
         with logging_to(ctx.cfg) as tb:
+            env_arg = spec.env if isinstance(spec.env, GlobalLocalMDP) else spec.env_cfg  # a simulator: by config
             path = sb3.train_sb3(
-                a.algo, spec.env, spec.n, obs=a.obs, k=spec.k if a.obs == "subsample" else None,
+                a.algo, env_arg, spec.n, obs=a.obs, k=spec.k if a.obs == "subsample" else None,
                 total_timesteps=a.total_timesteps, seed=spec.seed, out_dir=out, horizon=a.horizon,
                 num_envs=a.num_envs, algo_kwargs=a.algo_kwargs(), device=spec.device.type, num_threads=spec.threads,
-                stem=ARTIFACT_STEM, tensorboard_dir=out if tb is not None else None,
+                stem=ARTIFACT_STEM, tensorboard_dir=out if tb is not None else None, bins=a.bins,
             )
             policy = sb3.SB3Policy.load(path)  # evaluate what evaluate.py will load
             env = spec.env.to(spec.device)
@@ -52,7 +65,7 @@ class _Sb3(Algorithm):
                 M.TRAIN_PARAMETERS: float(policy.num_parameters()),
                 M.TRAIN_GLOBAL_STEP: float(policy.meta["env_steps"]),
             }
-            ref = build_reference(env, spec.n, policy.k, spec.eval, with_tabular=False)
+            ref = build_reference(env, spec.n, policy.k, spec.eval, with_tabular=False)  # empty for a simulator
             gap = exact_gap(env, spec.n, policy.greedy(), policy.k, ref) if ref.v_star is not None else None
             if gap is not None:
                 metrics[M.EVAL_GAP] = gap
