@@ -63,14 +63,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from sqtorch.envs import ENVS, GlobalLocalMDP, build_env, env_params
 from sqtorch.envs.discretize import Discretized
-from sqtorch.envs.simulator import (
-    cdf_columns,
-    gather_agents,
-    make_generator,
-    sample_initial_state,
-    sample_subset,
-    step,
-)
+from sqtorch.envs.simulator import cdf_columns, gather_agents, make_generator, sample_initial_state, sample_subset, step
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.tabular.counts import count_features, counts_of
 

@@ -40,6 +40,7 @@ from torch.utils.data import IterableDataset
 
 from sqtorch.checks import check_int, check_k, check_unit
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.protocol import Simulator
 from sqtorch.envs.simulator import (
     IMPURE,
     cdf_columns,
@@ -120,6 +121,26 @@ class PooledSampler:
     device: torch.device
     pool_g: Tensor | None
     pool_l: Tensor | None
+
+    def sample_states(self, B: int) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def advance_pool(self, policy: Policy) -> None:
+        raise NotImplementedError
+
+    def successor_fields(self, s_g: Tensor, s_sub: Tensor, a_g: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(g_next [B, m], c_next [B, m, L] | None, x_next [B, m, k(, d)] | None)`` of :class:`Batch`."""
+        raise NotImplementedError
+
+    def generative_batch(self, model: Simulator, B: int, policy: Policy | None) -> Batch:
+        """Items from :meth:`sample_states` (after one pool step when ``policy`` is given), uniform ``a_g``,
+        ``r_Delta`` by ``model.reward`` on the k agents, and their ``m`` successors."""
+        if policy is not None:
+            self.advance_pool(policy)
+        s_g, s_sub = self.sample_states(B)
+        a_g = torch.randint(model.A, (B,), generator=self.gen, device=self.device)
+        r = model.reward(s_g, s_sub, a_g)  # r_Delta: mean over the k sampled agents
+        return Batch(s_g, s_sub, a_g, r, *self.successor_fields(s_g, s_sub, a_g))
 
     def state_dict(self) -> dict:
         """Generator state and visited pool (saved by ``on_save_checkpoint``)."""
@@ -230,13 +251,11 @@ class GenerativeSource(PooledSampler):
 
     def sample(self, B: int, policy: Policy | None = None) -> Batch:
         """One batch; with ``visited`` and a ``policy`` the pool first moves one step."""
-        if policy is not None:
-            self.advance_pool(policy)
-        s_g, s_sub = self.sample_states(B)
-        a_g = torch.randint(self.env.A, (B,), generator=self.gen, device=self.device)
-        r = self.env.reward(s_g, s_sub, a_g)  # r_Delta: mean over the k sampled agents
-        g_next, c_next = self.successors(s_g, s_sub, a_g)
-        return Batch(s_g, s_sub, a_g, r, g_next, c_next)
+        return self.generative_batch(self.env, B, policy)
+
+    def successor_fields(self, s_g: Tensor, s_sub: Tensor, a_g: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(g_next, c_next, None)``: see :meth:`successors`."""
+        return (*self.successors(s_g, s_sub, a_g), None)
 
 
 class StepDataset(IterableDataset):

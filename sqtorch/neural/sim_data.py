@@ -187,13 +187,12 @@ class SimulatorSource(PooledSampler):
         """One batch; with a pool and a ``policy`` the pool first moves one step (``visited``)."""
         if self.state_dist == "trajectory":
             return self._trajectory(B, policy)
-        if policy is not None:
-            self.advance_pool(policy)
-        s_g, s_sub = self.sample_states(B)
-        a_g = torch.randint(self.sim.A, (B,), generator=self.gen, device=self.device)
-        r = self.sim.reward(s_g, s_sub, a_g)  # r_Delta: mean over the k sampled agents
+        return self.generative_batch(self.sim, B, policy)
+
+    def successor_fields(self, s_g: Tensor, s_sub: Tensor, a_g: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(g_next, c_next, None)`` for finite local states, ``(g_next, None, x_next)`` for continuous ones."""
         g_next, x_next = self.successors(s_g, s_sub, a_g)
-        return Batch(s_g, s_sub, a_g, r, g_next, *self._next_counts(x_next))
+        return (g_next, *self._next_counts(x_next))
 
     def samples_per_step(self, batch_size: int) -> int:
         """Local-agent transitions drawn per batch: ``B m k`` generative ones plus ``pool_size n`` of the pool."""

@@ -116,7 +116,8 @@ def test_simulator_run_resumes_bit_for_bit(make_cfg, tmp_path, dist) -> None:
     [
         (("algo=tabular",), r"tabular learner needs finite local states; env 'tcl'.* set algo.bins"),
         (("algo=tabular", "algo.bins=4", "algo.m=exact"), r"algo.m = 'exact' needs kernel tensors"),
-        (("algo=sb3_ppo",), r"'sb3_ppo' needs the tensors .* algorithms for it: \['deepsets', 'fixed', 'tabular'\]"),
+        (("algo=sb3_ppo",), r"env 'tcl' has continuous local states .* set algo.bins="),
+        (("algo=tabular_mfq",), r"algo = 'tabular_mfq' does not fit env 'tcl'"),
         (("algo=fixed", "algo.actions=[0,1]"), r"algo.actions has 2 entries; the env has G = 3"),
         (("algo.data.state_dist=simplex",), r"algo.data.state_dist = 'simplex' needs finite local states"),
         (("algo.data.state_dist=trajectory",), r"algo.m = 8: trajectory data .* set algo.m=1"),
