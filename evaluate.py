@@ -35,6 +35,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from sqtorch.experiment.groups import evaluate_runs
 from sqtorch.experiment.report import write_outputs
 from sqtorch.experiment.runs import StudyError, collect
 from sqtorch.experiment.study import (
@@ -43,7 +44,6 @@ from sqtorch.experiment.study import (
     compare,
     deployed,
     environment,
-    evaluate_runs,
     label_runs,
     split_refused,
     summarize,

@@ -21,12 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
-from sqtorch.experiment.study import (  # noqa: E402
-    REF_EXACT,
-    ZERO_GAP,
-    fit_reference,
-    reference_curve,
-)
+from sqtorch.experiment.groups import REF_EXACT, ZERO_GAP  # noqa: E402
+from sqtorch.experiment.study import fit_reference, reference_curve  # noqa: E402
 from sqtorch.runtime import atomic_write  # noqa: E402
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",

@@ -21,7 +21,6 @@ with the learner's own message (:func:`split_refused`), not as missing.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -37,22 +36,15 @@ import torch
 from omegaconf import OmegaConf
 
 from sqtorch.envs import build_env
-from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.local_actions import LocalActionMDP
-from sqtorch.envs.protocol import Simulator
-from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
-from sqtorch.evaluation.execution import evaluate_mc, initial_states, stratified_ci
+from sqtorch.experiment.groups import REF_EXACT, ZERO_GAP
 from sqtorch.experiment.outputs import CONFIG
 from sqtorch.experiment.runs import Run, StudyError
 from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.runtime import Z95
 from sqtorch.tabular.config import DTYPES
 from sqtorch.tabular.counts import num_counts
-from sqtorch.tabular.exact import count_kernel, is_tractable
 from sqtorch.tabular.learner import check_memory
 
-REF_EXACT, REF_BEST = "exact V*", "best evaluated policy (V* not tractable)"
-ZERO_GAP = 1e-9  # exact gaps below this are zero up to float rounding
 CI_METHOD = "95% CI of the mean over seeds, Student t (seeds - 1 dof); one seed: the Monte Carlo CI"
 # two-sided 95% quantiles of Student's t, degrees of freedom 1..30 (standard table)
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -64,68 +56,6 @@ def t95(dof: int) -> float:
     if dof < 1:
         raise ValueError(f"dof = {dof} is outside the allowed range dof >= 1")
     return T95[dof - 1] if dof <= len(T95) else Z95 * (1 + (1 + Z95**2) / (4 * dof))
-
-
-def evaluate_group(
-    env: Simulator, n: int, runs: list[Run], *, num_initial: int, rollouts: int, seed: int,
-    exact: bool, max_states: int,
-) -> list[dict]:
-    """Rows of results for runs that share (env, n): MC (common random numbers) and exact values.
-
-    Without an exact ``V*`` the gap is to the best evaluated policy of the group, and its
-    ``gap_mc_ci95`` is the 95% CI of the paired per-rollout differences (common random numbers).
-    """
-    s0 = initial_states(env, n, num_initial, seed=seed)
-    tensors = isinstance(env, GlobalLocalMDP)  # a simulator: Monte Carlo only
-    kernel = count_kernel(env, n) if tensors and exact and is_tractable(env, n, max_states) else None
-    v_star = optimal_value(env, n, kernel=kernel, max_states=max_states) if kernel is not None else None
-    v_star_s0 = float(value_at(v_star, *s0, L=env.L).mean()) if v_star is not None else math.nan
-    rows, returns = [], []
-    for r in sorted(runs, key=lambda r: (r.algo, r.k, r.seed)):
-        mc = evaluate_mc(env, r.policy, n, rollouts=rollouts, seed=seed, s0=s0, keep_returns=True)
-        returns.append(mc.returns)
-        v_pi = None
-        if kernel is not None:
-            v_pi = policy_value(env, n, r.policy.greedy(), r.k, kernel=kernel, max_states=max_states)
-        exact_return = float(value_at(v_pi, *s0, L=env.L).mean()) if v_pi is not None else math.nan
-        rows.append(
-            dict(
-                env=r.env_name, n=n, algo=r.algo, k=r.k, seed=r.seed,
-                mc_return=mc.mean, mc_ci95=mc.ci95, exact_return=exact_return, v_star=v_star_s0,
-                gap_exact=v_star_s0 - exact_return, gap_mc=v_star_s0 - mc.mean, gap_mc_ci95=mc.ci95,
-                gap_reference=REF_EXACT if v_star is not None else REF_BEST,
-                learn_seconds=r.learn_seconds, samples=r.samples, size=r.size, kind=r.kind,
-                deterministic=r.deterministic, train_k=getattr(r, "train_k", r.k), series=getattr(r, "series", r.algo),
-                path=str(r.path),
-            )
-        )
-    if v_star is None:  # gap against the best policy evaluated, on the same random numbers
-        i_best = max(range(len(rows)), key=lambda i: rows[i]["mc_return"])
-        for row, ret in zip(rows, returns, strict=True):
-            row["gap_mc"] = rows[i_best]["mc_return"] - row["mc_return"]
-            row["gap_mc_ci95"] = stratified_ci(returns[i_best] - ret)[1]  # paired: common random numbers
-    return rows
-
-
-def evaluate_runs(
-    runs: list[Run], *, num_initial: int = 32, rollouts: int = 64, seed: int = 12345,
-    exact: bool = True, max_states: int = 200_000,
-) -> list[dict]:
-    """Evaluate every run, grouped by (env config, n), each group on common random numbers."""
-    groups: dict[str, list[Run]] = defaultdict(list)
-    for r in runs:
-        groups[json.dumps([r.env_cfg, r.n], sort_keys=True)].append(r)
-    rows = []
-    for group in groups.values():
-        env = build_env(group[0].env_cfg)
-        if isinstance(env, LocalActionMDP):  # Algorithm 2 with local actions has its own evaluator
-            raise StudyError(f"{group[0].path}: env '{group[0].env_name}' has local agents that act; evaluate.py "
-                             "compares SUBSAMPLE-Q policies only (an MFQ run's metrics.json has its return and gap)")
-        rows += evaluate_group(
-            env, group[0].n, group, num_initial=num_initial, rollouts=rollouts, seed=seed,
-            exact=exact, max_states=max_states,
-        )
-    return rows
 
 
 STUDY_KEYS = ("name", "title", "env", "common", "sweeps", "label", "deploy", "plots")

@@ -215,8 +215,8 @@ def test_study_sweeps_compose_and_validate(study):
 
 def test_gap_plot_when_every_gap_is_zero(tmp_path):
     """One k, every gap 0 (e.g. one config resumed many times): the log axis must not collapse."""
+    from sqtorch.experiment.groups import REF_BEST
     from sqtorch.experiment.plots import plot_gap
-    from sqtorch.experiment.study import REF_BEST
 
     row = dict(env="demand_response", n=8, algo="tabular m=20", k=5, seeds=3, gap_reference=REF_BEST,
                gap_exact=float("nan"), gap_mc=0.0, gap_mc_ci95=0.0, mc_return=1.0, learn_seconds=1.0)
