@@ -9,6 +9,7 @@ from typing import Any
 
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.demand_response import demand_response, demand_response_script
+from sqtorch.envs.ev_charging import ev_charging
 from sqtorch.envs.local_actions import LocalActionMDP, formation
 from sqtorch.envs.protocol import LocalSpace, Simulator, check_simulator
 from sqtorch.envs.queue import queue
@@ -23,6 +24,7 @@ ENVS: dict[str, Callable[..., Simulator | LocalActionMDP]] = {
     "queue_types": queue_types,
     "tcl": tcl,
     "formation": formation,  # local agents act (LocalActionMDP, docs/model.md §7)
+    "ev_charging": ev_charging,  # local agents act: EV charging under a feeder limit (§7.7)
 }
 Env = Simulator | LocalActionMDP  # what build_env returns
 ENV_TYPES = (Simulator, LocalActionMDP)
@@ -125,6 +127,7 @@ __all__ = [
     "Simulator",
     "check_simulator",
     "formation",
+    "ev_charging",
     "demand_response",
     "demand_response_script",
     "make_env",
