@@ -119,6 +119,24 @@ class LocalActionMDP:
             params=dict(self.params), init_l=self.init_l,
         )
 
+    def with_local_rule(self, rule: Tensor) -> GlobalLocalMDP:
+        """The :class:`GlobalLocalMDP` in which an agent in local state ``x`` always plays ``rule[x]``.
+
+        ``P_l'[g, a_g, x] = P_l[g, a_g, rule[x], x]`` and ``r_l'[g, a_g, x] = r_l[g, a_g, rule[x], x]``
+        (``rule``: int ``[L]`` in ``{0..Al-1}``): SUBSAMPLE-Q then controls the global agent alone.
+        """
+        rule = torch.as_tensor(rule, dtype=torch.int64, device=self.device).reshape(-1)
+        if rule.shape != (self.L,) or int(rule.min()) < 0 or int(rule.max()) >= self.Al:
+            raise ValueError(f"rule = {rule.tolist()} must hold one local action in {{0..{self.Al - 1}}} for each "
+                             f"of the L = {self.L} local states")
+        x = torch.arange(self.L, device=self.device)
+        return GlobalLocalMDP(
+            P_g=self.P_g, P_l=self.P_l[:, :, rule, x], r_g=self.r_g, r_l=self.r_l[:, :, rule, x], gamma=self.gamma,
+            name=f"{self.name}[rule={rule.tolist()}]", global_state_names=self.global_state_names,
+            local_state_names=self.local_state_names, action_names=self.action_names,
+            params=dict(self.params), init_l=self.init_l,
+        )
+
 
 def as_local_action_mdp(env: GlobalLocalMDP | LocalActionMDP) -> LocalActionMDP:
     """``env`` itself if it is a :class:`LocalActionMDP`, else its ``Al = 1`` form."""

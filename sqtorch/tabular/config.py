@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -56,3 +56,29 @@ class TabularMFQConfig(TabularConfig):
             raise ValueError(f"algo.bins = {self.bins}: tabular_mfq needs finite local states; remove algo.bins")
         if self.tie_tol is not None:
             check_float("algo.tie_tol", self.tie_tol, 0.0, hi_open=True, what="a finite number >= 0, or null")
+
+
+@dataclass
+class TabularLocalRuleConfig(TabularConfig):
+    """``algo=tabular_local_rule``: SUBSAMPLE-Q for the global agent, local agents on ``rule`` (docs/model.md §7.8)."""
+
+    name: str = "tabular_local_rule"
+    m: Any = "exact"
+    rule: list[int] = field(default_factory=lambda: [0])  # local action per local state (one entry: for all)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bins is not None:
+            raise ValueError(f"algo.bins = {self.bins}: tabular_local_rule needs finite local states; remove algo.bins")
+        if len(self.rule) < 1:
+            raise ValueError("algo.rule is empty: give one local action per local state, or one for all")
+        self.rule = [check_int(f"algo.rule[{i}]", a, 0, "a local action") for i, a in enumerate(self.rule)]
+
+    def rule_for(self, L: int, Al: int) -> list[int]:
+        """The rule as ``L`` local actions; ``ValueError`` naming ``algo.rule`` if it does not fit the env."""
+        if len(self.rule) not in (1, L):
+            raise ValueError(f"algo.rule has {len(self.rule)} entries; the env has L = {L} local states "
+                             "(give L entries, or one for all)")
+        for i, a in enumerate(self.rule):
+            check_int(f"algo.rule[{i}]", a, 0, f"a local action of the env, in {{0..{Al - 1}}}", hi=Al - 1)
+        return self.rule * L if len(self.rule) == 1 else list(self.rule)

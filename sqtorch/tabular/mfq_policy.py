@@ -100,6 +100,14 @@ class MFQPolicy:
         g, loc = greedy_tables(table.q, table.k, table.L, table.Al, tie_tol)
         return cls(g, loc, table.k, table.L, table.Al, table.A, tie_tol)
 
+    @classmethod
+    def with_local_rule(cls, greedy_g: Tensor, rule: Tensor, k: int, Al: int, A: int) -> MFQPolicy:
+        """The global agent plays the greedy table ``greedy_g [G, N_k]`` (e.g. ``QTable.greedy()`` of
+        SUBSAMPLE-Q on :meth:`LocalActionMDP.with_local_rule`), every local agent ``rule[own state]``."""
+        rule = torch.as_tensor(rule, dtype=torch.int64, device=greedy_g.device).reshape(-1)
+        G, N = greedy_g.shape
+        return cls(greedy_g, rule[None, :, None].expand(G, len(rule), N).clone(), k, len(rule), Al, A, 0.0)
+
     @property
     def G(self) -> int:
         return self.greedy_g.shape[0]

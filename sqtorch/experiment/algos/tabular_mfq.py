@@ -11,21 +11,41 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from sqtorch import metrics as M
+from sqtorch.envs import build_env
 from sqtorch.envs.simulator import make_generator, sample_initial_state
 from sqtorch.evaluation.exact import value_at
 from sqtorch.evaluation.mfq import check_tractable_mfq, optimal_value_mfq, policy_value_mfq
 from sqtorch.evaluation.mfq_execution import evaluate_mfq_mc
-from sqtorch.experiment.outputs import finish, logging_to
+from sqtorch.experiment.outputs import QTABLE, finish, logging_to
 from sqtorch.experiment.registry import Algorithm, LoadedPolicy, TrainContext
-from sqtorch.tabular.config import TabularMFQConfig
+from sqtorch.tabular.config import TabularLocalRuleConfig, TabularMFQConfig
+from sqtorch.tabular.learner import learn
 from sqtorch.tabular.mfq import MFQTable, learn_mfq
 from sqtorch.tabular.mfq_policy import MFQPolicy
+from sqtorch.tabular.qtable import QTable
 
 logger = logging.getLogger(__name__)
 ARTIFACT = "mfq_table.pt"
+
+
+@dataclass
+class Fitted:
+    """What a tabular fit leaves: its artifact writer and what the metrics report."""
+
+    save: Callable[[Path], None]
+    size: int
+    seconds: float
+    iterations: int
+    converged: bool
+    residuals: list[float]
 
 
 class TabularMFQ(Algorithm):
@@ -34,8 +54,16 @@ class TabularMFQ(Algorithm):
     artifact = ARTIFACT
     local_actions = True
 
+    def _learn(self, spec, on_iteration) -> tuple[MFQPolicy, Fitted]:  # noqa: ANN001
+        """``learn_mfq(env, k, m, T, tol)`` and the decentralized greedy policy of its table."""
+        a, env = spec.algo, spec.env.to(spec.device)
+        res = learn_mfq(env, spec.k, a.m, T=a.T, tol=a.tol, seed=spec.seed, n=spec.n, dtype=a.torch_dtype,
+                        max_memory_gib=a.max_memory_gib, on_iteration=on_iteration)
+        fitted = Fitted(res.table.save, res.table.q.numel(), res.seconds, res.iterations, res.converged, res.residuals)
+        return MFQPolicy.from_table(res.table, a.tie_tol), fitted
+
     def train(self, ctx: TrainContext) -> dict[str, float]:
-        """``learn_mfq(env, k, m, T, tol)``, then Algorithm 2's return on n agents and the exact gap if tractable."""
+        """Learn (:meth:`_learn`), then Algorithm 2's return on n agents and the exact gap if tractable."""
         spec, a, flag = ctx.spec, ctx.spec.algo, ctx.flag
         env, ev = spec.env.to(spec.device), spec.eval
         with logging_to(ctx.cfg) as tb:
@@ -45,27 +73,25 @@ class TabularMFQ(Algorithm):
                 if tb is not None:
                     tb.log_metrics({M.TABULAR_RESIDUAL: residual, M.TABULAR_ELAPSED: elapsed}, step=it)
 
-            res = learn_mfq(env, spec.k, a.m, T=a.T, tol=a.tol, seed=spec.seed, n=spec.n, dtype=a.torch_dtype,
-                            max_memory_gib=a.max_memory_gib, on_iteration=on_iteration)
-            res.table.save(ctx.out / ARTIFACT)
-            policy = MFQPolicy.from_table(res.table, a.tie_tol)
+            policy, fit = self._learn(spec, on_iteration)
+            fit.save(ctx.out / self.artifact)
             s0 = sample_initial_state(env, spec.n, ev.num_initial, make_generator(ev.seed, env.device))
             mc = evaluate_mfq_mc(env, policy, spec.n, rollouts=ev.rollouts, horizon=ev.horizon, seed=ev.seed, s0=s0)
             flag.check("after learning, before the final metrics; rerun the same command")
             metrics = {
                 M.EVAL_RETURN: mc.mean,
                 M.EVAL_RETURN_CI: mc.ci95,
-                M.TABULAR_TABLE_SIZE: res.table.q.numel(),
-                M.TABULAR_LEARN_SECONDS: res.seconds,
-                M.TABULAR_ITERATIONS: res.iterations,
-                M.TABULAR_CONVERGED: float(res.converged),
-                M.TABULAR_RESIDUAL: res.residuals[-1] if res.residuals else math.nan,
+                M.TABULAR_TABLE_SIZE: fit.size,
+                M.TABULAR_LEARN_SECONDS: fit.seconds,
+                M.TABULAR_ITERATIONS: fit.iterations,
+                M.TABULAR_CONVERGED: float(fit.converged),
+                M.TABULAR_RESIDUAL: fit.residuals[-1] if fit.residuals else math.nan,
             }
             gap = self._exact_gap(env, spec.n, policy, s0, ev)
             if gap is not None:
                 metrics[M.EVAL_GAP] = gap
-            details = f"m={a.m} iterations={res.iterations} converged={res.converged} learn={res.seconds:.2f}s"
-            return finish(ctx.cfg, spec, ctx.out, tb, metrics, res.iterations, details)
+            details = f"m={a.m} iterations={fit.iterations} converged={fit.converged} learn={fit.seconds:.2f}s"
+            return finish(ctx.cfg, spec, ctx.out, tb, metrics, fit.iterations, details)
 
     @staticmethod
     def _exact_gap(env, n: int, policy: MFQPolicy, s0, ev) -> float | None:
@@ -91,3 +117,34 @@ class TabularMFQ(Algorithm):
         """Every entry ``(g, a_g, z)`` moves its k agents m times; ``m = exact`` draws none."""
         m = cfg["algo"]["m"]
         return math.nan if m == "exact" else float(size * int(m) * int(cfg["k"]))
+
+
+class TabularLocalRule(TabularMFQ):
+    """``algo=tabular_local_rule``: SUBSAMPLE-Q for the global agent while every local agent plays a fixed
+    rule ``a_i = rule[s_i]`` (docs/model.md §7.8), the comparator of SUBSAMPLE-MFQ: tabular SUBSAMPLE-Q
+    (:func:`sqtorch.tabular.learn`) on :meth:`LocalActionMDP.with_local_rule`, executed and evaluated
+    like ``tabular_mfq`` (:meth:`MFQPolicy.with_local_rule`). Leaves ``qtable.pt``."""
+
+    name = "tabular_local_rule"
+    config = TabularLocalRuleConfig
+    artifact = QTABLE
+
+    def check_env(self, config: TabularLocalRuleConfig, env: Any, n: int, k: int) -> None:
+        config.rule_for(env.L, env.Al)
+
+    def _learn(self, spec, on_iteration) -> tuple[MFQPolicy, Fitted]:  # noqa: ANN001
+        a, env = spec.algo, spec.env.to(spec.device)
+        rule = torch.tensor(a.rule_for(env.L, env.Al), device=env.device)
+        res = learn(env.with_local_rule(rule), spec.k, a.m, T=a.T, tol=a.tol, seed=spec.seed, n=spec.n,
+                    dtype=a.torch_dtype, max_memory_gib=a.max_memory_gib, on_iteration=on_iteration)
+        fitted = Fitted(res.qtable.save, res.qtable.q.numel(), res.learn_seconds + res.build_seconds,
+                        res.iterations, res.converged, res.residuals)
+        return MFQPolicy.with_local_rule(res.qtable.greedy(), rule, spec.k, env.Al, env.A), fitted
+
+    def load(self, path: Path, cfg: dict, metrics: dict) -> LoadedPolicy:
+        qtable = QTable.load(path / QTABLE)
+        env = build_env(cfg["env"])
+        rule = TabularLocalRuleConfig(**cfg["algo"]).rule_for(env.L, env.Al)
+        policy = MFQPolicy.with_local_rule(qtable.greedy(), torch.tensor(rule), qtable.k, env.Al, env.A)
+        return LoadedPolicy(policy, f"tabular_local_rule m={cfg['algo']['m']} rule={rule}", qtable.k,
+                            qtable.q.numel(), float(metrics[M.TABULAR_LEARN_SECONDS]), deterministic=True)
