@@ -4,7 +4,7 @@
 distribution and, for each item, ``m`` next states from the env kernels ``P_g`` and ``P_l``
 (every sampled agent moves independently). All tensors live on the device of the env it is given
 and come from one seeded ``torch.Generator`` there; its state (and the visited-state pool) is part
-of :meth:`GenerativeSource.state_dict`, so a resumed run draws exactly the batches an
+of its ``state_dict()``, so a resumed run draws exactly the batches an
 uninterrupted one would.
 
 State distributions (``state_dist``):

@@ -92,7 +92,8 @@ class DeepSetsQ(nn.Module):
             numbers (set from the reward range and gamma by the LightningModule).
         q_offset: see ``q_scale``.
         local_dim: ``d`` of continuous local states ``[..., d]`` (``None``: finite, one-hot input).
-        loc, scale: ``[d]`` feature normalization of continuous states (default 0 and 1).
+        loc: ``[d]`` feature offset of continuous states (default 0): ``phi`` reads ``(x - loc) / scale``.
+        scale: ``[d]`` feature scale of continuous states (default 1).
     """
 
     def __init__(

@@ -4,7 +4,7 @@
 :class:`~sqtorch.neural.data.GenerativeSource`, but only through the protocol methods of a
 :class:`~sqtorch.envs.protocol.Simulator` (``initial``, ``step``, ``local_step``,
 ``global_step``, ``reward``), so it serves a user's batched torch code and continuous local states.
-Every random number comes from its one seeded generator (saved in :meth:`SimulatorSource.state_dict`
+Every random number comes from its one seeded generator (saved in its ``state_dict()``
 with the pool), so a resumed run draws exactly the batches an uninterrupted one would.
 
 Two ways to get items (``algo.data.state_dist``):
