@@ -84,7 +84,7 @@ def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
                     alpha=0.6, label=f"{algo} (Monte Carlo)")
     c = fitted_c(rows, n)
     if c is not None:
-        k = torch.linspace(1, max(r["k"] for r in rows), 200, dtype=torch.float64)
+        k = torch.linspace(1, _k_max(rows), 200, dtype=torch.float64)
         ax.plot(k, c * reference_curve(n, k), "k--", lw=1, label=f"{c:.3g}·sqrt((n-k+1)/(n·k))")
     ax.axhline(floor, color="0.7", lw=0.8)
     ax.text(0.01, floor * 1.15, f"gaps ≤ {ZERO_GAP:g} drawn at {floor:g}", fontsize=7, color="0.4",
@@ -103,6 +103,12 @@ def plot_gap(rows: list[dict], env: str, n: int, path: Path) -> float | None:
     return c
 
 
+def _k_max(rows: list[dict]) -> int:
+    """The largest k on the axis: of the learners (a baseline that sees all n agents is a line, not a point)."""
+    learners = [r["k"] for r in rows if r.get("kind") != "baseline"]
+    return max(learners or [r["k"] for r in rows])
+
+
 def _is_baseline(rows: list[dict], algo: str) -> bool:
     return any(r["algo"] == algo and r.get("kind") == "baseline" for r in rows)
 
@@ -113,9 +119,10 @@ def _baseline_line(ax: plt.Axes, rows: list[dict], algo: str, key: str, floor: f
     y, ci = r[key], r.get(key + "_ci95", 0.0)
     sees = "all n agents" if r["k"] == r["n"] else f"k = {r['k']} sampled agents"
     ax.axhline(max(y, floor), color=col, ls="-.", lw=1.5,
-               label=f"{algo} ({'exact' if exact else 'Monte Carlo'}, {r['seeds']} seeds, sees {sees}; CI at right)")
+               label=f"{algo} ({'exact' if exact else 'Monte Carlo'}, {r['seeds']} seed{'s' * (r['seeds'] != 1)}, "
+                     f"sees {sees}; CI at right)")
     if ci > 0:  # the CI as an error bar right of the k axis (a band would hide the other series)
-        x = max(q["k"] for q in rows) + 0.25 + 0.15 * sorted({q["algo"] for q in rows}).index(algo) / len(rows)
+        x = _k_max(rows) + 0.25 + 0.15 * sorted({q["algo"] for q in rows}).index(algo) / len(rows)
         lo, hi = max(y - ci, floor), max(y + ci, floor)
         ax.errorbar([x], [max(y, floor)], yerr=[[max(y, floor) - lo], [hi - max(y, floor)]], color=col, capsize=3)
 
