@@ -22,8 +22,11 @@ from sqtorch import metrics as M
 from sqtorch.checks import check_int
 from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.envs.protocol import Simulator
+from sqtorch.envs.simulator import make_generator, sample_initial_state
 from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
 from sqtorch.evaluation.execution import SubsampledPolicy, evaluate_mc, initial_states
+from sqtorch.evaluation.mfq import check_tractable_mfq, optimal_value_mfq, policy_value_mfq
+from sqtorch.evaluation.mfq_execution import evaluate_mfq_mc
 from sqtorch.tabular.exact import count_kernel, is_tractable, optimal_q
 
 REFERENCES = ("auto", "none")
@@ -131,4 +134,23 @@ def validation_metrics(
             out[M.EVAL_Q_REL_ERROR] = ((q_nn - q_tab).abs().max() / q_tab.abs().max()).item()
         if ref.tabular_return is not None:
             out[M.EVAL_GAP_TABULAR] = ref.tabular_return[0] - mean
+    return out
+
+
+def mfq_validation_metrics(env: Any, policy: Any, n: int, cfg: ValidationConfig) -> dict[str, float]:
+    """``eval/return`` (+ CI) of Algorithm 2 with local actions (docs/model.md §7.4) on ``cfg``'s initial
+    states, and ``eval/gap`` = ``mean_s0 V*(s0) - V^pi(s0)`` on the lumped pair-count MDP where
+    :func:`~sqtorch.evaluation.mfq.check_tractable_mfq` allows (and ``cfg.reference`` is not ``none``)."""
+    s0 = sample_initial_state(env, n, cfg.num_initial, make_generator(cfg.seed, env.device))
+    mc = evaluate_mfq_mc(env, policy, n, rollouts=cfg.rollouts, horizon=cfg.horizon, seed=cfg.seed, s0=s0)
+    out = {M.EVAL_RETURN: mc.mean, M.EVAL_RETURN_CI: mc.ci95}
+    if cfg.reference == "none":
+        return out
+    try:
+        check_tractable_mfq(env, n, cfg.max_states)
+    except ValueError:
+        return out
+    v_star = optimal_value_mfq(env, n, max_states=cfg.max_states)
+    v_pi = policy_value_mfq(env, n, policy, max_states=cfg.max_states)
+    out[M.EVAL_GAP] = float((value_at(v_star, *s0, L=env.L) - value_at(v_pi, *s0, L=env.L)).mean())
     return out

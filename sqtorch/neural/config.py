@@ -53,8 +53,9 @@ class DeepSetsConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
-        if self.name != "deepsets":
-            raise ValueError(f"algo.name = '{self.name}' does not match DeepSetsConfig (expected 'deepsets')")
+        expected = type(self).__dataclass_fields__["name"].default
+        if self.name != expected:
+            raise ValueError(f"algo.name = '{self.name}' does not match {type(self).__name__} (expected '{expected}')")
         for key in ("m", "batch_size", "max_steps", "target_sync", "checkpoint_every"):
             check_int(f"algo.{key}", getattr(self, key), 1, "a positive integer")
         if self.loss not in LOSSES:
@@ -70,3 +71,26 @@ class DeepSetsConfig:
         if self.data.state_dist == "trajectory" and self.m != 1:
             raise ValueError(f"algo.m = {self.m}: trajectory data holds one observed successor per item "
                              "(algo.data.state_dist = 'trajectory'); set algo.m=1")
+
+
+MFQ_STATE_DISTS = ("uniform", "simplex")
+
+
+@dataclass
+class DeepSetsMFQConfig(DeepSetsConfig):
+    """DeepSets SUBSAMPLE-MFQ (``algo=deepsets_mfq``, docs/model.md §7.9): a DeepSets Q-network over the k
+    (local state, local action) pairs; the max over the other agents' actions is exact enumeration."""
+
+    name: str = "deepsets_mfq"
+    data: DataConfig = field(default_factory=lambda: DataConfig(state_dist="simplex"))
+    max_tables: int = 2_000_000  # G * C(k + L Al - 1, k) pair-count tables enumerated per target: the limit
+    tie_tol: float | None = None  # greedy ties of the executed policy; None: 1e-6 * q_scale (float32 noise)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data.state_dist not in MFQ_STATE_DISTS:
+            raise ValueError(f"algo.data.state_dist = '{self.data.state_dist}' is not supported by deepsets_mfq; "
+                             f"allowed: {list(MFQ_STATE_DISTS)} (items are drawn over (state, action) pairs)")
+        check_int("algo.max_tables", self.max_tables, 1, "pair-count tables enumerated per target")
+        if self.tie_tol is not None:
+            check_float("algo.tie_tol", self.tie_tol, 0.0, hi_open=True, what="a finite number >= 0, or null")

@@ -86,12 +86,14 @@ class SubsampleQModule(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.algo = algo if isinstance(algo, DeepSetsConfig) else DeepSetsConfig(**(algo or {}))
+        cfg_cls = self.config_class
+        self.algo = algo if isinstance(algo, cfg_cls) else cfg_cls(**(algo or {}))
         self.eval_cfg = eval if isinstance(eval, ValidationConfig) else ValidationConfig(**(eval or {}))
         k = check_k(k, n)
         hparams = dict(env=dict(env), n=n, k=int(k), algo=asdict(self.algo), eval=asdict(self.eval_cfg))
         self.save_hyperparameters({**hparams, "seed": check_int("seed", seed, 0, "a seed")}, logger=False)
-        self.env = build_env(env)
+        self.task = build_env(env)  # the system a policy is evaluated on
+        self.env = self.learning_env(self.task)  # the one the network and the sampler see
         self.net = DeepSetsQ.for_env(self.env, self.algo.net)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
         self.source: GenerativeSource | SimulatorSource | None = None
@@ -101,6 +103,12 @@ class SubsampleQModule(pl.LightningModule):
         self._last_log: tuple[float, int] | None = None
         self._params = list(self.net.parameters())
         self.automatic_optimization = False  # training_step runs the whole update (fewer, larger ops)
+
+    config_class: type = DeepSetsConfig
+
+    def learning_env(self, task: Any) -> Any:
+        """The env the network and the sampler see: ``task`` itself (a subclass may transform it)."""
+        return task
 
     # ---- setup / data --------------------------------------------------------------------
     def _run_device(self) -> torch.device:

@@ -98,7 +98,7 @@ def test_sb3_run_dir_has_artifact_metrics_and_tensorboard(queue_runs):
 
 def test_baseline_exact_gap_uses_the_tabular_code_path(queue_runs, monkeypatch):
     """A trained baseline's exact gap on queue n = 10: same V*, same initial states, same policy_value."""
-    import sqtorch.experiment.study as study
+    import sqtorch.experiment.groups as study
     from sqtorch.evaluation.exact import optimal_value, policy_value, value_at
     from sqtorch.evaluation.execution import initial_states
     from sqtorch.experiment.runs import collect

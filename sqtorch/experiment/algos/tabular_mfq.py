@@ -20,10 +20,7 @@ import torch
 
 from sqtorch import metrics as M
 from sqtorch.envs import build_env
-from sqtorch.envs.simulator import make_generator, sample_initial_state
-from sqtorch.evaluation.exact import value_at
-from sqtorch.evaluation.mfq import check_tractable_mfq, optimal_value_mfq, policy_value_mfq
-from sqtorch.evaluation.mfq_execution import evaluate_mfq_mc
+from sqtorch.evaluation.reference import mfq_validation_metrics
 from sqtorch.experiment.outputs import QTABLE, finish, logging_to
 from sqtorch.experiment.registry import Algorithm, LoadedPolicy, TrainContext
 from sqtorch.tabular.config import TabularLocalRuleConfig, TabularMFQConfig
@@ -75,37 +72,17 @@ class TabularMFQ(Algorithm):
 
             policy, fit = self._learn(spec, on_iteration)
             fit.save(ctx.out / self.artifact)
-            s0 = sample_initial_state(env, spec.n, ev.num_initial, make_generator(ev.seed, env.device))
-            mc = evaluate_mfq_mc(env, policy, spec.n, rollouts=ev.rollouts, horizon=ev.horizon, seed=ev.seed, s0=s0)
+            metrics = mfq_validation_metrics(env, policy, spec.n, ev)  # return, and the exact gap if tractable
             flag.check("after learning, before the final metrics; rerun the same command")
-            metrics = {
-                M.EVAL_RETURN: mc.mean,
-                M.EVAL_RETURN_CI: mc.ci95,
+            metrics |= {
                 M.TABULAR_TABLE_SIZE: fit.size,
                 M.TABULAR_LEARN_SECONDS: fit.seconds,
                 M.TABULAR_ITERATIONS: fit.iterations,
                 M.TABULAR_CONVERGED: float(fit.converged),
                 M.TABULAR_RESIDUAL: fit.residuals[-1] if fit.residuals else math.nan,
             }
-            gap = self._exact_gap(env, spec.n, policy, s0, ev)
-            if gap is not None:
-                metrics[M.EVAL_GAP] = gap
             details = f"m={a.m} iterations={fit.iterations} converged={fit.converged} learn={fit.seconds:.2f}s"
             return finish(ctx.cfg, spec, ctx.out, tb, metrics, fit.iterations, details)
-
-    @staticmethod
-    def _exact_gap(env, n: int, policy: MFQPolicy, s0, ev) -> float | None:
-        """``mean_s0 V*(s0) - V^pi(s0)`` on the lumped pair-count MDP, or None where it is not tractable."""
-        if ev.reference == "none":
-            return None
-        try:
-            check_tractable_mfq(env, n, ev.max_states)
-        except ValueError as e:
-            logger.info("no exact gap: %s", e)
-            return None
-        v_star = optimal_value_mfq(env, n, max_states=ev.max_states)
-        v_pi = policy_value_mfq(env, n, policy, max_states=ev.max_states)
-        return float((value_at(v_star, *s0, L=env.L) - value_at(v_pi, *s0, L=env.L)).mean())
 
     def load(self, path: Path, cfg: dict, metrics: dict) -> LoadedPolicy:
         table = MFQTable.load(path / ARTIFACT)
