@@ -51,12 +51,13 @@ class DeepSets(Algorithm):
     artifact = FINAL_CKPT
     resumable = True
     simulators = True  # samples only: any Simulator, continuous local states included (docs/model.md §3)
+    module_class: type = SubsampleQModule
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Fit :class:`SubsampleQModule` with the configured Trainer, then evaluate it on n agents."""
         spec, cfg, out, flag = ctx.spec, ctx.cfg, ctx.out, ctx.flag
         pl.seed_everything(spec.seed, workers=True, verbose=False)
-        module = SubsampleQModule(spec.env_cfg, spec.n, spec.k, spec.algo, spec.eval, spec.seed)
+        module = self.module_class(spec.env_cfg, spec.n, spec.k, spec.algo, spec.eval, spec.seed)
         with logging_to(cfg) as tb:
             callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
             callbacks += [StopOnSignal(flag, out / LAST_CKPT), *ctx.extra_callbacks]
