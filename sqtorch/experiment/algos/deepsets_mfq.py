@@ -31,8 +31,8 @@ class DeepSetsMFQ(DeepSets):
 
     def load(self, path: Path, cfg: dict, metrics: dict) -> LoadedPolicy:
         policy = mfq_policy_from_checkpoint(path / FINAL_CKPT, k=int(cfg["k"]))
-        net = cfg["algo"]["net"]
-        return LoadedPolicy(policy, self.name, policy.k, int(net["hidden"]), float(metrics[M.TRAIN_WALL_SECONDS]))
+        return LoadedPolicy(policy, self.name, policy.k, int(metrics[M.TRAIN_PARAMETERS]),
+                            float(metrics[M.TRAIN_WALL_SECONDS]))
 
     def samples(self, cfg: dict, metrics: dict, size: int) -> float:
         """Per optimizer step ``batch_size * m`` successors of k agents (no pool: items are drawn over pairs)."""
