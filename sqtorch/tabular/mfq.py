@@ -275,6 +275,7 @@ def solve_mfq(
     dtype: torch.dtype = torch.float64,
     on_iteration: Callable[[int, float, float], None] | None = None,
     max_memory_gib: float = DEFAULT_MAX_GIB,
+    stop_early: bool = True,
 ) -> FixedPoint:
     """The fixed point of the SUBSAMPLE-MFQ operator on the pair-count table (no size checks).
 
@@ -293,7 +294,8 @@ def solve_mfq(
             penv, k, int(m), seed, workers, X=X
         )
         r = subsampled_reward(penv, k, X).to(dtype)
-        return value_iteration(kernel, r, penv.gamma, T, tol, greedy_pair_backup(index), on_iteration=on_iteration)
+        return value_iteration(kernel, r, penv.gamma, T, tol, greedy_pair_backup(index), on_iteration=on_iteration,
+                               stop_early=stop_early)
 
 
 def learn_mfq(
@@ -307,12 +309,15 @@ def learn_mfq(
     dtype: torch.dtype = torch.float64,
     max_memory_gib: float = DEFAULT_MAX_GIB,
     on_iteration: Callable[[int, float, float], None] | None = None,
+    *,
+    stop_early: bool = True,
 ) -> MFQResult:
     """Learn ``Q^est_{k,m}`` of SUBSAMPLE-MFQ (Algorithm 1) by value iteration from Q = 0 (docs/model.md §7).
 
-    Stops when the fixed point is known to within ``tol`` or after T sweeps. The memory need
-    (:func:`mfq_memory_gib`) is checked against ``max_memory_gib`` before anything is allocated.
-    ``m = "exact"`` at ``k = n`` gives ``Q*`` of the n-agent system.
+    Stops when the fixed point is known to within ``tol`` or after T sweeps (``stop_early=False``:
+    exactly T sweeps, a fixed workload for benchmarks). The memory need (:func:`mfq_memory_gib`) is
+    checked against ``max_memory_gib`` before anything is allocated. ``m = "exact"`` at ``k = n`` gives
+    ``Q*`` of the n-agent system.
     """
     _validate(k, m, T, tol, seed, n, max_memory_gib)
     if dtype not in DTYPES.values():
@@ -334,7 +339,7 @@ def learn_mfq(
                 f"the SUBSAMPLE-MFQ table at k = {k} needs {need:.2f} GiB but {env.device} has {free:.2f} GiB free"
             )
     t0 = time.perf_counter()
-    fp = solve_mfq(env, k, m, T, tol, seed, dtype, on_iteration, max_memory_gib)
+    fp = solve_mfq(env, k, m, T, tol, seed, dtype, on_iteration, max_memory_gib, stop_early)
     t1 = time.perf_counter()
     index = pair_index(k, env.L, env.Al, env.device)
     table = MFQTable(

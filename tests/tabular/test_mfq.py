@@ -229,3 +229,11 @@ def test_table_save_load_roundtrip(tmp_path):
                 "meta": {}}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="q must be"):
         MFQTable.load(tmp_path / "wrong.pt")
+
+
+def test_stop_early_false_runs_exactly_T_sweeps() -> None:
+    from sqtorch.envs import formation
+    from sqtorch.tabular.mfq import learn_mfq
+
+    assert learn_mfq(formation(), 2, 2, T=7, stop_early=False).iterations == 7
+    assert learn_mfq(formation(), 2, 2, T=200).iterations < 200  # converges (and stops) well before
