@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqtorch.envs.base import GlobalLocalMDP
+from sqtorch.envs.constrained_exploration import constrained_exploration
 from sqtorch.envs.demand_response import demand_response, demand_response_script
 from sqtorch.envs.ev_charging import ev_charging
 from sqtorch.envs.local_actions import LocalActionMDP, formation
@@ -25,6 +26,7 @@ ENVS: dict[str, Callable[..., Simulator | LocalActionMDP]] = {
     "tcl": tcl,
     "formation": formation,  # local agents act (LocalActionMDP, docs/model.md §7)
     "ev_charging": ev_charging,  # local agents act: EV charging under a feeder limit (§7.7)
+    "constrained_exploration": constrained_exploration,  # local agents act: follow the global box (§7.10)
 }
 Env = Simulator | LocalActionMDP  # what build_env returns
 ENV_TYPES = (Simulator, LocalActionMDP)
@@ -128,6 +130,7 @@ __all__ = [
     "check_simulator",
     "formation",
     "ev_charging",
+    "constrained_exploration",
     "demand_response",
     "demand_response_script",
     "make_env",
