@@ -23,7 +23,8 @@ continuous local states pass ``bins=``: ``counts``/``subsample`` then count the 
 :class:`~sqtorch.envs.discretize.Discretized` (the histogram observation of the follow-ups; the
 dynamics stay continuous), and ``L`` is the number of bins.
 
-Both envs run the batched torch simulator (``sqtorch.envs.simulator.step``); the single env is
+Both envs run the simulator's own batched ``step`` (for a :class:`~sqtorch.envs.base.GlobalLocalMDP`
+the tensor step of ``sqtorch.envs.simulator``); the single env is
 the vector env's core at batch 1, so for one seed :class:`GlobalLocalEnv` and a 1-env
 :class:`GlobalLocalVectorEnv` produce the same trajectory.
 
@@ -63,7 +64,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from sqtorch.envs import ENVS, GlobalLocalMDP, build_env, env_params
 from sqtorch.envs.discretize import Discretized
-from sqtorch.envs.simulator import cdf_columns, gather_agents, make_generator, sample_initial_state, sample_subset, step
+from sqtorch.envs.simulator import gather_agents, make_generator, sample_subset
 from sqtorch.evaluation.execution import horizon_for
 from sqtorch.tabular.counts import count_features, counts_of
 
@@ -115,10 +116,8 @@ class _Core:
         self.horizon = horizon_for(mdp.gamma) if horizon is None else check_int("horizon", horizon, 1, "steps")
         self.batch = batch
         dev = self.mdp.device
-        self.tensors = isinstance(self.mdp, GlobalLocalMDP)  # else a Simulator through its protocol methods
         self.disc = self._histogram(bins)
         self.L = self.mdp.L if self.disc is None else self.disc.L  # local states (bins) the observation counts
-        self.cdf_g = cdf_columns(self.mdp.P_g) if self.tensors else None
         self.gen_dyn: torch.Generator | None = None
         self.gen_sub: torch.Generator | None = None
         self.s_g = torch.zeros(batch, dtype=torch.int64, device=dev)
@@ -162,9 +161,7 @@ class _Core:
         count = self.batch if rows is None else int(rows.numel())
         if options and ("s_g" in options or "s_l" in options):
             s_g, s_l = self._explicit_state(options, count)
-        elif self.tensors:
-            s_g, s_l = sample_initial_state(self.mdp, self.n, count, self.gen_dyn)
-        else:
+        else:  # a GlobalLocalMDP's initial is sample_initial_state
             s_g, s_l = self.mdp.initial(self.n, count, self.gen_dyn)
         if rows is None:
             self.s_g, self.s_l = s_g, s_l
@@ -195,18 +192,13 @@ class _Core:
     def step(self, a_g: Tensor, rows: Tensor | None = None) -> Tensor:
         """Advance ``rows`` (None: all) one step with actions ``a_g``; returns their rewards (float64)."""
         if rows is None:
-            self.s_g, self.s_l, r = self._transition(self.s_g, self.s_l, a_g)
+            self.s_g, self.s_l, r = self.mdp.step(self.s_g, self.s_l, a_g, self.gen_dyn)
             self.t += 1
             return r
-        s_g, s_l, r = self._transition(self.s_g[rows], self.s_l[rows], a_g)
+        s_g, s_l, r = self.mdp.step(self.s_g[rows], self.s_l[rows], a_g, self.gen_dyn)
         self.s_g[rows], self.s_l[rows] = s_g, s_l
         self.t[rows] += 1
         return r
-
-    def _transition(self, s_g: Tensor, s_l: Tensor, a_g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.tensors:
-            return step(self.mdp, s_g, s_l, a_g, self.gen_dyn, self.cdf_g)
-        return self.mdp.step(s_g, s_l, a_g, self.gen_dyn)
 
     def observe(self) -> np.ndarray:
         """Observations of all B systems, ``[B, ...]`` (a fresh subset per row for ``subsample``)."""
