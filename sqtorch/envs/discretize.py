@@ -79,7 +79,7 @@ class Discretized(Simulator):
         start = count.cumsum(0) - count
         pos = torch.arange(members)[None, :] % count.clamp(min=1)[:, None]  # [L, members]
         table = visited[order[(start[:, None] + pos).clamp(max=len(order) - 1)]]
-        empty = count == 0  # never visited: the bin's centre (mean of its visited neighbours' coordinates)
+        empty = count == 0  # never visited: a point inside the bin (_centres)
         if empty.any():
             centre = self._centres()
             table[empty] = centre[empty][:, None, :]

@@ -10,7 +10,8 @@ states, ``r_Delta`` the subsampled reward), with the mean-field Bellman target o
 
 The max over the other agents' actions is **exact enumeration**: every pair-count table z
 (``C(k + L Al - 1, k)`` of them) is evaluated for every ``g`` (one batched forward of the target
-network on the count path) and reduced by the segment max of :func:`sqtorch.tabular.mfq.greedy_pair_backup`;
+network on the count path, once per target update) and reduced by the segment max of
+:func:`sqtorch.tabular.mfq.greedy_pair_backup`;
 runs refuse ``G * C(k + L Al - 1, k) > algo.max_tables``. No approximation is made. The executed
 policy is Algorithm 2 through :class:`~sqtorch.tabular.mfq_policy.MFQPolicy` built from the
 network's table (:func:`mfq_policy_of`), evaluated like the tabular one.
@@ -29,9 +30,9 @@ from sqtorch.envs.local_actions import LocalActionMDP
 from sqtorch.evaluation.reference import mfq_validation_metrics
 from sqtorch.neural.checkpoint import load_checkpoint
 from sqtorch.neural.config import DeepSetsMFQConfig
-from sqtorch.neural.deepsets import DeepSetsQ, NetConfig
+from sqtorch.neural.deepsets import DeepSetsQ
 from sqtorch.neural.module import SubsampleQModule
-from sqtorch.neural.policy import NET_PREFIX
+from sqtorch.neural.policy import net_from_checkpoint
 from sqtorch.tabular.counts import all_counts, rank
 from sqtorch.tabular.mfq import greedy_pair_backup, pair_env, pair_index
 from sqtorch.tabular.mfq_policy import MFQPolicy, greedy_tables
@@ -50,12 +51,16 @@ def check_enumeration(env: LocalActionMDP, k: int, max_tables: int) -> int:
 
 
 @torch.no_grad()
-def q_all_tables(net: DeepSetsQ, k: int, L: int, Al: int) -> Tensor:
-    """The network as a table ``q [G, A, NZ]`` over every pair-count table z of k agents (rank order)."""
-    Z = all_counts(k, L * Al, net.embed.weight.device)  # [NZ, K]
+def q_on_tables(net: DeepSetsQ, Z: Tensor) -> Tensor:
+    """The network at every ``s_g`` and every pair-count table of ``Z [NZ, L Al]``: ``q [G, A, NZ]``."""
     G, NZ = net.G, Z.shape[0]
     g = torch.arange(G, device=Z.device).repeat_interleave(NZ)
     return net.forward_counts(g, Z.repeat(G, 1)).reshape(G, NZ, -1).permute(0, 2, 1)
+
+
+def q_all_tables(net: DeepSetsQ, k: int, L: int, Al: int) -> Tensor:
+    """The network as a table ``q [G, A, NZ]`` over every pair-count table z of k agents (rank order)."""
+    return q_on_tables(net, all_counts(k, L * Al, net.embed.weight.device))
 
 
 def mfq_policy_of(net: DeepSetsQ, k: int, L: int, Al: int, tie_tol: float | None = None) -> MFQPolicy:
@@ -81,21 +86,35 @@ class MFQModule(SubsampleQModule):
         L, Al = task.L, task.Al
         self._Z = all_counts(int(self.hparams.k), L * Al)  # every pair-count table, rank order
         self._backup = greedy_pair_backup(pair_index(int(self.hparams.k), L, Al))
+        self._v_target: Tensor | None = None  # V of the target network, until the target changes
         return pair_env(task)
+
+    def update_target(self) -> bool:
+        """As :meth:`SubsampleQModule.update_target`; a changed target invalidates its cached ``V``."""
+        changed = super().update_target()
+        if changed:
+            self._v_target = None
+        return changed
+
+    def target_values(self, device: torch.device) -> Tensor:
+        """``V [G, NZ]``, ``V(g, c(z))`` of the target network at every z: the enumeration of the module
+        docstring, done once per target update (the target is fixed between syncs)."""
+        if self._v_target is None:
+            self._v_target = self._backup(q_on_tables(self.target_net, self._Z.to(device)))
+        return self._v_target
 
     def td_target(self, r: Tensor, g_next: Tensor, c_next: Tensor | None, x_next: Tensor | None = None) -> Tensor:
         """``r + gamma/m sum_j V(g'_j, c'_j)``: ``c_next [B, m, L Al]`` holds the next state counts as pairs
         with action 0, i.e. the representative table ``z' = (c', 0)`` whose rank indexes ``V``."""
         assert c_next is not None
         B, m = g_next.shape
-        with torch.no_grad():
-            Z = self._Z.to(g_next.device)
-            G, NZ = self.task.G, Z.shape[0]
-            g = torch.arange(G, device=Z.device).repeat_interleave(NZ)
-            q = self.target_net.forward_counts(g, Z.repeat(G, 1)).reshape(G, NZ, -1).permute(0, 2, 1)
-            V = self._backup(q)  # [G, NZ]: V(g, c(z)) at every z
-            v_next = V[g_next.reshape(-1), rank(c_next.reshape(B * m, -1))].reshape(B, m).mean(1)
+        V = self.target_values(g_next.device)
+        v_next = V[g_next.reshape(-1), rank(c_next.reshape(B * m, -1))].reshape(B, m).mean(1)
         return r.to(v_next.dtype) + self.env.gamma * v_next
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._v_target = None  # the target network's weights come from the checkpoint
 
     def evaluate(self) -> dict[str, float]:
         """``eval/*`` of Algorithm 2 with the network's greedy tables on the n-agent system (exact gap if tractable)."""
@@ -109,12 +128,10 @@ def mfq_policy_from_checkpoint(path: str | Path, k: int | None = None) -> MFQPol
     ckpt = load_checkpoint(path)
     hp = ckpt["hyper_parameters"]
     task = build_env(hp["env"])
-    algo = DeepSetsMFQConfig(**hp["algo"])
-    net = DeepSetsQ.for_env(pair_env(task), NetConfig(**hp["algo"]["net"]))
-    weights = {key[len(NET_PREFIX):]: w for key, w in ckpt["state_dict"].items()
-               if key.startswith(NET_PREFIX)}
-    net.load_state_dict(weights)
-    return mfq_policy_of(net.eval(), hp["k"] if k is None else k, task.L, task.Al, algo.tie_tol)
+    net = net_from_checkpoint(ckpt, pair_env(task), path)
+    tie_tol = DeepSetsMFQConfig(**hp["algo"]).tie_tol
+    return mfq_policy_of(net, hp["k"] if k is None else k, task.L, task.Al, tie_tol)
 
 
-__all__ = ["MFQModule", "check_enumeration", "mfq_policy_from_checkpoint", "mfq_policy_of", "q_all_tables"]
+__all__ = ["MFQModule", "check_enumeration", "mfq_policy_from_checkpoint", "mfq_policy_of", "q_all_tables",
+           "q_on_tables"]

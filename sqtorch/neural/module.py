@@ -222,8 +222,9 @@ class SubsampleQModule(pl.LightningModule):
         if self._trainer is not None and self._trainer.progress_bar_callback is not None:
             self.log(M.TRAIN_TD_LOSS, values[M.TRAIN_TD_LOSS], prog_bar=True, logger=False)
 
-    def update_target(self) -> None:
+    def update_target(self) -> bool:
         """Target update before step t: Polyak with ``tau``, else a copy when t % target_sync == 0.
+        Returns whether the target network changed.
 
         Done at the start of ``training_step`` (not in ``on_train_batch_end``, which runs after
         the checkpoint callback) so a checkpoint never misses a pending sync.
@@ -233,8 +234,11 @@ class SubsampleQModule(pl.LightningModule):
             with torch.no_grad():
                 for p_t, p in zip(self.target_net.parameters(), self.net.parameters(), strict=True):
                     p_t.lerp_(p, float(a.tau))
-        elif self.global_step % a.target_sync == 0:
+            return True
+        if self.global_step % a.target_sync == 0:
             self.target_net.load_state_dict(self.net.state_dict())
+            return True
+        return False
 
     def configure_optimizers(self) -> Any:
         o = self.algo.optim

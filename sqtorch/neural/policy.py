@@ -8,6 +8,7 @@ takes a tabular :class:`~sqtorch.tabular.qtable.QTable` also takes it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,12 +76,19 @@ class DeepSetsPolicy:
         """
         ckpt = load_checkpoint(path)
         hp = ckpt["hyper_parameters"]
-        env = build_env(hp["env"])
-        net = DeepSetsQ.for_env(env, NetConfig(**hp["algo"]["net"]))
-        weights = {key[len(NET_PREFIX) :]: w for key, w in ckpt["state_dict"].items() if key.startswith(NET_PREFIX)}
-        try:
-            net.load_state_dict(weights)
-        except RuntimeError as e:  # missing keys or size mismatch: a foreign or edited file
-            msg = " ".join(str(e).split())[:300]
-            raise ValueError(f"{path}: weights do not fit the network its hyper-parameters describe ({msg})") from e
-        return cls(net.eval(), hp["k"] if k is None else k)
+        net = net_from_checkpoint(ckpt, build_env(hp["env"]), path)
+        return cls(net, hp["k"] if k is None else k)
+
+
+def net_from_checkpoint(ckpt: dict, env: Any, path: str | Path = "checkpoint") -> DeepSetsQ:
+    """The online network of a loaded checkpoint ``ckpt``, built for ``env`` (the env it learned on) from
+    the checkpoint's ``algo.net`` and its weights, in eval mode; ``ValueError`` naming ``path`` if they do
+    not fit."""
+    net = DeepSetsQ.for_env(env, NetConfig(**ckpt["hyper_parameters"]["algo"]["net"]))
+    weights = {key[len(NET_PREFIX) :]: w for key, w in ckpt["state_dict"].items() if key.startswith(NET_PREFIX)}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:  # missing keys or size mismatch: a foreign or edited file
+        msg = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: weights do not fit the network its hyper-parameters describe ({msg})") from e
+    return net.eval()

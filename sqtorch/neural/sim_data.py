@@ -194,11 +194,6 @@ class SimulatorSource(PooledSampler):
         g_next, x_next = self.successors(s_g, s_sub, a_g)
         return (g_next, *self._next_counts(x_next))
 
-    def samples_per_step(self, batch_size: int) -> int:
-        """Local-agent transitions drawn per batch: ``B m k`` generative ones plus ``pool_size n`` of the pool."""
-        pool = 0 if self.pool_g is None else len(self.pool_g) * self.n
-        return pool + (0 if self.state_dist == "trajectory" else batch_size * self.m * self.k)
-
 
 def q_scale_of_simulator(sim: Simulator) -> float:
     """``max |r| / (1 - gamma)`` with ``max |r|`` from :func:`simulator_scales`."""

@@ -8,11 +8,7 @@ import torch
 
 from sqtorch.envs import build_env
 from sqtorch.envs.ev_charging import ev_charging
-from sqtorch.envs.simulator import make_generator, sample_initial_state
-from sqtorch.evaluation.exact import value_at
-from sqtorch.evaluation.mfq import optimal_value_mfq, policy_value_mfq
-from sqtorch.tabular.mfq import learn_mfq
-from sqtorch.tabular.mfq_policy import MFQPolicy
+from tests.helpers.mfq_envs import exact_gaps
 
 
 def test_the_kernels_follow_the_story() -> None:
@@ -28,11 +24,6 @@ def test_the_kernels_follow_the_story() -> None:
 
 def test_exact_gap_is_nonnegative_zero_at_k_equal_n_and_the_local_states_matter() -> None:
     env, n = ev_charging(), 4
-    s0 = sample_initial_state(env, n, 32, make_generator(0))
-    v_star = value_at(optimal_value_mfq(env, n), *s0, L=env.L).mean().item()
-    gaps = {}
-    for k in (1, n):
-        policy = MFQPolicy.from_table(learn_mfq(env, k, "exact").table)
-        gaps[k] = v_star - value_at(policy_value_mfq(env, n, policy), *s0, L=env.L).mean().item()
+    gaps = exact_gaps(env, n, (1, n))
     assert gaps[1] > 0.05  # seeing one vehicle is not enough: the operator needs the levels
     assert abs(gaps[n]) < 1e-9

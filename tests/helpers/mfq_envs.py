@@ -3,7 +3,12 @@
 import torch
 
 from sqtorch.envs.local_actions import LocalActionMDP
+from sqtorch.envs.simulator import make_generator, sample_initial_state
+from sqtorch.evaluation.exact import value_at
+from sqtorch.evaluation.mfq import optimal_value_mfq, policy_value_mfq
 from sqtorch.tabular.counts import all_counts
+from sqtorch.tabular.mfq import learn_mfq
+from sqtorch.tabular.mfq_policy import MFQPolicy
 
 
 def random_env(seed: int, G: int = 2, A: int = 2, L: int = 2, Al: int = 2, gamma: float = 0.8) -> LocalActionMDP:
@@ -38,3 +43,17 @@ def has_ties(table, tol: float = 1e-9) -> bool:
     Z = all_counts(table.k, table.L * table.Al).view(-1, table.L, table.Al)
     mixed = ((Z > 0).sum(-1) > 1).any(-1)  # [NZ]
     return bool((count > 1).any() or (near & mixed[None, None, :]).any())
+
+
+def exact_gaps(
+    env: LocalActionMDP, n: int, ks: tuple[int, ...], num_initial: int = 32, seed: int = 0
+) -> dict[int, float]:
+    """``mean_s0 V*(s0) - V^pi_k(s0)`` of Algorithm 2 with the exact-operator table at each k (docs/model.md §7.5),
+    on ``num_initial`` initial states drawn with ``seed``."""
+    s0 = sample_initial_state(env, n, num_initial, make_generator(seed))
+    v_star = value_at(optimal_value_mfq(env, n), *s0, L=env.L).mean().item()
+    gaps = {}
+    for k in ks:
+        policy = MFQPolicy.from_table(learn_mfq(env, k, "exact").table)
+        gaps[k] = v_star - value_at(policy_value_mfq(env, n, policy), *s0, L=env.L).mean().item()
+    return gaps

@@ -56,10 +56,9 @@ def test_trained_network_reproduces_the_exact_tabular_policy(make_cfg, tmp_path)
     table = learn_mfq(env, 2, "exact").table
     policy = mfq_policy_from_checkpoint(tmp_path / "checkpoints" / "final.ckpt")
     from sqtorch.neural.checkpoint import load_checkpoint
+    from sqtorch.neural.policy import net_from_checkpoint
 
-    ckpt = load_checkpoint(tmp_path / "checkpoints" / "final.ckpt")
-    net = DeepSetsQ.for_env(pair_env(env), NetConfig(**ckpt["hyper_parameters"]["algo"]["net"]))
-    net.load_state_dict({key[4:]: w for key, w in ckpt["state_dict"].items() if key.startswith("net.")})
+    net = net_from_checkpoint(load_checkpoint(tmp_path / "checkpoints" / "final.ckpt"), pair_env(env))
     q_net = q_all_tables(net, 2, env.L, env.Al).double()
     assert ((q_net - table.q).abs().max() / table.q.abs().max()).item() < 0.05
     exact = MFQPolicy.from_table(table)

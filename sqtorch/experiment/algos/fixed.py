@@ -49,6 +49,3 @@ class Fixed(Algorithm):
     def load(self, path: Path, cfg: dict, metrics: dict) -> LoadedPolicy:
         policy = FixedPolicy.load(path / ARTIFACT)
         return LoadedPolicy(policy, f"fixed {policy.table.tolist()}", 1, 0, 0.0, kind=BASELINE, deterministic=True)
-
-    def samples(self, cfg: dict, metrics: dict, size: int) -> float:
-        return 0.0
