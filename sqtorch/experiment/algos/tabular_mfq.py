@@ -21,6 +21,7 @@ import torch
 from sqtorch import metrics as M
 from sqtorch.envs import build_env
 from sqtorch.evaluation.reference import mfq_validation_metrics
+from sqtorch.experiment.config import RunSpec
 from sqtorch.experiment.outputs import QTABLE, finish, logging_to
 from sqtorch.experiment.registry import Algorithm, LoadedPolicy, TrainContext
 from sqtorch.tabular.config import TabularLocalRuleConfig, TabularMFQConfig
@@ -31,6 +32,7 @@ from sqtorch.tabular.qtable import QTable
 
 logger = logging.getLogger(__name__)
 ARTIFACT = "mfq_table.pt"
+OnIteration = Callable[[int, float, float], None]  # (sweep, error bound, seconds) after every sweep
 
 
 @dataclass
@@ -51,7 +53,7 @@ class TabularMFQ(Algorithm):
     artifact = ARTIFACT
     local_actions = True
 
-    def _learn(self, spec, on_iteration) -> tuple[MFQPolicy, Fitted]:  # noqa: ANN001
+    def _learn(self, spec: RunSpec, on_iteration: OnIteration) -> tuple[MFQPolicy, Fitted]:
         """``learn_mfq(env, k, m, T, tol)`` and the decentralized greedy policy of its table."""
         a, env = spec.algo, spec.env.to(spec.device)
         res = learn_mfq(env, spec.k, a.m, T=a.T, tol=a.tol, seed=spec.seed, n=spec.n, dtype=a.torch_dtype,
@@ -109,7 +111,7 @@ class TabularLocalRule(TabularMFQ):
     def check_env(self, config: TabularLocalRuleConfig, env: Any, n: int, k: int) -> None:
         config.rule_for(env.L, env.Al)
 
-    def _learn(self, spec, on_iteration) -> tuple[MFQPolicy, Fitted]:  # noqa: ANN001
+    def _learn(self, spec: RunSpec, on_iteration: OnIteration) -> tuple[MFQPolicy, Fitted]:
         a, env = spec.algo, spec.env.to(spec.device)
         rule = torch.tensor(a.rule_for(env.L, env.Al), device=env.device)
         res = learn(env.with_local_rule(rule), spec.k, a.m, T=a.T, tol=a.tol, seed=spec.seed, n=spec.n,
