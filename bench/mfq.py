@@ -26,7 +26,7 @@ import time
 import torch
 
 KS = (3, 4, 5, 6, 7)
-NS = (14, 1_000, 10_000, 100_000)
+NS = (14, 1_000, 10_000, 100_000, 1_000_000)
 
 
 def _rss_gib(key: str) -> float:
