@@ -35,6 +35,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from sqtorch.experiment.curves import study_curves
 from sqtorch.experiment.groups import evaluate_runs
 from sqtorch.experiment.report import write_outputs
 from sqtorch.experiment.runs import StudyError, collect
@@ -136,8 +137,10 @@ def evaluate(cfg: DictConfig, out: Path) -> dict:
     meta["wall_seconds"] = time.perf_counter() - t_start
     summary = summarize(rows)
     comparison = compare(summary, committed) if committed is not None else None
+    kinds = spec.get("plots") or ()
+    curves = study_curves(runs) if "validation_curves" in kinds else None
     result = write_outputs(out, rows, summary, missing, meta, skipped, comparison, refused=refused,
-                           plots=spec.get("plots") or ())
+                           plots=kinds, curves=curves)
     print(f"[evaluate] {len(rows)} policies, {len(missing)} missing jobs, {len(refused)} refused (memory), "
           f"{len(skipped)} skipped (corrupt) "
           f"-> {out}/report.md", flush=True)

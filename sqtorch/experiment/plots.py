@@ -302,9 +302,42 @@ def plot_gap_by_env(summary: list[dict], n: int, path: Path) -> None:
     _save(fig, path)
 
 
-def _extra_plots(out: Path, summary: list[dict], refused: list[dict], kinds: tuple[str, ...] | list[str]) -> list[str]:
+def plot_validation_curves(curves: list[dict], env: str, n: int, path: Path) -> None:
+    """Validation return vs optimizer step of every trained run of ``(env, n)`` (with its CI band, common
+    random numbers across the steps of one run), and the exact gap beside it where the run logged one."""
+    mine = [c for c in curves if c["env"] == env and c["n"] == n]
+    has_gap = any("gap" in c for c in mine)
+    fig, axes = plt.subplots(1, 2 if has_gap else 1, figsize=(11.6 if has_gap else 7.4, 4.4), squeeze=False)
+    for i, c in enumerate(mine):
+        col, label = COLORS[i % len(COLORS)], f"{c['algo']} k={c['k']}" + (f" seed {c['seed']}" if c["seed"] else "")
+        x, y = torch.tensor(c["steps"]), torch.tensor(c["return"])
+        axes[0, 0].plot(x, y, marker=".", color=col, label=label)
+        if "return_ci95" in c:
+            ci = torch.tensor(c["return_ci95"])
+            axes[0, 0].fill_between(x, y - ci, y + ci, color=col, alpha=0.12, lw=0)
+        if has_gap and "gap" in c:
+            axes[0, 1].plot(x, torch.tensor(c["gap"]).clamp(min=ZERO_GAP), marker=".", color=col, label=label)
+    axes[0, 0].set(xlabel="optimizer step", ylabel="validation return (Monte Carlo, ± 95% CI)",
+                   title=f"{env}, n = {n}: validation curves")
+    if has_gap:
+        axes[0, 1].set(xlabel="optimizer step", ylabel="exact gap V* − V^π", yscale="log",
+                       title=f"exact gap (<= {ZERO_GAP:g} drawn at {ZERO_GAP:g})")
+    for ax in axes[0]:
+        ax.grid(True, alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _extra_plots(out: Path, summary: list[dict], refused: list[dict], kinds: tuple[str, ...] | list[str],
+                 curves: list[dict] | None = None) -> list[str]:
     """The study's extra plots (:data:`PLOT_KINDS`); returns their file names."""
     plots = []
+    if "validation_curves" in kinds and curves:
+        for env, n in sorted({(c["env"], c["n"]) for c in curves}):
+            name = f"validation_curves_{_tag(env, n)}.png"
+            plot_validation_curves(curves, env, n, out / name)
+            plots.append(name)
     for (env, n), srows in _groups(summary).items():
         tag = _tag(env, n)
         bases = deployed_bases(srows) if "deploy_heatmap" in kinds else []

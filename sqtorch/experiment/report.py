@@ -10,8 +10,8 @@ runs, the tabular jobs refused by their memory limit, and, with ``compare=``, wh
 reproduces the committed summary. A study adds plots by name (``plots:`` in its yaml,
 :data:`PLOT_KINDS`): ``deploy_heatmap`` (return of each net trained at k and executed at k′),
 ``size_vs_k`` (table entries / parameters vs k, refused tables marked), ``return_vs_samples`` and
-``return_vs_time`` (return vs learning cost: the budget axis) and ``gap_vs_k_by_env`` (one figure
-per n with every env variant of the study).
+``return_vs_time`` (return vs learning cost: the budget axis), ``gap_vs_k_by_env`` (one figure
+per n with every env variant of the study) and ``validation_curves`` (:mod:`sqtorch.experiment.curves`).
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ from sqtorch.runtime import write_text_atomic  # noqa: E402
 def write_outputs(
     out: Path, rows: list[dict], summary: list[dict], missing: list[dict], meta: dict,
     skipped: list[dict] | None = None, comparison: list[dict] | None = None, refused: list[dict] | None = None,
-    plots: tuple[str, ...] | list[str] = (),
+    plots: tuple[str, ...] | list[str] = (), curves: list[dict] | None = None,
 ) -> dict:
     """Write every output of the study into ``out``; returns the ``summary.json`` content.
 
     ``refused``: tabular jobs the learner refused by memory (listed, drawn by ``size_vs_k``);
-    ``plots``: extra plot kinds (:data:`PLOT_KINDS`).
+    ``plots``: extra plot kinds (:data:`PLOT_KINDS`); ``curves``: validation curves of the trained
+    runs (:func:`sqtorch.experiment.curves.study_curves`), drawn by ``validation_curves`` and tabled.
     """
     skipped, refused, kinds = skipped or [], refused or [], tuple(plots)
     unknown = set(kinds) - set(PLOT_KINDS)
@@ -76,12 +77,14 @@ def write_outputs(
                       out / f"gap_vs_samples_{tag}.png")
             plot_cost(srows, env, n, "learn_seconds", "learning wall-clock [s]", out / f"gap_vs_time_{tag}.png")
             plots += [f"gap_vs_samples_{tag}.png", f"gap_vs_time_{tag}.png"]
-    plots += _extra_plots(out, summary, refused, kinds)
+    plots += _extra_plots(out, summary, refused, kinds, curves)
     result = dict(meta, fitted_c=fits, summary=summary, missing=missing, skipped=skipped, refused=refused, plots=plots)
+    if curves:
+        result["curves"] = curves
     if comparison is not None:
         result["compare"] = comparison
     _tensorboard(out, summary)
-    _report_md(out, summary, missing, fits, plots, meta, skipped, comparison, refused)
+    _report_md(out, summary, missing, fits, plots, meta, skipped, comparison, refused, curves)
     write_text_atomic(out / "summary.json", json.dumps(result, indent=2, sort_keys=True) + "\n")  # last
     return result
 
@@ -109,6 +112,7 @@ def _fmt(v: object) -> str:
 def _report_md(
     out: Path, summary: list[dict], missing: list[dict], fits: dict, plots: list[str], meta: dict,
     skipped: list[dict], comparison: list[dict] | None, refused: list[dict] | None = None,
+    curves: list[dict] | None = None,
 ) -> None:
     cols = ["env", "n", "algo", "k", "seeds", "gap_exact", "gap_exact_ci95", "gap_mc", "gap_mc_ci95", "mc_return",
             "exact_return", "learn_seconds", "samples", "size"]
@@ -131,6 +135,17 @@ def _report_md(
                   f"{', GPU ' + env['cuda'] if env.get('cuda') else ''}); {env['platform']}; Python {env['python']}; "
                   f"{vers}. Tabular rows and exact values reproduce bit for bit elsewhere; neural and baseline "
                   "rows depend on the CPU's floating-point kernels and reproduce within their CIs."]
+    if curves:
+        lines += ["", "## Validation curves", "",
+                  "Each trained run's validation return (common random numbers across its steps): its gain from "
+                  "the first to the last validation and its spread (max − min) over the last quarter of the "
+                  "steps; a spread small against the gain means the curve has flattened.", "",
+                  "| env | n | algo | k | seed | steps | validations | first return | final return | ±CI | gain "
+                  "| spread, last 25% of steps |", "|" + "---|" * 12]
+        lines += ["| " + " | ".join(_fmt(v) for v in (
+                  c["env"], c["n"], c["algo"], c["k"], c["seed"], c["steps"][-1], len(c["steps"]), c["return"][0],
+                  c["return"][-1], c.get("return_ci95", [math.nan])[-1], c["return"][-1] - c["return"][0],
+                  c["tail_spread"])) + " |" for c in curves]
     if comparison is not None:
         ok = sum(bool(c["ok"]) for c in comparison)
         lines += ["", "## Reproduction check", "",

@@ -59,7 +59,8 @@ def t95(dof: int) -> float:
 
 
 STUDY_KEYS = ("name", "title", "env", "common", "sweeps", "label", "deploy", "plots")
-PLOT_KINDS = ("deploy_heatmap", "size_vs_k", "return_vs_samples", "return_vs_time", "gap_vs_k_by_env")
+PLOT_KINDS = ("deploy_heatmap", "size_vs_k", "return_vs_samples", "return_vs_time", "gap_vs_k_by_env",
+              "validation_curves")
 
 
 def check_study(study: Mapping[str, Any]) -> dict:

@@ -67,7 +67,14 @@ def test_debug_study_writes_every_output(debug_study):
     for name in ("results.csv", "report.md", *summary["plots"]):
         assert (debug_study / name).stat().st_size > 500, name
     kinds = {p.split("_queue")[0].split("_n")[0] for p in summary["plots"]}
-    assert {"deploy", "size_vs_k", "return_vs_samples", "return_vs_time", "gap_vs_k_by_env"} <= kinds
+    assert {"deploy", "size_vs_k", "return_vs_samples", "return_vs_time", "gap_vs_k_by_env",
+            "validation_curves"} <= kinds
+    # one validation curve per trained net (validations every 10 steps), none per deployed copy
+    curves = {c["algo"]: c for c in summary["curves"]}
+    assert set(curves) == {"deepsets max_steps=20", "deepsets max_steps=40"}
+    assert curves["deepsets max_steps=40"]["steps"] == [9, 19, 29, 40]
+    assert all(len(c["return"]) == len(c["steps"]) for c in curves.values())
+    assert "## Validation curves" in (debug_study / "report.md").read_text()
     # the tabular k = 3 job was refused by its memory limit: recorded with the learner's message, not missing
     assert summary["missing"] == [] and [r["k"] for r in summary["refused"]] == [3]
     assert "max_memory_gib = 2e-05" in summary["refused"][0]["reason"]
