@@ -48,6 +48,7 @@ class DeepSetsConfig:
     huber_delta: float = 1.0  # on the scaled output (Q / (max|r| / (1 - gamma)))
     target_sync: int = 20  # hard target-network copy every N steps (ignored when tau is set)
     tau: float | None = None  # Polyak factor of a soft target update, e.g. 0.01
+    double_q: bool = False  # double Q-learning targets: a' chosen by the online net, valued by the target net
     checkpoint_every: int = 500  # optimizer steps between checkpoints
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -63,6 +64,8 @@ class DeepSetsConfig:
         check_positive("algo.huber_delta", self.huber_delta)
         if self.tau is not None and not 0.0 < float(self.tau) <= 1.0:
             raise ValueError(f"algo.tau = {self.tau} is outside the allowed range 0 < tau <= 1 (or null)")
+        if not isinstance(self.double_q, bool):
+            raise ValueError(f"algo.double_q = {self.double_q!r} is not a boolean (true or false)")
         # nested dicts (a checkpoint's hyper-parameters, plain-Python callers) become configs
         for key, cls in (("net", NetConfig), ("optim", OptimConfig), ("data", DataConfig)):
             value = getattr(self, key)
@@ -92,5 +95,8 @@ class DeepSetsMFQConfig(DeepSetsConfig):
             raise ValueError(f"algo.data.state_dist = '{self.data.state_dist}' is not supported by deepsets_mfq; "
                              f"allowed: {list(MFQ_STATE_DISTS)} (items are drawn over (state, action) pairs)")
         check_int("algo.max_tables", self.max_tables, 1, "pair-count tables enumerated per target")
+        if self.double_q:
+            raise ValueError("algo.double_q = True is not supported by deepsets_mfq (its target's max over "
+                             "the other agents' actions enumerates the target network); set algo.double_q=false")
         if self.tie_tol is not None:
             check_float("algo.tie_tol", self.tie_tol, 0.0, hi_open=True, what="a finite number >= 0, or null")

@@ -139,15 +139,26 @@ class SubsampleQModule(pl.LightningModule):
         """``r + gamma * mean_j max_a' Q_target(g'_j, c'_j, a')`` for ``g_next [B, m]``.
 
         The successors are count vectors ``c_next [B, m, L]`` or continuous states ``x_next [B, m, k, d]``.
+        With ``algo.double_q`` (double Q-learning) the action is the online network's greedy one and
+        the target network values it: ``Q_target(g'_j, c'_j, argmax_a' Q_theta(g'_j, c'_j, a'))``
+        (ties: lowest index), at the cost of one more forward pass over the ``B * m`` successors.
         """
         B, m = g_next.shape
         with torch.no_grad():
             if c_next is not None:
-                q_next = self.target_net.forward_counts(g_next.reshape(-1), c_next.reshape(B * m, -1))
+                args: tuple[Tensor, Tensor] = (g_next.reshape(-1), c_next.reshape(B * m, -1))
+                q_next = self.target_net.forward_counts(*args)
+                q_online = self.net.forward_counts(*args) if self.algo.double_q else None
             else:
                 assert x_next is not None
-                q_next = self.target_net(g_next.reshape(-1), x_next.reshape(B * m, *x_next.shape[2:]))
-            v_next = q_next.max(-1).values.reshape(B, m).mean(1)
+                args = (g_next.reshape(-1), x_next.reshape(B * m, *x_next.shape[2:]))
+                q_next = self.target_net(*args)
+                q_online = self.net(*args) if self.algo.double_q else None
+            if q_online is None:
+                v = q_next.max(-1).values
+            else:
+                v = q_next.gather(-1, q_online.argmax(-1, keepdim=True))[:, 0]
+            v_next = v.reshape(B, m).mean(1)
         return r.to(v_next.dtype) + self.env.gamma * v_next
 
     def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
