@@ -63,18 +63,23 @@ DEFAULT_VARIANTS = "today,double_q,m32,lr_constant,lr1e-3,polyak"
 
 
 def load_env(name: str) -> tuple[dict, int]:
-    """The env config and n of ``conf/env/<name>.yaml`` (what ``train.py env=<name>`` composes)."""
-    import yaml
+    """The env config and n that ``train.py env=<name>`` composes (Hydra, with the preset's defaults)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    conf = yaml.safe_load((ROOT / "conf" / "env" / f"{name}.yaml").read_text())
-    return dict(conf["env"]), int(conf["n"])
+    from sqtorch.experiment.config import register_configs
+
+    register_configs()  # the typed algo/ and eval/ groups train.py composes
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"env={name}"])
+    return OmegaConf.to_container(cfg.env, resolve=True), int(cfg.n)
 
 
 def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
+    """``over`` on top of ``base``, nested dicts merged key by key."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.merge(base, over))
 
 
 class Shared:

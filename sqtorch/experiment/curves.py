@@ -15,10 +15,10 @@ from pathlib import Path
 
 from sqtorch import metrics as M
 
-CURVE_KEYS = (M.EVAL_RETURN, M.EVAL_RETURN_CI, M.EVAL_GAP)
+CURVE_KEYS = {M.EVAL_RETURN: "return", M.EVAL_RETURN_CI: "return_ci95", M.EVAL_GAP: "gap"}  # metric: curve field
 
 
-def read_curves(run_dir: Path, keys: tuple[str, ...] = CURVE_KEYS) -> dict[str, list[tuple[int, float]]]:
+def read_curves(run_dir: Path, keys: tuple[str, ...] = tuple(CURVE_KEYS)) -> dict[str, list[tuple[int, float]]]:
     """``{key: [(step, value), ...]}`` sorted by step, for the ``keys`` the run's event files hold.
 
     Several event files (a resumed run) are merged; a step logged twice keeps its last value.
@@ -60,7 +60,7 @@ def tail_spread(points: list[tuple[int, float]], frac: float = 0.25) -> float:
     return max(tail) - min(tail)
 
 
-def study_curves(runs: list, label_of: dict | None = None) -> list[dict]:
+def study_curves(runs: list) -> list[dict]:
     """One curve per trained run dir (deployed copies share their trained run's dir and are skipped).
 
     Each curve: ``env``, ``n``, ``algo``, ``k``, ``seed``, ``path``, ``steps`` and per key of
@@ -79,7 +79,7 @@ def study_curves(runs: list, label_of: dict | None = None) -> list[dict]:
         steps = [s for s, _ in ret]
         c = dict(env=r.env_name, n=r.n, algo=r.algo, k=r.k, seed=r.seed, path=str(r.path), steps=steps,
                  tail_spread=tail_spread(ret))
-        for key, name in ((M.EVAL_RETURN, "return"), (M.EVAL_RETURN_CI, "return_ci95"), (M.EVAL_GAP, "gap")):
+        for key, name in CURVE_KEYS.items():
             values = dict(_merge_final(raw.get(key, [])))
             if all(s in values for s in steps):
                 c[name] = [values[s] for s in steps]
