@@ -73,22 +73,28 @@ def make_module(env: str, n: int, k: int, args: argparse.Namespace, max_steps: i
 
 
 def raw_step_ms(env: str, n: int, k: int, args: argparse.Namespace, device: torch.device) -> float:
-    """ms per optimizer step without Lightning (the module's update: fused Adam, norm clipping at 10)."""
+    """ms per optimizer step without Lightning: the module's ``td_loss`` and its update (fused Adam,
+    norm clipping at 10), target syncs every ``algo.target_sync`` steps as under the Trainer."""
     from sqtorch.neural.data import DataConfig, GenerativeSource
     from sqtorch.neural.module import clip_grad_norm
-    from sqtorch.tabular.counts import counts_of
 
     module = make_module(env, n, k, args, args.steps).to(device)
     module.source = GenerativeSource(module.env.to(device), n, k, args.m, DataConfig("visited"), seed=0)
-    params = list(module.net.parameters())
+    params = module._params
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)
-    L = module.env.L
+    count = [0]
+
+    def update_target() -> bool:  # without a Trainer global_step stays 0: count the steps here
+        count[0] += 1
+        if count[0] % module.algo.target_sync:
+            return False
+        module.target_net.load_state_dict(module.net.state_dict())
+        return True
+
+    module.update_target = update_target  # type: ignore[method-assign]
 
     def step() -> None:
-        b = module.source.sample(args.batch_size, module._greedy_fn)
-        q = module.net.forward_counts(b.s_g, counts_of(b.s_sub, L))
-        pred = q.gather(1, b.a_g[:, None])[:, 0]
-        loss = module._loss(pred, module.td_target(b.r, b.g_next, b.c_next))
+        loss = module.td_loss()[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         clip_grad_norm(params, 10.0)

@@ -84,13 +84,15 @@ def _floyd_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Ten
     Exactly k uniform integers per row (independent of anything but ``(n, k, batch)``) and
     ``O(k^2)`` work per row instead of ``O(n)``; the resulting set is a uniform k-subset.
     """
-    out = torch.empty(batch, k, dtype=torch.int64, device=generator.device)
+    cols: list[Tensor] = []
     for i in range(k):  # positions in the subset (k of them), not agents
         j = n - k + i
         t = torch.randint(j + 1, (batch,), generator=generator, device=generator.device)
-        taken = (out[:, :i] == t[:, None]).any(1)
-        out[:, i] = torch.where(taken, j, t)
-    return out
+        if cols:
+            taken = cols[0][:, None] if i == 1 else torch.stack(cols, 1)
+            t = torch.where((taken == t[:, None]).any(1), j, t)
+        cols.append(t)
+    return torch.stack(cols, 1)
 
 
 def sample_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Tensor:

@@ -210,6 +210,22 @@ class DeepSetsQ(nn.Module):
             return torch.cat([T, E])
         return torch.cat([T.reshape(self.G, self.L, -1), E[:, None, :]], 1).reshape(self.G * (self.L + 1), -1)
 
+    def frozen_hidden_table(self) -> Tensor:
+        """:meth:`hidden_table` without autograd, computed once per set of weights.
+
+        For a network that is not trained between calls (the target network between syncs): the
+        table is kept under a key of every parameter's device, storage and in-place version counter,
+        so any change of the weights (a sync's copy, a Polyak step, ``load_state_dict``, a device
+        move) recomputes it. The values are those :meth:`hidden_table` returns.
+        """
+        key = tuple((p.device, p.data_ptr(), p._version) for p in self.parameters())
+        cached = self.__dict__.get("_frozen_table")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.hidden_table())
+            self.__dict__["_frozen_table"] = cached  # a plain attribute: not a buffer, not in the state dict
+        return cached[1]
+
     def forward_counts(self, s_g: Tensor, c: Tensor, table: Tensor | None = None) -> Tensor:
         """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.
 

@@ -25,6 +25,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -52,6 +56,33 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
         return
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+
+
+# the hooks that Lightning's manual_backward and LightningOptimizer.step dispatch around the update
+UPDATE_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def direct_update_ok(trainer: pl.Trainer, module: pl.LightningModule, optimizer: Any) -> bool:
+    """Whether ``module``'s manual update may call ``loss.backward()`` and the torch optimizer directly.
+
+    Lightning's ``manual_backward`` and ``LightningOptimizer.step`` route through the strategy and
+    its precision plugin and dispatch :data:`UPDATE_HOOKS` to every callback and to the module. With
+    full precision (``32-true``) on one device, the pass-through profiler, no ``backward`` override and
+    none of those hooks overridden, all of that does nothing but cost time on every step. Any
+    other setup (mixed precision, DDP, a profiler, a callback that watches gradients) needs it.
+    ``optimizer`` is the ``LightningOptimizer``: the direct path keeps its step counter through the
+    loop's ``_on_before_step``/``_on_after_step``, and is refused when a Lightning version lacks them.
+    """
+    if type(trainer.precision_plugin) is not Precision or type(trainer.strategy) is not SingleDeviceStrategy:
+        return False
+    if not isinstance(trainer.profiler, PassThroughProfiler):
+        return False
+    if any(is_overridden(hook, module, pl.LightningModule) for hook in (*UPDATE_HOOKS, "backward")):
+        return False
+    if any(is_overridden(hook, cb, pl.Callback) for cb in trainer.callbacks for hook in UPDATE_HOOKS):
+        return False
+    hooks_kept = all(callable(getattr(optimizer, name, None)) for name in ("_on_before_step", "_on_after_step"))
+    return hooks_kept and isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer)
 
 
 # Lightning warns that a checkpoint of a manually optimized module holds the weights after the
@@ -102,6 +133,7 @@ class SubsampleQModule(pl.LightningModule):
         self._pending_source_state: dict | None = None
         self._last_log: tuple[float, int] | None = None
         self._params = list(self.net.parameters())
+        self._direct: bool | None = None  # direct_update_ok, decided at the first step of each fit
         self.automatic_optimization = False  # training_step runs the whole update (fewer, larger ops)
 
     config_class: type = DeepSetsConfig
@@ -147,7 +179,9 @@ class SubsampleQModule(pl.LightningModule):
         with torch.no_grad():
             if c_next is not None:
                 args: tuple[Tensor, Tensor] = (g_next.reshape(-1), c_next.reshape(B * m, -1))
-                q_next = self.target_net.forward_counts(*args)
+                # the target network changes only at a sync: its first-layer table is computed once per sync
+                frozen = self.target_net.frozen_hidden_table() if self.target_net.pooling != "max" else None
+                q_next = self.target_net.forward_counts(*args, frozen)
                 q_online = self.net.forward_counts(*args) if self.algo.double_q else None
             else:
                 assert x_next is not None
@@ -168,12 +202,12 @@ class SubsampleQModule(pl.LightningModule):
         s = self.net.q_scale
         return nn.functional.huber_loss(pred / s, target / s, delta=self.algo.huber_delta) * s * s
 
-    def training_step(self, step_idx: Any, batch_idx: int) -> Tensor:
-        """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`).
+    def td_loss(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The regression of one step: ``(loss, Q [B, A], target [B])`` on a fresh batch of ``algo.batch_size``.
 
-        Manual optimization: zero the gradients, backward, clip the global gradient norm at
-        ``algo.optim.grad_clip``, one fused Adam step, one scheduler step. Nothing in it reads a
-        tensor on the host (no stream sync on CUDA); logging reads on logging steps only.
+        Syncs the target network when due (:meth:`update_target`), draws the batch (the ``visited``
+        pool first moves one step with the current greedy policy) and evaluates the TD loss; the
+        update itself is :meth:`training_step`'s.
         """
         assert self.source is not None
         batch_size = self.algo.batch_size
@@ -194,18 +228,43 @@ class SubsampleQModule(pl.LightningModule):
         target = self.td_target(b.r, b.g_next, b.c_next, b.x_next)
         loss = self._loss(pred, target)
         self.samples += batch_size
+        return loss, q, target
+
+    def training_step(self, step_idx: Any, batch_idx: int) -> Tensor:
+        """One fitted-Q step on a fresh batch (drawn here, see :mod:`sqtorch.neural.data`).
+
+        Manual optimization: zero the gradients, backward, clip the global gradient norm at
+        ``algo.optim.grad_clip``, one fused Adam step, one scheduler step; through Lightning's
+        ``manual_backward`` and ``LightningOptimizer`` unless :func:`direct_update_ok` (the same
+        arithmetic without the hook dispatch). Nothing in it reads a tensor on the host (no stream
+        sync on CUDA); logging reads on logging steps only.
+        """
+        loss, q, target = self.td_loss()
         if self._logging_step():
             self._log_step(loss, q, target)
         opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.algo.optim.grad_clip is not None:
-            clip_grad_norm(self._params, float(self.algo.optim.grad_clip))
-        opt.step()
+        if self._direct is None:
+            self._direct = self._trainer is not None and direct_update_ok(self._trainer, self, opt)
+        if self._direct:  # the same update without Lightning's hook dispatch
+            opt.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            loss.backward()
+            self._clip_gradients()
+            opt._on_before_step()  # type: ignore[union-attr]  # Lightning's step counter (and its profiler)
+            opt.optimizer.step()  # type: ignore[union-attr]
+            opt._on_after_step()  # type: ignore[union-attr]
+        else:
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            self._clip_gradients()
+            opt.step()
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()  # type: ignore[union-attr]
         return loss.detach()
+
+    def _clip_gradients(self) -> None:
+        if self.algo.optim.grad_clip is not None:
+            clip_grad_norm(self._params, float(self.algo.optim.grad_clip))
 
     def _logging_step(self) -> bool:
         """True on the steps the logger writes (``log_every_n_steps``); logging is not free."""
@@ -278,6 +337,9 @@ class SubsampleQModule(pl.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.log_dict(self.evaluate(), batch_size=1)
+
+    def on_train_start(self) -> None:
+        self._direct = None  # decided again for this fit's trainer and callbacks
 
     # ---- checkpoint ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -161,3 +161,82 @@ def test_a_checkpoint_counted_by_automatic_optimization_resumes_at_its_step(make
     metrics = run(make_cfg(*common, f"ckpt_path='{old}'", out=tmp_path / "b"))
     assert metrics["train/global_step"] == 30
     assert metrics["train/samples"] == 30 * 32  # debug=fast: batch 32; 20 restored + 10 new steps
+
+
+class _WatchesGradients(pl.Callback):
+    """A callback that listens to the update's hooks: the step must then go through Lightning's dispatch."""
+
+    def __init__(self) -> None:
+        self.calls = {"on_before_backward": 0, "on_after_backward": 0, "on_before_optimizer_step": 0}
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.calls["on_before_backward"] += 1
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.calls["on_after_backward"] += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.calls["on_before_optimizer_step"] += 1
+
+
+def _fit(steps: int, callbacks: list) -> tuple[SubsampleQModule, pl.Trainer]:
+    torch.manual_seed(0)
+    module = SubsampleQModule({"_target_": "sqtorch.envs.queue"}, n=10, k=4,
+                              algo={"batch_size": 32, "max_steps": steps, "target_sync": 3}, eval={"reference": "none"})
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         deterministic=True, callbacks=callbacks)
+    trainer.fit(module)
+    return module, trainer
+
+
+def test_direct_update_is_lightnings_update_bit_for_bit():
+    """Without listeners the step calls backward and Adam itself (direct_update_ok); with a callback that
+    watches the update, Lightning dispatches its hooks every step. Same weights, same step count."""
+    direct, t1 = _fit(7, [])
+    watcher = _WatchesGradients()
+    hooked, t2 = _fit(7, [watcher])
+    assert direct._direct is True and hooked._direct is False
+    assert watcher.calls == dict.fromkeys(watcher.calls, 7)
+    assert t1.global_step == t2.global_step == 7
+    for a, b in zip(direct.net.state_dict().values(), hooked.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    opt_a, opt_b = t1.optimizers[0].state_dict()["state"], t2.optimizers[0].state_dict()["state"]
+    for key in opt_a:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_a[key][name], opt_b[key][name])
+
+
+def test_frozen_hidden_table_follows_every_weight_change():
+    """The target network's cached table is hidden_table() and is recomputed after any change of weights."""
+    torch.manual_seed(0)
+    online, target = DeepSetsQ(4, 5, 3), DeepSetsQ(4, 5, 3)
+    first = target.frozen_hidden_table()
+    assert not first.requires_grad and torch.equal(first, target.hidden_table().detach())
+    assert target.frozen_hidden_table() is first  # unchanged weights: the same tensor
+    target.load_state_dict(online.state_dict())  # a sync
+    assert torch.equal(target.frozen_hidden_table(), online.hidden_table().detach())
+    with torch.no_grad():
+        target.phi[0].weight.add_(1.0)  # any in-place change (a Polyak step, a user's edit)
+    assert torch.equal(target.frozen_hidden_table(), target.hidden_table().detach())
+    target.double()  # a dtype or device move
+    assert target.frozen_hidden_table().dtype == torch.float64
+
+
+def _floyd_reference(n: int, k: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """Floyd's algorithm as written before the column version: k draws, the same values."""
+    out = torch.empty(batch, k, dtype=torch.int64)
+    for i in range(k):
+        j = n - k + i
+        t = torch.randint(j + 1, (batch,), generator=gen)
+        out[:, i] = torch.where((out[:, :i] == t[:, None]).any(1), j, t)
+    return out
+
+
+@pytest.mark.parametrize(("n", "k"), [(10, 1), (10, 4), (64, 4), (64, 16), (7, 5)])
+def test_floyd_subset_draws_are_unchanged(n, k):
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    got = sim._floyd_subset(n, k, 500, gen_a)
+    assert torch.equal(got, _floyd_reference(n, k, 500, gen_b))
+    assert torch.equal(gen_a.get_state(), gen_b.get_state())
+    assert (got.sort(1).values.diff(1) > 0).all() and got.min() >= 0 and got.max() < n  # k distinct agents
