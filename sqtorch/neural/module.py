@@ -39,10 +39,11 @@ from sqtorch.envs.base import GlobalLocalMDP
 from sqtorch.evaluation.reference import Reference, ValidationConfig, build_reference, validation_metrics
 from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.neural.data import GenerativeSource, StepDataset
-from sqtorch.neural.deepsets import DeepSetsQ
+from sqtorch.neural.deepsets import DeepSetsQ, count_vectors
 from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.neural.sim_data import SimulatorSource
 from sqtorch.runtime import derive_seed
+from sqtorch.tabular.counts import num_counts
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
@@ -156,6 +157,8 @@ class SubsampleQModule(pl.LightningModule):
             tensors = isinstance(env, GlobalLocalMDP) and self.algo.data.state_dist != "trajectory"
             source = GenerativeSource if tensors else SimulatorSource  # a simulator: through its protocol methods
             self.source = source(env, h.n, h.k, self.algo.m, self.algo.data, seed)
+        if self._target_by_table(self.algo.batch_size * self.algo.m):  # its count vectors, before any step
+            count_vectors(int(self.hparams.k), self.target_net.L, self._run_device())
         if self._pending_source_state is not None:
             self.source.load_state_dict(self._pending_source_state)
             self._pending_source_state = None
@@ -177,6 +180,10 @@ class SubsampleQModule(pl.LightningModule):
         """
         B, m = g_next.shape
         with torch.no_grad():
+            if c_next is not None and self._target_by_table(B * m):
+                V, w = self.target_net.frozen_values(int(self.hparams.k))  # the same values as the forward pass
+                v_next = V.take(g_next * (len(V) // self.target_net.G) + (c_next * w).sum(-1)).mean(1)
+                return r.to(v_next.dtype) + self.env.gamma * v_next
             if c_next is not None:
                 args: tuple[Tensor, Tensor] = (g_next.reshape(-1), c_next.reshape(B * m, -1))
                 # the target network changes only at a sync: its first-layer table is computed once per sync
@@ -194,6 +201,17 @@ class SubsampleQModule(pl.LightningModule):
                 v = q_next.gather(-1, q_online.argmax(-1, keepdim=True))[:, 0]
             v_next = v.reshape(B, m).mean(1)
         return r.to(v_next.dtype) + self.env.gamma * v_next
+
+    def _target_by_table(self, rows: int) -> bool:
+        """Whether :meth:`td_target` reads ``max_a' Q_target`` from the target's value table
+        (:meth:`DeepSetsQ.frozen_values`, built once per target update) instead of a forward pass over
+        its ``rows = B * m`` successors: without double Q-learning, when the table fits and costs at most
+        half the forward passes it replaces until the next update (``target_sync`` steps; one with ``tau``)."""
+        net, k = self.target_net, int(self.hparams.k)
+        if self.algo.double_q or not net.value_table_fits(k):
+            return False
+        steps = 1 if self.algo.tau is not None else self.algo.target_sync
+        return 2 * net.G * num_counts(k, net.L) <= rows * steps
 
     def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
         if self.algo.loss == "mse":

@@ -16,7 +16,7 @@ from sqtorch.neural import deepsets
 from sqtorch.neural.data import DataConfig, GenerativeSource
 from sqtorch.neural.deepsets import POOLINGS, DeepSetsQ
 from sqtorch.neural.module import SubsampleQModule, clip_grad_norm
-from sqtorch.tabular.counts import counts_of
+from sqtorch.tabular.counts import all_counts, counts_of
 from tests.helpers.host_reads import HostReads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -240,3 +240,50 @@ def test_floyd_subset_draws_are_unchanged(n, k):
     assert torch.equal(got, _floyd_reference(n, k, 500, gen_b))
     assert torch.equal(gen_a.get_state(), gen_b.get_state())
     assert (got.sort(1).values.diff(1) > 0).all() and got.min() >= 0 and got.max() < n  # k distinct agents
+
+
+@pytest.mark.parametrize(("pooling", "global_in_phi"), [("mean", True), ("sum", False), ("max", True)])
+def test_target_from_the_value_table_is_the_forward_pass(pooling, global_in_phi, monkeypatch):
+    """max_a' Q_target read from frozen_values equals the forward pass over the B * m successors, bit for bit."""
+    torch.manual_seed(1)
+    module = SubsampleQModule({"_target_": "sqtorch.envs.queue"}, n=20, k=5,
+                              algo={"m": 6, "net": {"pooling": pooling, "global_in_phi": global_in_phi}},
+                              eval={"reference": "none"})
+    with torch.no_grad():
+        for p in module.target_net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    b = GenerativeSource(module.env, 20, 5, 6, DataConfig("simplex"), seed=2).sample(300)
+    assert module._target_by_table(300 * 6)
+    by_table = module.td_target(b.r, b.g_next, b.c_next)
+    monkeypatch.setattr(module, "_target_by_table", lambda rows: False)
+    assert torch.equal(by_table, module.td_target(b.r, b.g_next, b.c_next))
+
+
+def test_frozen_values_hold_every_count_vector_and_follow_the_weights():
+    torch.manual_seed(0)
+    net = DeepSetsQ(3, 4, 2)
+    k = 3
+    V, w = net.frozen_values(k)
+    c = all_counts(k, 4)[torch.randperm(math.comb(k + 3, k))]  # every count vector of k agents, shuffled
+    for g in range(3):  # (a BLAS may round a batch of 2 or 3 rows differently: 20 rows here)
+        want = net.forward_counts(torch.full((len(c),), g), c).max(-1).values.detach()
+        assert torch.equal(V[g * (k + 1) ** 4 + (c * w).sum(-1)], want)
+    assert int((~V.isnan()).sum()) == 3 * math.comb(k + 3, k)  # exactly the count vectors of k agents
+    with torch.no_grad():
+        net.rho[-1].bias.add_(1.0)  # a later layer too: the values change
+    V2, _ = net.frozen_values(k)
+    finite = ~V.isnan()
+    torch.testing.assert_close(V2[finite], V[finite] + net.q_scale)
+
+
+def test_value_table_is_used_only_where_it_pays(monkeypatch):
+    queue = SubsampleQModule({"_target_": "sqtorch.envs.queue"}, n=64, k=4, eval={"reference": "none"})
+    assert queue._target_by_table(256 * 8)  # 4 * C(8, 4) = 280 rows per sync instead of 2048 per step
+    assert not queue._target_by_table(10)  # 2 * 280 rows per sync > 10 rows * 20 steps
+    queue.algo.double_q = True  # the online network's argmax at each successor: the forward pass
+    assert not queue._target_by_table(256 * 8)
+    monkeypatch.setattr(deepsets, "VALUE_TABLE_MAX", 100)
+    queue.algo.double_q = False
+    assert not queue._target_by_table(256 * 8) and not queue.target_net.value_table_fits(4)
+    with pytest.raises(ValueError, match="VALUE_TABLE_MAX"):
+        queue.target_net.frozen_values(4)
