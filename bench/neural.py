@@ -234,16 +234,21 @@ def compare(args: argparse.Namespace) -> None:
               f"torch {torch.__version__}; queue, n = 64, k = 4, m = 8, state_dist = visited; "
               f"median of {args.repeats} alternating repeats (each in its own process); "
               f"load average at the end {os.getloadavg()[0]:.1f}")
-    rows = ["| measure | old | new | speed-up (new vs old) | CPU ms/step old / new | speed-up in CPU time |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| measure | old | new | speed-up (new vs old) | paired speed-up, median [min, max] "
+            "| CPU ms/step old / new | speed-up in CPU time |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for label, kind, _ in cases:
-        o, n = (statistics.median(results[(label, name)]) for name in ("old", "new"))
+        olds, news = results[(label, "old")], results[(label, "new")]
+        o, n = statistics.median(olds), statistics.median(news)
         ratio = o / n if kind == "main" else n / o  # a wall time: shorter is faster
+        # each repeat runs old and new back to back: their ratio cancels load that drifts between repeats
+        pairs = [a / b if kind == "main" else b / a for a, b in zip(olds, news, strict=True)]
+        paired = f"{statistics.median(pairs):.2f}x [{min(pairs):.2f}, {max(pairs):.2f}]"
         cpu = ["-", "-"]
         if kind == "step":
             co, cn = (statistics.median(results[(label, name + " cpu")]) for name in ("old", "new"))
             cpu = [f"{co:.2f} / {cn:.2f}", f"{co / cn:.2f}x"]
-        rows.append(f"| {label} | {o:,.2f} | {n:,.2f} | **{ratio:.2f}x** | {cpu[0]} | {cpu[1]} |")
+        rows.append(f"| {label} | {o:,.2f} | {n:,.2f} | **{ratio:.2f}x** | {paired} | {cpu[0]} | {cpu[1]} |")
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     text = f"Command: `{cmd}`\n\n{header}\n\n" + "\n".join(rows) + "\n"
     print(text)

@@ -182,7 +182,8 @@ class SubsampleQModule(pl.LightningModule):
         with torch.no_grad():
             if c_next is not None and self._target_by_table(B * m):
                 V, w = self.target_net.frozen_values(int(self.hparams.k))  # the same values as the forward pass
-                v_next = V.take(g_next * (len(V) // self.target_net.G) + (c_next * w).sum(-1)).mean(1)
+                code = g_next * (len(V) // self.target_net.G) + (c_next * w).sum(-1)  # [B, m]
+                v_next = V.index_select(0, code.reshape(-1)).reshape(B, m).mean(1)
                 return r.to(v_next.dtype) + self.env.gamma * v_next
             if c_next is not None:
                 args: tuple[Tensor, Tensor] = (g_next.reshape(-1), c_next.reshape(B * m, -1))
