@@ -177,6 +177,8 @@ class SubsampleQModule(pl.LightningModule):
         With ``algo.double_q`` (double Q-learning) the action is the online network's greedy one and
         the target network values it: ``Q_target(g'_j, c'_j, argmax_a' Q_theta(g'_j, c'_j, a'))``
         (ties: lowest index), at the cost of one more forward pass over the ``B * m`` successors.
+        Without it, ``max_a' Q_target`` at count vectors is read from the target network's value table
+        where that pays (:meth:`_target_by_table`; the same values as the forward pass).
         """
         B, m = g_next.shape
         with torch.no_grad():
@@ -267,21 +269,21 @@ class SubsampleQModule(pl.LightningModule):
         if self._direct:  # the same update without Lightning's hook dispatch
             opt.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
             loss.backward()
-            self._clip_gradients()
+            self._clip_grad_norm()
             opt._on_before_step()  # type: ignore[union-attr]  # Lightning's step counter (and its profiler)
             opt.optimizer.step()  # type: ignore[union-attr]
             opt._on_after_step()  # type: ignore[union-attr]
         else:
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            self._clip_gradients()
+            self._clip_grad_norm()
             opt.step()
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()  # type: ignore[union-attr]
         return loss.detach()
 
-    def _clip_gradients(self) -> None:
+    def _clip_grad_norm(self) -> None:
         if self.algo.optim.grad_clip is not None:
             clip_grad_norm(self._params, float(self.algo.optim.grad_clip))
 
