@@ -10,7 +10,9 @@ resume on the GPU in tests/test_train.py); ``train.py trainer=gpu trainer.determ
 the tabular learner at k = 5..8 (time, sample-backups/s, ``table_memory_gib`` vs
 ``torch.cuda.max_memory_allocated``, run-to-run bitwise equality, float32, the exact kernel vs the
 CPU); ``evaluate_mc`` at n = 10^6 and the CPU of the same machine at n = 10^5 (agent-steps/s); the
-host synchronizations per Monte Carlo step and per Bellman sweep (``torch.cuda.set_sync_debug_mode``).
+host synchronizations per Monte Carlo step and per Bellman sweep (``torch.cuda.set_sync_debug_mode``);
+the DeepSets training step (issue 21): ms per step at batch 256, items/s up to batch 131,072, and
+the best against the same machine's CPU cores.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUTS = {"tests": 120, "train": 75, "tabular": 60, "execution": 35, "syncs": 25}
+TIMEOUTS = {"tests": 120, "train": 75, "tabular": 60, "execution": 35, "syncs": 25, "neural": 90}
 
 
 def _sync(dev: torch.device) -> None:
@@ -149,7 +151,36 @@ def check_syncs(dev: torch.device, quick: bool) -> None:
           f"({(vi[1] - vi[0]) / 10:.2f} per sweep) |", flush=True)
 
 
-CHECKS = {"tabular": check_tabular, "execution": check_execution, "syncs": check_syncs}
+def check_neural(dev: torch.device, quick: bool) -> None:
+    """DeepSets training step outside Lightning (issue 21's GPU targets): ms per step at batch 256,
+    items/s at growing batches, and the best against the same machine's CPU (all cores) at batch 4096.
+
+    queue, n = 64, k = 4, m = 8, ``visited`` pool of 256 systems: ``SubsampleQModule.td_loss`` and its
+    update (fused Adam, norm clipping), as ``python bench/neural.py`` times it (``raw_step_ms``).
+    """
+    import argparse
+
+    from bench.neural import raw_step_ms
+
+    def ms(device: torch.device, batch: int, steps: int) -> float:
+        args = argparse.Namespace(m=8, batch_size=batch, hidden=64, steps=steps, repeats=2)
+        return raw_step_ms("queue", 64, 4, args, device)
+
+    steps = 10 if quick else 100
+    batches = (256, 1024) if quick else (256, 4096, 32768, 131072)
+    best = 0.0
+    for batch in batches:
+        t = ms(dev, batch, steps)
+        best = max(best, batch / t * 1e3)
+        print(f"| DeepSets step, {dev.type}, batch {batch} | {t:.3f} ms, {batch / t * 1e3:,.0f} items/s |", flush=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    cpu_batch = 1024 if quick else 4096
+    cpu = cpu_batch / ms(torch.device("cpu"), cpu_batch, max(steps // 4, 5)) * 1e3
+    print(f"| DeepSets best items/s vs this machine's CPU ({torch.get_num_threads()} threads, batch {cpu_batch}) "
+          f"| {best:,.0f} vs {cpu:,.0f} items/s: {best / cpu:.1f}x |", flush=True)
+
+
+CHECKS = {"tabular": check_tabular, "execution": check_execution, "syncs": check_syncs, "neural": check_neural}
 
 
 def _run(name: str, cmd: list[str], timeout: int, logs: Path) -> list[str]:
