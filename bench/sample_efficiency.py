@@ -167,15 +167,6 @@ def median_reach(values: list[int | None], cap: int) -> str:
     return f"> {cap:,}" if math.isinf(med) else f"{med:,.0f}"
 
 
-def mean_ci(xs: list[float]) -> tuple[float, float]:
-    from sqtorch.experiment.study import t95
-
-    mean = statistics.fmean(xs)
-    if len(xs) < 2:
-        return mean, float("nan")
-    return mean, t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-
-
 def held_step(checks: list[tuple[int, float]]) -> int | None:
     """First check from which every later check (through the last) is at or below the table."""
     held = None
@@ -188,7 +179,9 @@ def held_step(checks: list[tuple[int, float]]) -> int | None:
 
 
 def fmt_ci(xs: list[float], digits: int = 4) -> str:
-    mean, ci = mean_ci(xs)
+    from sqtorch.experiment.study import mean_ci95
+
+    mean, ci = mean_ci95(xs)
     return f"{mean:+.{digits}f} ± {ci:.{digits}f}"
 
 

@@ -58,6 +58,14 @@ def t95(dof: int) -> float:
     return T95[dof - 1] if dof <= len(T95) else Z95 * (1 + (1 + Z95**2) / (4 * dof))
 
 
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and Student-t 95% CI half-width ``t95(n - 1) * std / sqrt(n)`` of ``n`` values (float64;
+    the CI is NaN for a single value)."""
+    x = torch.tensor(list(values), dtype=torch.float64)
+    ci = float(t95(len(x) - 1) * x.std() / math.sqrt(len(x))) if len(x) > 1 else math.nan
+    return float(x.mean()), ci
+
+
 STUDY_KEYS = ("name", "title", "env", "common", "sweeps", "label", "deploy", "plots")
 PLOT_KINDS = ("deploy_heatmap", "size_vs_k", "return_vs_samples", "return_vs_time", "gap_vs_k_by_env",
               "validation_curves")
@@ -233,9 +241,8 @@ def summarize(rows: list[dict]) -> list[dict]:
              "kind": rs[0].get("kind", "subsample-q"), "deterministic": bool(rs[0].get("deterministic", False)),
              "train_k": rs[0].get("train_k", k), "series": rs[0].get("series", algo)}
         for key in ("gap_exact", "gap_mc", "mc_return", "exact_return", "learn_seconds", "samples", "size"):
-            x = torch.tensor([r.get(key, math.nan) for r in rs], dtype=torch.float64)
-            s[key] = float(x.mean())
-            s[key + "_ci95"] = float(t95(len(rs) - 1) * x.std() / math.sqrt(len(rs))) if len(rs) > 1 else 0.0
+            s[key], ci = mean_ci95([r.get(key, math.nan) for r in rs])
+            s[key + "_ci95"] = ci if len(rs) > 1 else 0.0
         if len(rs) == 1:
             s["gap_mc_ci95"] = rs[0]["gap_mc_ci95"]
             s["mc_return_ci95"] = rs[0]["mc_ci95"]

@@ -21,9 +21,11 @@ cost does not grow with k. With mean or sum pooling it also folds the first (lin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +36,7 @@ from sqtorch.envs.protocol import Simulator
 from sqtorch.neural.sim_data import q_scale_of_simulator, simulator_scales
 from sqtorch.tabular.counts import all_counts, counts_of
 
+T = TypeVar("T")
 POOLINGS = ("mean", "sum", "max")
 DENSE_POOL_MAX = 1024  # widest G*L pooled by one [B, G*(L+1)] product; wider tables gather per row
 VALUE_TABLE_MAX = 1 << 20  # most entries G * (k+1)^L of frozen_values' radix-coded table (4 MiB of float32)
@@ -59,11 +62,11 @@ class NetConfig:
 
 @lru_cache(maxsize=16)
 def count_vectors(k: int, L: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Every count vector of k agents over L states ``[C(k+L-1, k), L]`` (rank order) and their radix codes
-    ``sum_x c_x (k+1)^x``. A pure function of ``(k, L)``, cached per device (callers must not modify it):
-    built once, so a later :meth:`DeepSetsQ.frozen_values` reads nothing on the host."""
-    c = all_counts(k, L, device)
-    return c, (c * (k + 1) ** torch.arange(L, device=device)).sum(-1)
+    """Every count vector of k agents over L states ``[C(k+L-1, k), L]`` (rank order) and the radix weights
+    ``w_x = (k+1)^x`` of their codes ``sum_x c_x w_x``. A pure function of ``(k, L)``, cached per device
+    (callers must not modify it): built once, so a later :meth:`DeepSetsQ.frozen_values` reads nothing
+    on the host."""
+    return all_counts(k, L, device), (k + 1) ** torch.arange(L, device=device)
 
 
 def q_scale_of(env: Simulator) -> float:
@@ -221,25 +224,26 @@ class DeepSetsQ(nn.Module):
             return torch.cat([T, E])
         return torch.cat([T.reshape(self.G, self.L, -1), E[:, None, :]], 1).reshape(self.G * (self.L + 1), -1)
 
-    def frozen_hidden_table(self) -> Tensor:
-        """:meth:`hidden_table` without autograd, computed once per set of weights.
+    def frozen(self, name: str, build: Callable[[], T]) -> T:
+        """``build()`` without autograd, computed once per set of weights and kept under ``name``.
 
         For a network that is not trained between calls (the target network between syncs): the
-        table is kept under a key of every parameter's device, storage and in-place version counter,
+        result is kept with a key of every parameter's device, storage and in-place version counter,
         so any change of the weights (a sync's copy, a Polyak step, ``load_state_dict``, a device
-        move) recomputes it. The values are those :meth:`hidden_table` returns.
+        move) recomputes it. Kept in a plain attribute: not a buffer, not in the state dict.
         """
-        key = self._weights_key()
-        cached = self.__dict__.get("_frozen_table")
-        if cached is None or cached[0] != key:
+        key = tuple((p.device, p.data_ptr(), p._version) for p in self.parameters())
+        cache = self.__dict__.setdefault("_frozen", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
             with torch.no_grad():
-                cached = (key, self.hidden_table())
-            self.__dict__["_frozen_table"] = cached  # a plain attribute: not a buffer, not in the state dict
-        return cached[1]
+                hit = (key, build())
+            cache[name] = hit
+        return hit[1]
 
-    def _weights_key(self) -> tuple:
-        """Changes whenever a parameter changes: its device, storage and in-place version counter."""
-        return tuple((p.device, p.data_ptr(), p._version) for p in self.parameters())
+    def frozen_hidden_table(self) -> Tensor:
+        """:meth:`hidden_table` without autograd, once per set of weights (:meth:`frozen`)."""
+        return self.frozen("hidden_table", self.hidden_table)
 
     def value_table_fits(self, k: int) -> bool:
         """Whether :meth:`frozen_values` at ``k`` fits in ``VALUE_TABLE_MAX`` entries (finite local states)."""
@@ -252,27 +256,25 @@ class DeepSetsQ(nn.Module):
         with ``w_x = (k+1)^x`` (a mixed-radix code of the counts ``c [L]``, ``sum(c) = k``; the codes of
         no count vector hold NaN). :meth:`forward_counts` on the ``G * C(k+L-1, k)`` count vectors, so
         a target of ``B * m`` successors costs one gather instead of a forward pass (docs/model.md §3);
-        the values are the forward pass's. Cached per set of weights as :meth:`frozen_hidden_table`.
+        the values are the forward pass's. Computed once per set of weights (:meth:`frozen`).
         Needs :meth:`value_table_fits`.
         """
         if not self.value_table_fits(k):
             raise ValueError(f"frozen_values: G * (k+1)^L = {self.G} * {k + 1}^{self.L} exceeds VALUE_TABLE_MAX = "
                              f"{VALUE_TABLE_MAX} (or the local states are continuous)")
-        key = (self._weights_key(), k)
-        cached = self.__dict__.get("_frozen_values")
-        if cached is None or cached[0] != key:
+
+        def build() -> tuple[Tensor, Tensor]:
             dev = self.embed.weight.device
-            c, code = count_vectors(k, self.L, dev)  # [N, L], [N]
+            c, w = count_vectors(k, self.L, dev)  # [N, L], [L]
             N, R = len(c), (k + 1) ** self.L
             g = torch.arange(self.G, device=dev)
             table = self.frozen_hidden_table() if self.pooling != "max" else None
-            with torch.no_grad():
-                v = self.forward_counts(g.repeat_interleave(N), c.repeat(self.G, 1), table).max(-1).values
-                V = torch.full((self.G * R,), float("nan"), dtype=v.dtype, device=dev)
-                V[(g[:, None] * R + code).reshape(-1)] = v
-            cached = (key, (V, (k + 1) ** torch.arange(self.L, device=dev)))
-            self.__dict__["_frozen_values"] = cached
-        return cached[1]
+            v = self.forward_counts(g.repeat_interleave(N), c.repeat(self.G, 1), table).max(-1).values
+            V = torch.full((self.G * R,), float("nan"), dtype=v.dtype, device=dev)
+            V[(g[:, None] * R + (c * w).sum(-1)).reshape(-1)] = v
+            return V, w
+
+        return self.frozen(f"values_k{k}", build)
 
     def forward_counts(self, s_g: Tensor, c: Tensor, table: Tensor | None = None) -> Tensor:
         """Same Q from count vectors: ``s_g [B]``, ``c [B, L]`` (counts, any k) -> ``[B, A]``.

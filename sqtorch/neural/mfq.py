@@ -86,22 +86,13 @@ class MFQModule(SubsampleQModule):
         L, Al = task.L, task.Al
         self._Z = all_counts(int(self.hparams.k), L * Al)  # every pair-count table, rank order
         self._backup = greedy_pair_backup(pair_index(int(self.hparams.k), L, Al))
-        self._v_target: Tensor | None = None  # V of the target network, until the target changes
         return pair_env(task)
-
-    def update_target(self) -> bool:
-        """As :meth:`SubsampleQModule.update_target`; a changed target invalidates its cached ``V``."""
-        changed = super().update_target()
-        if changed:
-            self._v_target = None
-        return changed
 
     def target_values(self, device: torch.device) -> Tensor:
         """``V [G, NZ]``, ``V(g, c(z))`` of the target network at every z: the enumeration of the module
-        docstring, done once per target update (the target is fixed between syncs)."""
-        if self._v_target is None:
-            self._v_target = self._backup(q_on_tables(self.target_net, self._Z.to(device)))
-        return self._v_target
+        docstring, done once per set of target weights (:meth:`DeepSetsQ.frozen`: the target is fixed between syncs)."""
+        target = self.target_net
+        return target.frozen("mfq_values", lambda: self._backup(q_on_tables(target, self._Z.to(device))))
 
     def td_target(self, r: Tensor, g_next: Tensor, c_next: Tensor | None, x_next: Tensor | None = None) -> Tensor:
         """``r + gamma/m sum_j V(g'_j, c'_j)``: ``c_next [B, m, L Al]`` holds the next state counts as pairs
@@ -111,10 +102,6 @@ class MFQModule(SubsampleQModule):
         V = self.target_values(g_next.device)
         v_next = V[g_next.reshape(-1), rank(c_next.reshape(B * m, -1))].reshape(B, m).mean(1)
         return r.to(v_next.dtype) + self.env.gamma * v_next
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._v_target = None  # the target network's weights come from the checkpoint
 
     def evaluate(self) -> dict[str, float]:
         """``eval/*`` of Algorithm 2 with the network's greedy tables on the n-agent system (exact gap if tractable)."""
