@@ -53,6 +53,28 @@ def torch_threads(num_threads: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def no_deterministic_fill() -> Iterator[None]:
+    """Run the block without deterministic mode's fill of new memory, then restore the setting.
+
+    Under ``torch.use_deterministic_algorithms(True)`` (the Trainer's ``deterministic=True``) torch
+    fills every tensor it allocates uninitialized (``torch.empty`` and the internal allocations
+    of many ops) with NaN or the integer maximum, so that a read of uninitialized memory is
+    reproducible. A block that never reads uninitialized memory computes the same values
+    either way (``torch.utils.deterministic.fill_uninitialized_memory``'s own documentation);
+    sqtorch's training step is such a block, and skipping the ~150 fills of each step saves
+    time (bench/RESULTS.md). tests/neural/test_train_step.py trains with and without the fill
+    and compares the weights bit for bit.
+    """
+    flags = torch.utils.deterministic
+    before = flags.fill_uninitialized_memory
+    flags.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        flags.fill_uninitialized_memory = before
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Create ``path`` whole or not at all: ``write(f)`` into a temporary file beside it, fsync, rename.
 

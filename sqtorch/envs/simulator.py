@@ -124,19 +124,28 @@ LOOKUP_ENTRIES = 1 << 18  # target size of a bucket table (rows x 2^bits): 256 K
 IMPURE = 255  # bucket marker: an outcome boundary lies inside, resolve by the exact CDF
 
 
+LOOKUP_MAX_CUTS = 2  # LookupSampler: CDF boundaries inside one bucket up to which it compares thresholds
+
+
 @dataclass(frozen=True)
 class LookupSampler:
     """Exact inverse-CDF sampling through a bucket table (draws as :func:`sample_categorical`).
 
     ``u in [0, 1)`` falls in bucket ``q = floor(u 2^bits)`` (exact in float64). For a bucket that
     no CDF boundary cuts, ``table[row, q]`` is the outcome for every ``u`` in it; the few buckets
-    that a boundary cuts hold ``IMPURE`` and are resolved by comparing ``u`` with the CDF. One
-    uint8 gather per agent instead of ``K - 1`` comparisons; identical draws for identical ``u``.
+    that a boundary cuts hold ``IMPURE``. The draw is the number of inner CDF values ``b <= u``:
+    ``base[row, q]`` counts those at or below the bucket's start, and each of the at most
+    ``LOOKUP_MAX_CUTS`` boundaries strictly inside the bucket, ``cuts[j, row, q]`` (2.0 where there
+    is none), adds ``u >= b``: two gathers and one comparison per cut level, the same for every
+    ``u`` and with no data-dependent branch. ``cuts`` is ``None`` when some bucket has more cuts;
+    then impure buckets are resolved by comparing ``u`` with the CDF. Identical draws for identical ``u``.
     """
 
     table: Tensor  # [R * 2^bits] uint8
     cdf_cols: Tensor  # [K, R] as from cdf_columns
     bits: int
+    base: Tensor | None = None  # [R * 2^bits] uint8: #{b <= q / 2^bits}
+    cuts: Tensor | None = None  # [C, R * 2^bits] float64, C <= LOOKUP_MAX_CUTS: boundaries inside the bucket
 
     @classmethod
     def build(cls, P: Tensor, entries: int = LOOKUP_ENTRIES) -> LookupSampler:
@@ -145,23 +154,39 @@ class LookupSampler:
         Bucket q of row r holds outcome ``lo = #{inner CDF values b <= q / s}`` (``s = 2^bits``)
         unless ``hi = #{b < (q + 1) / s}`` is larger (a boundary cuts it: ``IMPURE``). As ``b s`` is
         exact, ``b <= q / s`` iff ``ceil(b s) <= q`` and ``b < (q + 1) / s`` iff ``floor(b s) <= q``:
-        both counts are cumulative histograms, no binary search.
+        both counts are cumulative histograms, no binary search. A boundary cuts bucket
+        ``floor(b s)`` iff ``b s`` is not an integer (and the bucket exists, ``b < 1``).
         """
         cdf_cols = cdf_columns(P)
         K, R = cdf_cols.shape
         if K >= IMPURE:
             raise ValueError(f"LookupSampler supports at most {IMPURE - 1} outcomes, got {K}")
         bits = max(4, min(16, (entries // max(R, 1)).bit_length() - 1))
-        scaled = cdf_cols[:-1].T.mul(1 << bits)  # [R, K - 1] boundaries in bucket units, exact
+        s = 1 << bits
+        inner = cdf_cols[:-1].T  # [R, K - 1] inner boundaries, nondecreasing along a row
+        scaled = inner.mul(s)  # in bucket units, exact
 
         def count_le(key: Tensor) -> Tensor:  # [R, 2^bits]: boundaries with key <= q
-            hist = torch.zeros(R, (1 << bits) + 2, dtype=torch.int32, device=P.device)
-            hist.scatter_add_(1, key.clamp_(0, (1 << bits) + 1).long(), torch.ones_like(key, dtype=torch.int32))
-            return hist.cumsum_(1)[:, : 1 << bits]
+            hist = torch.zeros(R, s + 2, dtype=torch.int32, device=P.device)
+            hist.scatter_add_(1, key.clamp(0, s + 1).long(), torch.ones_like(key, dtype=torch.int32))
+            return hist.cumsum_(1)[:, :s]
 
-        lo, hi = count_le(scaled.ceil()), count_le(scaled.floor())
+        floor = scaled.floor()
+        lo, hi = count_le(scaled.ceil()), count_le(floor)
         table = torch.where(hi > lo, IMPURE, lo).to(torch.uint8).reshape(-1)
-        return cls(table=table, cdf_cols=cdf_cols, bits=bits)
+        # the cutting boundaries, in row-major order: sorted by bucket, equal buckets adjacent
+        is_cut = (scaled != floor) & (floor < s)
+        bucket = (torch.arange(R, device=P.device)[:, None] * s + floor.long())[is_cut]
+        pos = torch.arange(len(bucket), device=P.device)
+        first = torch.ones_like(bucket, dtype=torch.bool)
+        first[1:] = bucket[1:] != bucket[:-1]
+        level = pos - torch.where(first, pos, 0).cummax(0).values  # j-th cut of its bucket
+        levels = int(level.max()) + 1 if len(level) else 0  # one host read, at build time
+        if levels > LOOKUP_MAX_CUTS:
+            return cls(table=table, cdf_cols=cdf_cols, bits=bits)
+        cuts = torch.full((levels, R * s), 2.0, dtype=cdf_cols.dtype, device=P.device)
+        cuts[level, bucket] = inner[is_cut]
+        return cls(table=table, cdf_cols=cdf_cols, bits=bits, base=lo.to(torch.uint8).reshape(-1), cuts=cuts)
 
     def sample(self, row: Tensor, u: Tensor) -> Tensor:
         """Outcome index (int64) for rows ``row`` and uniforms ``u`` (same shape)."""
@@ -171,6 +196,12 @@ class LookupSampler:
         """As :meth:`sample`, as uint8 (outcomes < 255): a quarter of the memory traffic downstream."""
         scale = 2**self.bits
         idx = (u * scale).long().add_(row, alpha=scale)  # row * 2^bits + bucket, one fused pass
+        if self.cuts is not None:  # base + one comparison per cut level: no host read, no branch on values
+            flat, u_flat = idx.reshape(-1), u.reshape(-1)
+            out = self.base.index_select(0, flat)  # type: ignore[union-attr]
+            for cut in self.cuts:  # at most LOOKUP_MAX_CUTS levels (boundaries per bucket), not agents
+                out += u_flat >= cut.index_select(0, flat)
+            return out.view(idx.shape)
         out = self.table.index_select(0, idx.reshape(-1)).reshape(idx.shape)  # take()'s values, a faster kernel
         if runtime.sync_free(out):  # resolve every impure bucket without nonzero(): no host sync per step
             exact = sample_categorical(self.cdf_cols, row, u).to(torch.uint8)

@@ -207,6 +207,34 @@ def test_direct_update_is_lightnings_update_bit_for_bit():
             assert torch.equal(opt_a[key][name], opt_b[key][name])
 
 
+def test_step_without_the_deterministic_fill_trains_the_same_net(monkeypatch):
+    """The step skips deterministic mode's fill of new memory (runtime.no_deterministic_fill) and
+    restores the setting after it; with the fill on (NaN in every uninitialized float) the same
+    weights come out bit for bit, so the step reads no uninitialized memory."""
+    from contextlib import nullcontext
+
+    from sqtorch.neural import module as module_mod
+
+    inside, after = [], []
+    td_loss = SubsampleQModule.td_loss
+
+    def watched(self):  # the flag during the step
+        inside.append(torch.utils.deterministic.fill_uninitialized_memory)
+        return td_loss(self)
+
+    class After(pl.Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            after.append(torch.utils.deterministic.fill_uninitialized_memory)
+
+    monkeypatch.setattr(SubsampleQModule, "td_loss", watched)
+    skipped, _ = _fit(9, [After()])
+    assert inside == [False] * 9 and after == [True] * 9  # skipped in the step, restored after it
+    monkeypatch.setattr(module_mod, "no_deterministic_fill", nullcontext)
+    filled, _ = _fit(9, [])
+    for a, b in zip(skipped.net.state_dict().values(), filled.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_frozen_hidden_table_follows_every_weight_change():
     """The target network's cached table is hidden_table() and is recomputed after any change of weights."""
     torch.manual_seed(0)

@@ -2,7 +2,8 @@
 
 - small tables (one gather, ``_FlatGather``) and the chunked, fused greedy sweep agree bitwise,
   including stochastic ``P_g`` (weighted means) and the huge-page ``V^T`` buffer;
-- ``LookupSampler.build``'s bucket table (by counting) is the binary-search table of its definition;
+- ``LookupSampler.build``'s bucket table (by counting) is the binary-search table of its definition,
+  and its draws (by cut thresholds, or the exact CDF where a bucket has more cuts) are inverse-CDF draws;
 - int32 ranks, cached state columns and the chunked ``r_Delta`` equal their definitions;
 - ``stop_early=False`` runs exactly T sweeps;
 - the Q-table bytes of representative calls, one per path, are pinned by SHA-256.
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from sqtorch.envs import make_env
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import IMPURE, LookupSampler
+from sqtorch.envs.simulator import IMPURE, LOOKUP_MAX_CUTS, LookupSampler, sample_categorical
 from sqtorch.runtime import torch_threads
 from sqtorch.tabular import learn, sample_kernel, sampled_kernel
 from sqtorch.tabular.bellman import BellmanKernel, subsampled_reward
@@ -69,6 +70,42 @@ def test_bucket_table_by_counting_is_the_binary_search_table(seed: int, K: int, 
     lo = torch.searchsorted(inner, edges[:-1].expand(6, -1).contiguous(), right=True)
     hi = torch.searchsorted(inner, edges[1:].expand(6, -1).contiguous(), right=False)
     assert S.bits == bits and torch.equal(S.table, torch.where(hi > lo, IMPURE, lo).to(torch.uint8).reshape(-1))
+
+
+@settings(PROFILE)
+@given(seed=st.integers(0, 2**31 - 1), K=st.integers(2, 30), dyadic=st.booleans(), tiny=st.booleans(),
+       entries=st.integers(16, 1 << 16))
+def test_bucket_draws_are_inverse_cdf_draws(seed: int, K: int, dyadic: bool, tiny: bool, entries: int) -> None:
+    """Every draw is ``#{inner CDF values <= u}`` (sample_categorical), for random u, u on every boundary
+    and just below it, and u on every bucket edge; rows with tiny probabilities put several boundaries
+    in one bucket (more than LOOKUP_MAX_CUTS: the exact-CDF path)."""
+    gen = torch.Generator().manual_seed(seed)
+    R = 5
+    P = torch.rand(R, K, generator=gen, dtype=torch.float64) ** 3
+    P[torch.rand(R, K, generator=gen) < 0.3] = 0
+    if dyadic:
+        P = torch.round(P * 8)
+    if tiny:
+        P[torch.rand(R, K, generator=gen) < 0.5] *= 1e-9
+    P[:, 0] += 1
+    P = P / P.sum(-1, keepdim=True)
+    S = LookupSampler.build(P, entries)
+    s = 2**S.bits
+    inner = S.cdf_cols[:-1].T
+    cut = ((inner * s).floor() != inner * s) & (inner < 1)
+    per_bucket = torch.zeros(R, s + 1, dtype=torch.int64).scatter_add_(
+        1, (inner * s).floor().long().clamp(max=s), cut.long())
+    assert (S.cuts is None) == bool(per_bucket.max() > LOOKUP_MAX_CUTS)
+    u = torch.cat([
+        torch.rand(4000, generator=gen, dtype=torch.float64),
+        inner.reshape(-1).clamp(max=1 - 2**-53),
+        torch.nextafter(inner.reshape(-1), torch.zeros(1, dtype=torch.float64)).clamp(0, 1 - 2**-53),
+        torch.arange(s, dtype=torch.float64) / s,
+    ])
+    rows = torch.randint(R, u.shape, generator=gen)
+    draws = S.sample(rows, u)
+    assert torch.equal(draws, sample_categorical(S.cdf_cols, rows, u))
+    assert torch.equal(S.sample(rows.view(-1, 2)[:, :1], u.view(-1, 2)[:, :1]), draws.view(-1, 2)[:, :1])
 
 
 @pytest.mark.parametrize("k,L", [(1, 4), (3, 5), (4, 25)])
