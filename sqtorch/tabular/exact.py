@@ -153,6 +153,8 @@ def _kernel_block(P: Tensor, X: Tensor, k: int, L: int, N: int) -> Tensor:
         row, part = key // n_next, key % n_next
     crow = torch.zeros(N + 1, dtype=torch.int64, device=dev)
     crow[1:] = torch.bincount(row, minlength=N).cumsum(0)
+    if dev.type == "cpu" and len(part) < 2**31:  # MKL's 32-bit indices: no index copy per product, same sums
+        crow, part = crow.to(torch.int32), part.to(torch.int32)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, part, prob, size=(N, N), check_invariants=False)

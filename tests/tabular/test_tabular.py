@@ -149,3 +149,18 @@ def test_result_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(a.qtable.q, b.qtable.q)
+
+
+@pytest.mark.parametrize("name,k", [("queue", 6), ("demand_response", 3)])
+def test_exact_kernel_int32_indices_give_the_int64_products(name, k):
+    """On the CPU the exact kernel's CSR indices are int32 (MKL's own width: no index copy per product);
+    the products are the int64 kernel's bit for bit, and the rows are probability laws."""
+    env = make_env(name)
+    K = count_kernel(env, k)
+    V = torch.randn(env.G, K.N, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+    for M in K.M:
+        assert M.crow_indices().dtype == M.col_indices().dtype == torch.int32
+        wide = torch.sparse_csr_tensor(M.crow_indices().long(), M.col_indices().long(), M.values(), size=M.shape)
+        assert torch.equal(M @ V.T, wide @ V.T)
+        assert torch.allclose(M @ torch.ones(K.N, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
+                              rtol=0, atol=1e-12)
