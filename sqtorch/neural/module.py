@@ -360,7 +360,9 @@ class SubsampleQModule(pl.LightningModule):
         return validation_metrics(env, policy, self.hparams.n, self.ensure_reference(), self.eval_cfg)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(), batch_size=1)
+        with no_deterministic_fill():  # reads no uninitialized memory, like the training step
+            metrics = self.evaluate()
+        self.log_dict(metrics, batch_size=1)
 
     def on_train_start(self) -> None:
         self._direct = None  # decided again for this fit's trainer and callbacks

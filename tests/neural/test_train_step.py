@@ -235,6 +235,23 @@ def test_step_without_the_deterministic_fill_trains_the_same_net(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_validation_metrics_are_the_same_without_the_deterministic_fill():
+    """validation_step evaluates under runtime.no_deterministic_fill: the same metrics as with the fill."""
+    from sqtorch.runtime import no_deterministic_fill
+
+    module = SubsampleQModule({"_target_": "sqtorch.envs.queue"}, n=6, k=3, algo={"max_steps": 1},
+                              eval={"num_initial": 4, "rollouts": 4})
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        filled = module.evaluate()
+        with no_deterministic_fill():
+            skipped = module.evaluate()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert "eval/gap" in filled and filled == skipped
+
+
 def test_frozen_hidden_table_follows_every_weight_change():
     """The target network's cached table is hidden_table() and is recomputed after any change of weights."""
     torch.manual_seed(0)
