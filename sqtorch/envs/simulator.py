@@ -125,6 +125,7 @@ IMPURE = 255  # bucket marker: an outcome boundary lies inside, resolve by the e
 
 
 LOOKUP_MAX_CUTS = 2  # LookupSampler: CDF boundaries inside one bucket up to which it compares thresholds
+LOOKUP_MIN_BITS = 4  # LookupSampler: at least 2^4 buckets per row
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,28 @@ class LookupSampler:
     cuts: Tensor | None = None  # [C, R * 2^bits] float64, C <= LOOKUP_MAX_CUTS: boundaries inside the bucket
 
     @classmethod
-    def build(cls, P: Tensor, entries: int = LOOKUP_ENTRIES) -> LookupSampler:
+    def build(cls, P: Tensor, entries: int = LOOKUP_ENTRIES, compact: bool = False) -> LookupSampler:
         """Table for the rows of ``P [..., K]`` (``K <= 254``), by counting boundaries per bucket.
+
+        ``2^bits`` buckets per row with ``R * 2^bits`` about ``entries``; with ``compact`` the fewest
+        buckets (at least ``2^LOOKUP_MIN_BITS`` per row, at most that many) for which no bucket holds
+        more than ``LOOKUP_MAX_CUTS`` boundaries, so :meth:`sample_uint8` compares thresholds and its
+        tables stay in cache (the same draws at any size; without such a size, the ``entries`` table).
+        """
+        cdf_cols = cdf_columns(P)
+        K, R = cdf_cols.shape
+        if K >= IMPURE:
+            raise ValueError(f"LookupSampler supports at most {IMPURE - 1} outcomes, got {K}")
+        bits = max(LOOKUP_MIN_BITS, min(16, (entries // max(R, 1)).bit_length() - 1))
+        for small in range(LOOKUP_MIN_BITS, bits) if compact else ():  # at most 12 cheap builds, once per kernel
+            sampler = cls._build(cdf_cols, small)
+            if sampler.cuts is not None:
+                return sampler
+        return cls._build(cdf_cols, bits)
+
+    @classmethod
+    def _build(cls, cdf_cols: Tensor, bits: int) -> LookupSampler:
+        """The table of ``cdf_cols [K, R]`` at ``2^bits`` buckets per row.
 
         Bucket q of row r holds outcome ``lo = #{inner CDF values b <= q / s}`` (``s = 2^bits``)
         unless ``hi = #{b < (q + 1) / s}`` is larger (a boundary cuts it: ``IMPURE``). As ``b s`` is
@@ -157,17 +178,14 @@ class LookupSampler:
         both counts are cumulative histograms, no binary search. A boundary cuts bucket
         ``floor(b s)`` iff ``b s`` is not an integer (and the bucket exists, ``b < 1``).
         """
-        cdf_cols = cdf_columns(P)
         K, R = cdf_cols.shape
-        if K >= IMPURE:
-            raise ValueError(f"LookupSampler supports at most {IMPURE - 1} outcomes, got {K}")
-        bits = max(4, min(16, (entries // max(R, 1)).bit_length() - 1))
+        device = cdf_cols.device
         s = 1 << bits
         inner = cdf_cols[:-1].T  # [R, K - 1] inner boundaries, nondecreasing along a row
         scaled = inner.mul(s)  # in bucket units, exact
 
         def count_le(key: Tensor) -> Tensor:  # [R, 2^bits]: boundaries with key <= q
-            hist = torch.zeros(R, s + 2, dtype=torch.int32, device=P.device)
+            hist = torch.zeros(R, s + 2, dtype=torch.int32, device=device)
             hist.scatter_add_(1, key.clamp(0, s + 1).long(), torch.ones_like(key, dtype=torch.int32))
             return hist.cumsum_(1)[:, :s]
 
@@ -176,15 +194,15 @@ class LookupSampler:
         table = torch.where(hi > lo, IMPURE, lo).to(torch.uint8).reshape(-1)
         # the cutting boundaries, in row-major order: sorted by bucket, equal buckets adjacent
         is_cut = (scaled != floor) & (floor < s)
-        bucket = (torch.arange(R, device=P.device)[:, None] * s + floor.long())[is_cut]
-        pos = torch.arange(len(bucket), device=P.device)
+        bucket = (torch.arange(R, device=device)[:, None] * s + floor.long())[is_cut]
+        pos = torch.arange(len(bucket), device=device)
         first = torch.ones_like(bucket, dtype=torch.bool)
         first[1:] = bucket[1:] != bucket[:-1]
         level = pos - torch.where(first, pos, 0).cummax(0).values  # j-th cut of its bucket
         levels = int(level.max()) + 1 if len(level) else 0  # one host read, at build time
         if levels > LOOKUP_MAX_CUTS:
             return cls(table=table, cdf_cols=cdf_cols, bits=bits)
-        cuts = torch.full((levels, R * s), 2.0, dtype=cdf_cols.dtype, device=P.device)
+        cuts = torch.full((levels, R * s), 2.0, dtype=cdf_cols.dtype, device=device)
         cuts[level, bucket] = inner[is_cut]
         return cls(table=table, cdf_cols=cdf_cols, bits=bits, base=lo.to(torch.uint8).reshape(-1), cuts=cuts)
 
@@ -233,7 +251,7 @@ def _cached(kind: str, P: Tensor, build: Callable[[Tensor], Any]) -> Any:
 
 def lookup_sampler(P: Tensor) -> LookupSampler:
     """Cached :class:`LookupSampler` of the transition tensor ``P``."""
-    return _cached("sampler", P, LookupSampler.build)
+    return _cached("sampler", P, lambda p: LookupSampler.build(p, compact=True))
 
 
 def cached_cdf_columns(P: Tensor) -> Tensor:

@@ -3,7 +3,8 @@
 - small tables (one gather, ``_FlatGather``) and the chunked, fused greedy sweep agree bitwise,
   including stochastic ``P_g`` (weighted means) and the huge-page ``V^T`` buffer;
 - ``LookupSampler.build``'s bucket table (by counting) is the binary-search table of its definition,
-  and its draws (by cut thresholds, or the exact CDF where a bucket has more cuts) are inverse-CDF draws;
+  and its draws (by cut thresholds, or the exact CDF where a bucket has more cuts) are inverse-CDF draws,
+  also from the compact table (the fewest buckets that keep the thresholds);
 - int32 ranks, cached state columns and the chunked ``r_Delta`` equal their definitions;
 - ``stop_early=False`` runs exactly T sweeps;
 - the Q-table bytes of representative calls, one per path, are pinned by SHA-256.
@@ -17,10 +18,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from sqtorch.envs import make_env
 from sqtorch.envs.base import GlobalLocalMDP
-from sqtorch.envs.simulator import IMPURE, LOOKUP_MAX_CUTS, LookupSampler, sample_categorical
+from sqtorch.envs.simulator import IMPURE, LOOKUP_MAX_CUTS, LOOKUP_MIN_BITS, LookupSampler, sample_categorical
 from sqtorch.runtime import torch_threads
 from sqtorch.tabular import learn, sample_kernel, sampled_kernel
 from sqtorch.tabular.bellman import BellmanKernel, subsampled_reward
@@ -72,13 +74,25 @@ def test_bucket_table_by_counting_is_the_binary_search_table(seed: int, K: int, 
     assert S.bits == bits and torch.equal(S.table, torch.where(hi > lo, IMPURE, lo).to(torch.uint8).reshape(-1))
 
 
+def most_cuts_in_a_bucket(inner: Tensor, bits: int) -> int:
+    """The most CDF boundaries strictly inside one of the ``2^bits`` buckets of a row (the definition)."""
+    s = 2**bits
+    cut = ((inner * s).floor() != inner * s) & (inner < 1)
+    per_bucket = torch.zeros(inner.shape[0], s + 1, dtype=torch.int64).scatter_add_(
+        1, (inner * s).floor().long().clamp(max=s), cut.long())
+    return int(per_bucket.max())
+
+
 @settings(PROFILE)
 @given(seed=st.integers(0, 2**31 - 1), K=st.integers(2, 30), dyadic=st.booleans(), tiny=st.booleans(),
-       entries=st.integers(16, 1 << 16))
-def test_bucket_draws_are_inverse_cdf_draws(seed: int, K: int, dyadic: bool, tiny: bool, entries: int) -> None:
+       entries=st.integers(16, 1 << 16), compact=st.booleans())
+def test_bucket_draws_are_inverse_cdf_draws(seed: int, K: int, dyadic: bool, tiny: bool, entries: int,
+                                            compact: bool) -> None:
     """Every draw is ``#{inner CDF values <= u}`` (sample_categorical), for random u, u on every boundary
     and just below it, and u on every bucket edge; rows with tiny probabilities put several boundaries
-    in one bucket (more than LOOKUP_MAX_CUTS: the exact-CDF path)."""
+    in one bucket (more than LOOKUP_MAX_CUTS: the exact-CDF path). A ``compact`` table has the fewest
+    buckets (from 2^LOOKUP_MIN_BITS per row) with at most LOOKUP_MAX_CUTS boundaries in each, else the
+    ``entries`` table."""
     gen = torch.Generator().manual_seed(seed)
     R = 5
     P = torch.rand(R, K, generator=gen, dtype=torch.float64) ** 3
@@ -89,13 +103,14 @@ def test_bucket_draws_are_inverse_cdf_draws(seed: int, K: int, dyadic: bool, tin
         P[torch.rand(R, K, generator=gen) < 0.5] *= 1e-9
     P[:, 0] += 1
     P = P / P.sum(-1, keepdim=True)
-    S = LookupSampler.build(P, entries)
+    S = LookupSampler.build(P, entries, compact=compact)
     s = 2**S.bits
     inner = S.cdf_cols[:-1].T
-    cut = ((inner * s).floor() != inner * s) & (inner < 1)
-    per_bucket = torch.zeros(R, s + 1, dtype=torch.int64).scatter_add_(
-        1, (inner * s).floor().long().clamp(max=s), cut.long())
-    assert (S.cuts is None) == bool(per_bucket.max() > LOOKUP_MAX_CUTS)
+    default_bits = max(LOOKUP_MIN_BITS, min(16, (entries // R).bit_length() - 1))
+    smaller = range(LOOKUP_MIN_BITS, S.bits if S.cuts is not None else default_bits)
+    assert S.bits == default_bits or (compact and S.cuts is not None)
+    assert not compact or all(most_cuts_in_a_bucket(inner, b) > LOOKUP_MAX_CUTS for b in smaller)
+    assert (S.cuts is None) == (most_cuts_in_a_bucket(inner, S.bits) > LOOKUP_MAX_CUTS)
     u = torch.cat([
         torch.rand(4000, generator=gen, dtype=torch.float64),
         inner.reshape(-1).clamp(max=1 - 2**-53),
