@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -304,19 +304,29 @@ def plot_gap_by_env(summary: list[dict], n: int, path: Path) -> None:
 
 def plot_validation_curves(curves: list[dict], env: str, n: int, path: Path) -> None:
     """Validation return vs optimizer step of every trained run of ``(env, n)`` (with its CI band, common
-    random numbers across the steps of one run), and the exact gap beside it where the run logged one."""
+    random numbers across the steps of one run), and the exact gap beside it where the run logged one.
+    The seeds of one ``(algo, k)`` share a colour and one legend entry."""
     mine = [c for c in curves if c["env"] == env and c["n"] == n]
     has_gap = any("gap" in c for c in mine)
+    configs = sorted({(c["algo"], c["k"]) for c in mine}, key=lambda a: (a[0], a[1]))
+    seeds = Counter((c["algo"], c["k"]) for c in mine)
     fig, axes = plt.subplots(1, 2 if has_gap else 1, figsize=(11.6 if has_gap else 7.4, 4.4), squeeze=False)
-    for i, c in enumerate(mine):
-        col, label = COLORS[i % len(COLORS)], f"{c['algo']} k={c['k']}" + (f" seed {c['seed']}" if c["seed"] else "")
+    labelled: set[tuple[str, int]] = set()
+    for c in sorted(mine, key=lambda c: (c["algo"], c["k"], c["seed"])):
+        key = (c["algo"], c["k"])
+        col = COLORS[configs.index(key) % len(COLORS)]
+        label = None
+        if key not in labelled:  # one entry per (algo, k): its seeds share the colour
+            label = f"{c['algo']} k={c['k']}" + (f" ({seeds[key]} seeds)" if seeds[key] > 1 else "")
+            labelled.add(key)
+        thin = dict(lw=0.9, alpha=0.75, markersize=3) if seeds[key] > 1 else {}
         x, y = torch.tensor(c["steps"]), torch.tensor(c["return"])
-        axes[0, 0].plot(x, y, marker=".", color=col, label=label)
+        axes[0, 0].plot(x, y, marker=".", color=col, label=label, **thin)
         if "return_ci95" in c:
             ci = torch.tensor(c["return_ci95"])
-            axes[0, 0].fill_between(x, y - ci, y + ci, color=col, alpha=0.12, lw=0)
+            axes[0, 0].fill_between(x, y - ci, y + ci, color=col, alpha=0.12 / seeds[key] ** 0.5, lw=0)
         if has_gap and "gap" in c:
-            axes[0, 1].plot(x, torch.tensor(c["gap"]).clamp(min=ZERO_GAP), marker=".", color=col, label=label)
+            axes[0, 1].plot(x, torch.tensor(c["gap"]).clamp(min=ZERO_GAP), marker=".", color=col, label=label, **thin)
     axes[0, 0].set(xlabel="optimizer step", ylabel="validation return (Monte Carlo, ± 95% CI)",
                    title=f"{env}, n = {n}: validation curves")
     if has_gap:
