@@ -46,8 +46,8 @@ print(json.dumps({"growth": status("VmHWM") - base, "mean": res.mean}))
 def _peak_growth(kind: str, n: int, k: int) -> int:
     """The smallest growth of :data:`REPEATS` fresh processes: what the allocator or the kernel adds on
     top of the evaluation's own buffers (a transparent huge page, a heap not yet trimmed) only adds. On a
-    loaded machine it added 18-41 MiB to 3 of 14 processes (none of 20 with the larger bucket table of
-    0.3's first releases; the cause is not known), which broke the linear bound once in CI."""
+    loaded machine it added 18-41 MiB to 3 of 14 processes (none of 20 with the 4096-bucket table the simulator used
+    before; the cause is not known), which broke the linear bound once in CI."""
     return min(_one_peak_growth(kind, n, k) for _ in range(REPEATS))
 
 
