@@ -178,7 +178,7 @@ class LookupSampler:
         both counts are cumulative histograms, no binary search. A boundary cuts bucket
         ``floor(b s)`` iff ``b s`` is not an integer (and the bucket exists, ``b < 1``).
         """
-        K, R = cdf_cols.shape
+        R = cdf_cols.shape[1]
         device = cdf_cols.device
         s = 1 << bits
         inner = cdf_cols[:-1].T  # [R, K - 1] inner boundaries, nondecreasing along a row

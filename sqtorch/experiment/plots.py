@@ -308,13 +308,13 @@ def plot_validation_curves(curves: list[dict], env: str, n: int, path: Path) -> 
     The seeds of one ``(algo, k)`` share a colour and one legend entry."""
     mine = [c for c in curves if c["env"] == env and c["n"] == n]
     has_gap = any("gap" in c for c in mine)
-    configs = sorted({(c["algo"], c["k"]) for c in mine}, key=lambda a: (a[0], a[1]))
     seeds = Counter((c["algo"], c["k"]) for c in mine)
+    colour = {key: COLORS[i % len(COLORS)] for i, key in enumerate(sorted(seeds))}
     fig, axes = plt.subplots(1, 2 if has_gap else 1, figsize=(11.6 if has_gap else 7.4, 4.4), squeeze=False)
     labelled: set[tuple[str, int]] = set()
     for c in sorted(mine, key=lambda c: (c["algo"], c["k"], c["seed"])):
         key = (c["algo"], c["k"])
-        col = COLORS[configs.index(key) % len(COLORS)]
+        col = colour[key]
         label = None
         if key not in labelled:  # one entry per (algo, k): its seeds share the colour
             label = f"{c['algo']} k={c['k']}" + (f" ({seeds[key]} seeds)" if seeds[key] > 1 else "")

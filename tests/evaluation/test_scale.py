@@ -43,6 +43,9 @@ print(json.dumps({"growth": status("VmHWM") - base, "mean": res.mean}))
 """
 
 
+REPEATS = 3  # fresh processes per measurement (_peak_growth)
+
+
 def _peak_growth(kind: str, n: int, k: int) -> int:
     """The smallest growth of :data:`REPEATS` fresh processes: what the allocator or the kernel adds on
     top of the evaluation's own buffers (a transparent huge page, a heap not yet trimmed) only adds. On a
@@ -50,8 +53,6 @@ def _peak_growth(kind: str, n: int, k: int) -> int:
     before; the cause is not known), which broke the linear bound once in CI."""
     return min(_one_peak_growth(kind, n, k) for _ in range(REPEATS))
 
-
-REPEATS = 3
 
 
 def _one_peak_growth(kind: str, n: int, k: int) -> int:
