@@ -83,16 +83,15 @@ def _floyd_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Ten
 
     Exactly k uniform integers per row (independent of anything but ``(n, k, batch)``) and
     ``O(k^2)`` work per row instead of ``O(n)``; the resulting set is a uniform k-subset.
+    The k columns are filled in place in a ``[k, batch]`` buffer (no stack); returns ``[batch, k]``.
     """
-    cols: list[Tensor] = []
-    for i in range(k):  # positions in the subset (k of them), not agents
+    cols = torch.empty(k, batch, dtype=torch.int64, device=generator.device)
+    for i, t in enumerate(cols.unbind(0)):  # positions in the subset (k of them), not agents
         j = n - k + i
-        t = torch.randint(j + 1, (batch,), generator=generator, device=generator.device)
-        if cols:
-            taken = cols[0][:, None] if i == 1 else torch.stack(cols, 1)
-            t = torch.where((taken == t[:, None]).any(1), j, t)
-        cols.append(t)
-    return torch.stack(cols, 1)
+        torch.randint(j + 1, (batch,), generator=generator, device=generator.device, out=t)
+        if i:
+            t.masked_fill_((cols[:i] == t).any(0), j)
+    return cols.T.contiguous()
 
 
 def sample_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Tensor:

@@ -23,8 +23,8 @@ local states, a user's own code) is sampled through its protocol methods by
 :class:`~sqtorch.neural.sim_data.SimulatorSource`; this module's :class:`GenerativeSource` is the
 tensor path of a :class:`GlobalLocalMDP`.
 
-Lightning gets only :class:`StepDataset` (an infinite ``IterableDataset`` of step indices,
-``num_workers=0``): the batch itself is drawn inside ``training_step``. Drawing it in the data
+Lightning gets only :class:`StepDataset` (an infinite iterable of step indices, read in the
+main process): the batch itself is drawn inside ``training_step``. Drawing it in the data
 loader would let Lightning's one-batch prefetch advance the generator past the checkpoint, and a
 ``visited`` batch must see the network of the current step.
 """

@@ -18,6 +18,7 @@ ValidationConfig` as plain dicts) are stored in every checkpoint, so
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 import warnings
 from dataclasses import asdict
@@ -30,6 +31,8 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
+from torch.optim.optimizer import _global_optimizer_post_hooks as _global_post_hooks
+from torch.optim.optimizer import _global_optimizer_pre_hooks as _global_pre_hooks
 from torch.utils.data import DataLoader
 
 from sqtorch import metrics as M
@@ -57,6 +60,58 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
         return
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+
+
+def _fused_adam_lists(optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], ...] | None:
+    """The tensor lists of :func:`adam_step`'s direct call, or ``None`` where it must not be made."""
+    if not hasattr(torch, "_fused_adam_") or type(optimizer) is not torch.optim.Adam:
+        return None
+    if len(optimizer.param_groups) != 1:
+        return None
+    group = optimizer.param_groups[0]
+    flags = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
+    if not group.get("fused") or any(group.get(f) for f in flags) or not isinstance(group["lr"], float):
+        return None
+    if (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or _global_pre_hooks
+            or _global_post_hooks or getattr(optimizer, "grad_scale", None) is not None
+            or getattr(optimizer, "found_inf", None) is not None):
+        return None
+    params: list[Tensor] = group["params"]
+    device, dtype = params[0].device, params[0].dtype
+    grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+    for p in params:
+        state = optimizer.state.get(p)
+        if p.grad is None or not state or p.device != device or p.dtype != dtype:
+            return None  # no state yet (the first step), a frozen parameter, mixed devices: Adam.step
+        grads.append(p.grad)
+        exp_avgs.append(state["exp_avg"])
+        exp_avg_sqs.append(state["exp_avg_sq"])
+        steps.append(state["step"])
+    return params, grads, exp_avgs, exp_avg_sqs, steps
+
+
+def adam_step(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()``; for a fused Adam with one parameter group, its state and no step hooks,
+    the step's own kernel calls made directly.
+
+    ``torch.optim.Adam(fused=True).step()`` spends most of a small network's step in Python
+    (grouping tensors, reading options) before it adds 1 to every ``step`` and calls
+    ``torch._fused_adam_``. Those two calls, with the group's ``lr``, ``betas``, ``eps`` and
+    ``weight_decay``, give the same parameters and state bit for bit (tested). Anything else, including
+    the first step (Adam creates its state there), goes through ``optimizer.step()``.
+    """
+    lists = _fused_adam_lists(optimizer)
+    if lists is None:
+        optimizer.step()
+        return
+    params, grads, exp_avgs, exp_avg_sqs, steps = lists
+    group = optimizer.param_groups[0]
+    beta1, beta2 = group["betas"]
+    torch._foreach_add_(steps, 1)
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],  # type: ignore[attr-defined]
+                       beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"], eps=group["eps"],
+                       maximize=False, grad_scale=None, found_inf=None)
+    optimizer._opt_called = True  # type: ignore[attr-defined]  # what the LR scheduler's step() checks, as after step()
 
 
 # the hooks that Lightning's manual_backward and LightningOptimizer.step dispatch around the update
@@ -163,8 +218,10 @@ class SubsampleQModule(pl.LightningModule):
             self.source.load_state_dict(self._pending_source_state)
             self._pending_source_state = None
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(StepDataset(), batch_size=None, num_workers=0)
+    def train_dataloader(self) -> StepDataset:
+        """The step indices themselves: Lightning takes any iterable, and a ``DataLoader`` around
+        them costs its fetch machinery on every step."""
+        return StepDataset()
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader([0], batch_size=None, num_workers=0)
@@ -270,11 +327,13 @@ class SubsampleQModule(pl.LightningModule):
             if self._direct is None:
                 self._direct = self._trainer is not None and direct_update_ok(self._trainer, self, opt)
             if self._direct:  # the same update without Lightning's hook dispatch
-                opt.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+                for group in opt.optimizer.param_groups:  # type: ignore[union-attr]  # zero_grad(set_to_none=True)
+                    for p in group["params"]:
+                        p.grad = None
                 loss.backward()
                 self._clip_grad_norm()
                 opt._on_before_step()  # type: ignore[union-attr]  # Lightning's step counter (and its profiler)
-                opt.optimizer.step()  # type: ignore[union-attr]
+                adam_step(opt.optimizer)  # type: ignore[union-attr]
                 opt._on_after_step()  # type: ignore[union-attr]
             else:
                 opt.zero_grad(set_to_none=True)
@@ -285,6 +344,9 @@ class SubsampleQModule(pl.LightningModule):
             if sched is not None:
                 sched.step()  # type: ignore[union-attr]
             return loss.detach()
+
+    # Lightning reads training_step's signature on every batch (is batch_idx a parameter?): compute it once
+    training_step.__signature__ = inspect.signature(training_step)  # type: ignore[attr-defined]
 
     def _clip_grad_norm(self) -> None:
         if self.algo.optim.grad_clip is not None:

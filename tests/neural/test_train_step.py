@@ -15,7 +15,7 @@ from sqtorch.envs import simulator as sim
 from sqtorch.neural import deepsets
 from sqtorch.neural.data import DataConfig, GenerativeSource
 from sqtorch.neural.deepsets import POOLINGS, DeepSetsQ
-from sqtorch.neural.module import SubsampleQModule, clip_grad_norm
+from sqtorch.neural.module import SubsampleQModule, adam_step, clip_grad_norm
 from sqtorch.tabular.counts import all_counts, counts_of
 from tests.helpers.host_reads import HostReads
 
@@ -112,6 +112,59 @@ def test_clip_grad_norm_is_torchs_rule(scale):
     torch.nn.utils.clip_grad_norm_(b.parameters(), 10.0)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-12, atol=0)
+
+
+def _adam_pair(weight_decay: float) -> tuple[list, list]:
+    torch.manual_seed(0)
+    a = DeepSetsQ(4, 5, 3)
+    b = DeepSetsQ(4, 5, 3)
+    b.load_state_dict(a.state_dict())
+    out = []
+    for net in (a, b):
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=weight_decay,
+                               fused=True)
+        out.append((list(net.parameters()), opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6)))
+    return out
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_step_is_adams_step_bit_for_bit(weight_decay, monkeypatch):
+    """adam_step's direct kernel call leaves the parameters and Adam's state as optimizer.step() does,
+    over several steps of a cosine schedule, and is the path taken once Adam has its state."""
+    (pa, opt_a, sched_a), (pb, opt_b, sched_b) = _adam_pair(weight_decay)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(6):
+        for x, y in zip(pa, pb, strict=True):
+            x.grad = torch.randn(x.shape, generator=gen)
+            y.grad = x.grad.clone()
+        if t == 1:  # from here on the state exists: a fallback to step() would fail the test
+            monkeypatch.setattr(opt_a, "step", lambda: pytest.fail("adam_step fell back to optimizer.step()"))
+        adam_step(opt_a)
+        opt_b.step()
+        sched_a.step()
+        sched_b.step()
+        for x, y in zip(pa, pb, strict=True):
+            assert torch.equal(x, y)
+    for x, y in zip(pa, pb, strict=True):
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_a.state[x][name], opt_b.state[y][name])
+
+
+def test_adam_step_takes_optimizer_step_where_it_must():
+    """A step hook, a non-fused Adam or another optimizer go through optimizer.step() (hooks run)."""
+    (pa, opt_a, _), _ = _adam_pair(0.0)
+    for p in pa:
+        p.grad = torch.ones_like(p)
+    adam_step(opt_a)  # first step: creates the state
+    calls = []
+    handle = opt_a.register_step_post_hook(lambda *args: calls.append(1))
+    adam_step(opt_a)
+    handle.remove()
+    assert calls == [1]
+    for opt in (torch.optim.Adam(pa, foreach=True), torch.optim.SGD(pa, lr=0.1)):
+        opt.register_step_pre_hook(lambda *args: calls.append(2))
+        adam_step(opt)
+    assert calls == [1, 2, 2]
 
 
 @pytest.mark.parametrize("state_dist", ["visited", "simplex"])
