@@ -84,7 +84,7 @@ def mfq_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(s_g', s_l', r)``: one transition of the n-agent system with local actions (module docstring).
 
-    ``sampler = LookupSampler.build(env.P_l.reshape(-1, L))``, ``cdf_g = cdf_columns(env.P_g)``.
+    ``sampler = LookupSampler.build(env.P_l.reshape(-1, L), compact=True)``, ``cdf_g = cdf_columns(env.P_g)``.
     One float64 uniform per local agent and one per row.
     """
     ga = s_g * env.A + a_g  # [B]
@@ -106,7 +106,7 @@ def simulate_mfq_returns(
     gen_dynamics: torch.Generator,
 ) -> Tensor:
     """Discounted returns ``sum_{t<H} gamma^t r_t`` ``[B]`` of Algorithm 2 from ``(s_g [B], s_l [B, n])``."""
-    sampler = LookupSampler.build(env.P_l.reshape(-1, env.L))
+    sampler = LookupSampler.build(env.P_l.reshape(-1, env.L), compact=True)  # the same draws, a smaller table
     cdf_g = cdf_columns(env.P_g)
     ret = torch.zeros(s_g.shape[0], dtype=torch.float64, device=s_g.device)
     discount = 1.0
