@@ -77,6 +77,8 @@ def _fused_adam_lists(optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], .
             or getattr(optimizer, "found_inf", None) is not None):
         return None
     params: list[Tensor] = group["params"]
+    if not params:
+        return None
     device, dtype = params[0].device, params[0].dtype
     grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
     for p in params:

@@ -64,6 +64,20 @@ def _wait_for_training(proc: subprocess.Popen, run_dir: Path, pattern: str = "co
 
 
 @pytest.mark.slow
+def test_sigterm_after_a_validation_saves_the_next_steps_checkpoint(tmp_path):
+    """A SIGTERM that arrives after the step's batch hooks (here: at the end of a training-time validation,
+    before Lightning's loop checks its own SIGTERM flag) still ends the run with last.ckpt, one step later."""
+    run_dir = tmp_path / "run"
+    kill = ["+callbacks.kill._target_=tests.helpers.signals.SignalAfterValidation", "+callbacks.kill.step=20"]
+    res = _train(["algo.max_steps=100000", "algo.checkpoint_every=100000", "eval.every=20", *FAST, "k=2",
+                  f"hydra.run.dir={run_dir}", *kill], tmp_path)
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(f"train.py: interrupted by SIGTERM: checkpoint {run_dir}")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 21  # the step after the validation at step 20
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_exits_nonzero(tmp_path, signum):
     run_dir = tmp_path / "run"

@@ -8,6 +8,8 @@ uninterrupted run on the same device type.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,14 +36,34 @@ class StopOnSignal(pl.Callback):
 
     The checkpoint is taken at a step boundary, exactly like the periodic ones, so resuming from it
     gives the same weights as an uninterrupted run (docs/training.md, "When things go wrong").
+
+    Lightning's own SIGTERM handler (installed by ``fit``) ends the loop with ``SIGTERMException``
+    after the batch hooks, e.g. after a validation: a SIGTERM that arrived once this callback had
+    looked at the flag would end the run without the checkpoint. From the start of training SIGTERM
+    therefore only sets the flag (and is forwarded to a launcher's child processes, as Lightning
+    does); ``fit`` restores the previous handlers when it ends.
     """
 
     def __init__(self, flag: SignalFlag, path: Path) -> None:
         self.flag, self.path = flag, path
+        self.saved = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set in the main thread
+        launcher = trainer.strategy.launcher
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self.flag.signum is None and launcher is not None:
+                launcher.kill(signum)
+            self.flag(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.flag.signum is not None and not trainer.should_stop:
             trainer.save_checkpoint(self.path, weights_only=False)  # full state: resumable
+            self.saved = True
             trainer.should_stop = True
 
 
@@ -60,7 +82,8 @@ class DeepSets(Algorithm):
         module = self.module_class(spec.env_cfg, spec.n, spec.k, spec.algo, spec.eval, spec.seed)
         with logging_to(cfg) as tb:
             callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-            callbacks += [StopOnSignal(flag, out / LAST_CKPT), *ctx.extra_callbacks]
+            stop = StopOnSignal(flag, out / LAST_CKPT)
+            callbacks += [stop, *ctx.extra_callbacks]
             trainer = instantiate(cfg.trainer, logger=tb if tb is not None else False, callbacks=callbacks,
                                   **slurm.trainer_kwargs())  # Slurm: no Lightning auto-requeue
             t0 = time.perf_counter()
@@ -68,6 +91,9 @@ class DeepSets(Algorithm):
                 trainer.fit(module, ckpt_path=spec.ckpt_path, weights_only=True)  # no code from the file runs
             except SIGTERMException:  # Lightning's own SIGTERM exit (status 0): ours, with the checkpoint, follows
                 pass
+            if flag.signum is not None and not stop.saved:  # after the last step: the final state is the checkpoint
+                module.to(spec.device)
+                trainer.save_checkpoint(out / LAST_CKPT, weights_only=False)
             flag.check(f"checkpoint {out / LAST_CKPT}; resume with ckpt_path={out}")
             wall = time.perf_counter() - t0
             module.to(spec.device)  # Lightning's teardown moved it to the CPU; evaluate where the simulator runs
