@@ -54,7 +54,6 @@ def _peak_growth(kind: str, n: int, k: int) -> int:
     return min(_one_peak_growth(kind, n, k) for _ in range(REPEATS))
 
 
-
 def _one_peak_growth(kind: str, n: int, k: int) -> int:
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, kind, str(n), str(k)], cwd=ROOT, capture_output=True, text=True, timeout=300
