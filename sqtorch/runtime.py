@@ -75,6 +75,23 @@ def no_deterministic_fill() -> Iterator[None]:
         flags.fill_uninitialized_memory = before
 
 
+@contextmanager
+def no_autograd_dispatch() -> Iterator[None]:
+    """Run the block's ops below autograd's dispatch layer: the same kernels and values, less overhead per op.
+
+    What ``torch.inference_mode`` does inside (``torch._C._AutoDispatchBelowADInplaceOrView``),
+    without marking the tensors it makes as inference tensors, so they can be used in a graph later.
+    Nothing inside records a graph, and in-place ops inside do not bump version counters: use it
+    only for a block whose results no gradient flows through and which modifies in place only
+    tensors it made itself (sampling a batch, a target without gradients). Outside that rule,
+    version-keyed caches (:meth:`sqtorch.neural.deepsets.DeepSetsQ.frozen`) and autograd's own checks
+    would miss a change. A torch without the guard runs the block under ``torch.no_grad()``.
+    """
+    guard = getattr(torch._C, "_AutoDispatchBelowADInplaceOrView", None)
+    with guard() if guard is not None else torch.no_grad():
+        yield
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Create ``path`` whole or not at all: ``write(f)`` into a temporary file beside it, fsync, rename.
 

@@ -51,6 +51,7 @@ from sqtorch.envs.simulator import (
     sample_subset,
     step,
 )
+from sqtorch.runtime import no_autograd_dispatch
 from sqtorch.tabular.counts import counts_of
 
 GENERATIVE_DISTS = ("uniform", "simplex", "visited")  # the env is queried at chosen states
@@ -250,8 +251,13 @@ class GenerativeSource(PooledSampler):
         return g_next, counts_of(x_next, env.L)
 
     def sample(self, B: int, policy: Policy | None = None) -> Batch:
-        """One batch; with ``visited`` and a ``policy`` the pool first moves one step."""
-        return self.generative_batch(self.env, B, policy)
+        """One batch; with ``visited`` and a ``policy`` the pool first moves one step.
+
+        Drawn below autograd's dispatch (:func:`sqtorch.runtime.no_autograd_dispatch`): no gradient
+        flows through a batch, and the draws modify in place only tensors they make.
+        """
+        with no_autograd_dispatch():
+            return self.generative_batch(self.env, B, policy)
 
     def successor_fields(self, s_g: Tensor, s_sub: Tensor, a_g: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(g_next, c_next, None)``: see :meth:`successors`."""

@@ -45,7 +45,7 @@ from sqtorch.neural.data import GenerativeSource, StepDataset
 from sqtorch.neural.deepsets import DeepSetsQ, count_vectors
 from sqtorch.neural.policy import DeepSetsPolicy
 from sqtorch.neural.sim_data import SimulatorSource
-from sqtorch.runtime import derive_seed, no_deterministic_fill
+from sqtorch.runtime import derive_seed, no_autograd_dispatch, no_deterministic_fill
 from sqtorch.tabular.counts import num_counts
 
 
@@ -196,6 +196,17 @@ class SubsampleQModule(pl.LightningModule):
 
     config_class: type = DeepSetsConfig
 
+    # set on every batch (Lightning's current hook name, around each of its ~10 hook calls per step, and the
+    # sample counter): plain values that are never a parameter, buffer or submodule, so they skip
+    # nn.Module.__setattr__'s registration checks
+    _PLAIN_ATTRS = frozenset({"_current_fx_name", "samples"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in SubsampleQModule._PLAIN_ATTRS:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def learning_env(self, task: Any) -> Any:
         """The env the network and the sampler see: ``task`` itself (a subclass may transform it)."""
         return task
@@ -305,7 +316,8 @@ class SubsampleQModule(pl.LightningModule):
         b = self.source.sample(batch_size, policy)
         q = self.net.q_states(b.s_g, b.s_sub, table)
         pred = q.gather(1, b.a_g[:, None])[:, 0]
-        target = self.td_target(b.r, b.g_next, b.c_next, b.x_next)
+        with no_autograd_dispatch():  # no gradient flows through the target (sqtorch.runtime)
+            target = self.td_target(b.r, b.g_next, b.c_next, b.x_next)
         loss = self._loss(pred, target)
         self.samples += batch_size
         return loss, q, target

@@ -288,6 +288,49 @@ def test_step_without_the_deterministic_fill_trains_the_same_net(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_batch_and_target_below_autograd_dispatch_train_the_same_net(monkeypatch):
+    """The batch (GenerativeSource.sample) and the TD target are computed below autograd's dispatch
+    (runtime.no_autograd_dispatch); under plain ``torch.no_grad`` instead the same weights come out
+    bit for bit, and the guard is entered twice per step."""
+    from contextlib import contextmanager
+
+    from sqtorch.neural import data as data_mod
+    from sqtorch.neural import module as module_mod
+    from sqtorch.runtime import no_autograd_dispatch
+
+    entered = []
+
+    @contextmanager
+    def counted():
+        entered.append(1)
+        with no_autograd_dispatch():
+            yield
+
+    for mod in (data_mod, module_mod):
+        monkeypatch.setattr(mod, "no_autograd_dispatch", counted)
+    guarded, _ = _fit(9, [])
+    assert len(entered) == 2 * 9
+    for mod in (data_mod, module_mod):
+        monkeypatch.setattr(mod, "no_autograd_dispatch", torch.no_grad)
+    plain, _ = _fit(9, [])
+    for a, b in zip(guarded.net.state_dict().values(), plain.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert guarded.source.state_dict()["gen"].equal(plain.source.state_dict()["gen"])
+
+
+def test_plain_attributes_skip_module_registration_but_are_set():
+    """Lightning sets ``_current_fx_name`` around every hook, the step ``samples``: the module's fast
+    path stores them as nn.Module would (plain attributes, nothing registered); others take nn.Module's path."""
+    module = SubsampleQModule({"_target_": "sqtorch.envs.queue"}, n=6, k=3, algo={"max_steps": 1},
+                              eval={"reference": "none"})
+    module._current_fx_name = "training_step"
+    module.samples = 7
+    assert (module._current_fx_name, module.samples) == ("training_step", 7)
+    assert vars(module)["samples"] == 7 and "samples" not in module.state_dict()
+    module.extra = torch.nn.Linear(2, 2)  # not on the fast path: registered as a submodule
+    assert "extra" in module._modules and "extra.weight" in module.state_dict()
+
+
 def test_validation_metrics_are_the_same_without_the_deterministic_fill():
     """validation_step evaluates under runtime.no_deterministic_fill: the same metrics as with the fill."""
     from sqtorch.runtime import no_deterministic_fill
