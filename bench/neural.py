@@ -23,7 +23,8 @@ every repeat), with the same settings (``--threads``, default 1; queue, k = 4, n
 ``--big-batch`` (4096), each timed inside one ``Trainer.fit`` after ``--warmup`` steps, and the
 training wall (``train/wall_seconds``: ``Trainer.fit`` with its validations and checkpoints) of
 the main job ``python train.py threads=1 algo.max_steps=--main-steps`` run in the tree's own
-directory. It prints one table of medians over ``--repeats`` with new/old ratios, for the steps
+directory (without its progress bar; ``--main-bar`` adds a row with the bar on, as a user runs it,
+its output discarded). It prints one table of medians over ``--repeats`` with new/old ratios, for the steps
 also in CPU time per step (``time.process_time``: less sensitive to other processes on the cores).
 """
 
@@ -147,7 +148,7 @@ def child_main(argv: list[str]) -> None:
     if kind == "main":  # the main job, run as a user would, in the tree's own directory
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "train.py", f"threads={opts['threads']}", f"algo.max_steps={opts['steps']}",
-                   f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"]
+                   f"hydra.run.dir={out}"] + ([] if opts.get("bar") else ["trainer.enable_progress_bar=false"])
             subprocess.run(cmd, cwd=tree, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             metrics = json.loads((Path(out) / "metrics.json").read_text())
         print(json.dumps({"wall": metrics["train/wall_seconds"], "return": metrics.get("eval/return")}))
@@ -214,6 +215,9 @@ def compare(args: argparse.Namespace) -> None:
                            "warmup": max(args.warmup // 4, 3)}))
         if args.main_steps:
             cases.append((f"main job training wall s ({args.main_steps} steps)", "main", {"steps": args.main_steps}))
+        if args.main_steps and args.main_bar:
+            cases.append((f"main job training wall s ({args.main_steps} steps), progress bar on", "main",
+                          {"steps": args.main_steps, "bar": True}))
         results: dict[tuple[str, str], list[float]] = {}
         for rep in range(args.repeats):
             for label, kind, opts in cases:
@@ -270,6 +274,8 @@ def main() -> None:
     p.add_argument("--big-batch", type=int, default=4096, help="--baseline: the large batch (items/s; 0: skip)")
     p.add_argument("--warmup", type=int, default=20, help="--baseline: untimed steps before timing")
     p.add_argument("--main-steps", type=int, default=5000, help="--baseline: main job steps (0: skip it)")
+    p.add_argument("--main-bar", action="store_true",
+                   help="--baseline: also time the main job with its progress bar, as `python train.py` shows it")
     p.add_argument("--ks", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--n", type=int, default=64, help="agents of the n-agent system (>= max k)")
     p.add_argument("--envs", nargs="+", default=list(ENVS))

@@ -44,6 +44,7 @@ from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.neural.data import GenerativeSource, StepDataset
 from sqtorch.neural.deepsets import DeepSetsQ, count_vectors
 from sqtorch.neural.policy import DeepSetsPolicy
+from sqtorch.neural.progress import StepProgressBar
 from sqtorch.neural.sim_data import SimulatorSource
 from sqtorch.runtime import derive_seed, no_autograd_dispatch, no_deterministic_fill
 from sqtorch.tabular.counts import num_counts
@@ -376,7 +377,8 @@ class SubsampleQModule(pl.LightningModule):
         """Write the ``train/*`` and ``charts/*`` scalars at this step (one host read).
 
         They go to the Trainer's loggers directly (``self.log`` costs milliseconds per call); the
-        TD loss also goes to the progress bar when there is one.
+        TD loss also goes to the progress bar when there is one: into ``bar_metrics`` for a
+        :class:`~sqtorch.neural.progress.StepProgressBar`, through ``self.log`` for any other bar.
         """
         now = time.perf_counter()
         stats = torch.stack([loss.detach(), q.detach().mean(), target.detach().mean()]).tolist()
@@ -389,7 +391,10 @@ class SubsampleQModule(pl.LightningModule):
         self._last_log = (now, self.samples)
         for logger in self.loggers:
             logger.log_metrics(values, step=self.global_step)
-        if self._trainer is not None and self._trainer.progress_bar_callback is not None:
+        bar = self._trainer.progress_bar_callback if self._trainer is not None else None
+        if isinstance(bar, StepProgressBar):  # read by the bar when it refreshes (sqtorch/neural/progress.py)
+            self.bar_metrics = {M.TRAIN_TD_LOSS: values[M.TRAIN_TD_LOSS]}
+        elif bar is not None:  # another progress bar reads Lightning's progress-bar metrics
             self.log(M.TRAIN_TD_LOSS, values[M.TRAIN_TD_LOSS], prog_bar=True, logger=False)
 
     def update_target(self) -> bool:

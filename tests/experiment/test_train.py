@@ -246,3 +246,17 @@ def test_default_deepsets_run_is_bitwise_reproducible_with_two_threads(make_cfg,
         run(make_cfg(*common, out=tmp_path / name))
         states.append(torch.load(tmp_path / name / "checkpoints/final.ckpt", weights_only=True)["state_dict"])
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+def test_progress_bar_refreshes_on_logging_steps_unless_the_run_brings_its_own() -> None:
+    """algo=deepsets adds a StepProgressBar refreshed every log_every_n_steps; none when the Trainer shows
+    no bar (Lightning refuses a bar callback then) or when the callbacks already hold a bar."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from sqtorch.experiment.algos.deepsets import progress_bar
+    from sqtorch.neural.progress import StepProgressBar
+
+    (bar,) = progress_bar(OmegaConf.create({"enable_progress_bar": True, "log_every_n_steps": 25}), [])
+    assert isinstance(bar, StepProgressBar) and bar.refresh_rate == 25
+    assert progress_bar(OmegaConf.create({"enable_progress_bar": False, "log_every_n_steps": 25}), []) == []
+    assert progress_bar(OmegaConf.create({"log_every_n_steps": 25}), [TQDMProgressBar()]) == []

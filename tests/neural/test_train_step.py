@@ -331,6 +331,34 @@ def test_plain_attributes_skip_module_registration_but_are_set():
     assert "extra" in module._modules and "extra.weight" in module.state_dict()
 
 
+@pytest.mark.parametrize("ours", [True, False])
+def test_td_loss_reaches_the_progress_bar(ours, capsys):
+    """With a StepProgressBar the module hands the bar its TD loss in ``bar_metrics`` (no ``self.log``, so
+    Lightning's progress-bar metrics stay empty); any other bar gets it through ``self.log``. Either
+    way the bar shows the loss of the last logging step."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from sqtorch.neural.progress import StepProgressBar
+
+    bar = StepProgressBar(refresh_rate=5) if ours else TQDMProgressBar(refresh_rate=5)
+    module = SubsampleQModule({"_target_": "sqtorch.envs.queue"}, n=6, k=3,
+                              algo={"batch_size": 16, "max_steps": 10}, eval={"reference": "none"})
+    logged = []
+
+    class Loss(pl.loggers.logger.DummyLogger):
+        def log_metrics(self, metrics, step=None) -> None:
+            logged.append(metrics["train/td_loss"])
+
+    trainer = pl.Trainer(accelerator="cpu", max_steps=10, logger=Loss(), enable_checkpointing=False,
+                         enable_model_summary=False, limit_val_batches=0, log_every_n_steps=5, callbacks=[bar])
+    trainer.fit(module)
+    assert len(logged) == 2
+    assert ("train/td_loss" in trainer.progress_bar_metrics) is not ours
+    assert bar.get_metrics(trainer, module)["train/td_loss"] == pytest.approx(logged[-1])
+    shown = capsys.readouterr()
+    assert "train/td_loss=" in shown.out + shown.err
+
+
 def test_validation_metrics_are_the_same_without_the_deterministic_fill():
     """validation_step evaluates under runtime.no_deterministic_fill: the same metrics as with the fill."""
     from sqtorch.runtime import no_deterministic_fill

@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sqtorch import metrics as M
@@ -27,6 +28,7 @@ from sqtorch.neural.config import DeepSetsConfig
 from sqtorch.neural.deepsets import num_parameters
 from sqtorch.neural.module import SubsampleQModule
 from sqtorch.neural.policy import DeepSetsPolicy
+from sqtorch.neural.progress import StepProgressBar
 from sqtorch.neural.sim_data import check_state_dist
 from sqtorch.runtime import SignalFlag
 
@@ -67,6 +69,18 @@ class StopOnSignal(pl.Callback):
             trainer.should_stop = True
 
 
+def progress_bar(trainer_cfg: Any, callbacks: list) -> list[pl.Callback]:
+    """``[StepProgressBar]`` refreshed every ``trainer.log_every_n_steps`` steps, when the Trainer shows a bar
+    and ``callbacks`` bring none of their own (else ``[]``).
+
+    The bar's TD loss changes on logging steps only; Lightning's default bar, refreshed on every step
+    and fed through ``self.log``, cost ~140 us per step (bench/RESULTS.md, run L).
+    """
+    if not trainer_cfg.get("enable_progress_bar", True) or any(isinstance(c, ProgressBar) for c in callbacks):
+        return []
+    return [StepProgressBar(refresh_rate=max(int(trainer_cfg.get("log_every_n_steps") or 1), 1))]
+
+
 class DeepSets(Algorithm):
     name = "deepsets"
     config = DeepSetsConfig
@@ -83,7 +97,7 @@ class DeepSets(Algorithm):
         with logging_to(cfg) as tb:
             callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
             stop = StopOnSignal(flag, out / LAST_CKPT)
-            callbacks += [stop, *ctx.extra_callbacks]
+            callbacks += [stop, *ctx.extra_callbacks, *progress_bar(cfg.trainer, callbacks)]
             trainer = instantiate(cfg.trainer, logger=tb if tb is not None else False, callbacks=callbacks,
                                   **slurm.trainer_kwargs())  # Slurm: no Lightning auto-requeue
             t0 = time.perf_counter()
