@@ -74,7 +74,7 @@ def progress_bar(trainer_cfg: Any, callbacks: list) -> list[pl.Callback]:
     and ``callbacks`` bring none of their own (else ``[]``).
 
     The bar's TD loss changes on logging steps only; Lightning's default bar, refreshed on every step
-    and fed through ``self.log``, cost ~140 us per step (bench/RESULTS.md, run L).
+    and fed through ``self.log``, adds a large share of a fast CPU step (bench/RESULTS.md, run L).
     """
     if not trainer_cfg.get("enable_progress_bar", True) or any(isinstance(c, ProgressBar) for c in callbacks):
         return []
