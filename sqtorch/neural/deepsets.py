@@ -230,7 +230,8 @@ class DeepSetsQ(nn.Module):
         For a network that is not trained between calls (the target network between syncs): the
         result is kept with a key of every parameter's device, storage and in-place version counter,
         so any change of the weights (a sync's copy, a Polyak step, ``load_state_dict``, a device
-        move) recomputes it. Kept in a plain attribute: not a buffer, not in the state dict.
+        move) recomputes it. Not for a network being trained: a fused or multi-tensor optimizer step
+        changes no version counter. Kept in a plain attribute: not a buffer, not in the state dict.
         """
         key = tuple((p.device, p.data_ptr(), p._version) for p in self.parameters())
         cache = self.__dict__.setdefault("_frozen", {})

@@ -103,7 +103,7 @@ class MFQModule(SubsampleQModule):
         v_next = V[g_next.reshape(-1), rank(c_next.reshape(B * m, -1))].reshape(B, m).mean(1)
         return r.to(v_next.dtype) + self.env.gamma * v_next
 
-    def evaluate(self) -> dict[str, float]:
+    def eval_metrics(self) -> dict[str, float]:
         """``eval/*`` of Algorithm 2 with the network's greedy tables on the n-agent system (exact gap if tractable)."""
         task = self.task.to(self._run_device())
         policy = mfq_policy_of(self.net, int(self.hparams.k), task.L, task.Al, self.algo.tie_tol)

@@ -434,8 +434,30 @@ class SubsampleQModule(pl.LightningModule):
             self.reference = build_reference(env, self.hparams.n, self.hparams.k, self.eval_cfg)
         return self.reference
 
-    def evaluate(self) -> dict[str, float]:
-        """``eval/*`` metrics of the current greedy subsampled policy on the n-agent system."""
+    def evaluate(self, reuse: bool = True) -> dict[str, float]:
+        """``eval/*`` metrics of the current greedy subsampled policy on the n-agent system (:meth:`eval_metrics`).
+
+        They are a function of the weights alone (fixed evaluation seeds: common random numbers), the
+        run's device and ``eval_cfg``. With ``reuse`` the last metrics are kept with a copy of the
+        weights and returned again while the weights are equal to it (compared by value: an optimizer
+        step changes no version counter) under the same device and ``eval_cfg``. So the evaluation
+        after ``fit`` reuses the last validation's when no step came between them. ``reuse=False``
+        recomputes.
+        """
+        if not reuse:
+            return self.eval_metrics()
+        key, weights = (repr(self.eval_cfg), str(self._run_device())), [p.detach() for p in self.net.parameters()]
+        kept = self.__dict__.get("_kept_eval")
+        if kept is not None and kept[0] == key and len(kept[1]) == len(weights) and all(
+            a.device == b.device and torch.equal(a, b) for a, b in zip(kept[1], weights, strict=True)
+        ):
+            return dict(kept[2])
+        metrics = self.eval_metrics()
+        self._kept_eval = (key, [w.clone() for w in weights], metrics)
+        return dict(metrics)
+
+    def eval_metrics(self) -> dict[str, float]:
+        """The metrics of :meth:`evaluate`, computed (:func:`~sqtorch.evaluation.reference.validation_metrics`)."""
         env = self.env.to(self._run_device())
         policy = DeepSetsPolicy(self.net, self.hparams.k)
         return validation_metrics(env, policy, self.hparams.n, self.ensure_reference(), self.eval_cfg)

@@ -4,6 +4,7 @@ reads nothing on the host outside logging steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import lightning.pytorch as pl
@@ -368,12 +369,48 @@ def test_validation_metrics_are_the_same_without_the_deterministic_fill():
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        filled = module.evaluate()
+        filled = module.evaluate(reuse=False)
         with no_deterministic_fill():
-            skipped = module.evaluate()
+            skipped = module.evaluate(reuse=False)
     finally:
         torch.use_deterministic_algorithms(before)
     assert "eval/gap" in filled and filled == skipped
+
+
+def test_evaluation_after_fit_reuses_the_last_validation_and_follows_the_weights(monkeypatch):
+    """Validations at steps 2 and 4 of a 4-step fit: the evaluation after fit (same weights) is the step-4
+    validation's, not recomputed, and equal to a fresh computation; a weight change or another eval
+    config computes again."""
+    from sqtorch.neural import module as module_mod
+
+    calls = []
+    compute = module_mod.validation_metrics
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(module_mod, "validation_metrics", counted)
+    module = SubsampleQModule({"_target_": "sqtorch.envs.queue"}, n=6, k=3, algo={"batch_size": 16, "max_steps": 4},
+                              eval={"every": 2, "num_initial": 4, "rollouts": 4})
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, val_check_interval=2,
+                         limit_val_batches=1, num_sanity_val_steps=0, deterministic=True)
+    trainer.fit(module)
+    assert len(calls) == 2
+    after = module.evaluate()
+    assert len(calls) == 2 and "eval/gap" in after
+    after["eval/extra"] = 1.0  # the caller's copy: the kept metrics do not change
+    assert "eval/extra" not in module.evaluate()
+    assert module.evaluate(reuse=False) == {k: v for k, v in after.items() if k != "eval/extra"}
+    assert len(calls) == 3
+    with torch.no_grad():
+        module.net.rho[-1].bias.add_(1.0)
+    module.evaluate()
+    assert len(calls) == 4
+    module.eval_cfg = dataclasses.replace(module.eval_cfg, rollouts=2)
+    module.evaluate()
+    assert len(calls) == 5
 
 
 def test_frozen_hidden_table_follows_every_weight_change():
