@@ -224,21 +224,30 @@ class DeepSetsQ(nn.Module):
             return torch.cat([T, E])
         return torch.cat([T.reshape(self.G, self.L, -1), E[:, None, :]], 1).reshape(self.G * (self.L + 1), -1)
 
-    def frozen(self, name: str, build: Callable[[], T]) -> T:
+    def frozen(self, name: str, build: Callable[[], T], by_value: bool = False) -> T:
         """``build()`` without autograd, computed once per set of weights and kept under ``name``.
 
         For a network that is not trained between calls (the target network between syncs): the
         result is kept with a key of every parameter's device, storage and in-place version counter,
         so any change of the weights (a sync's copy, a Polyak step, ``load_state_dict``, a device
-        move) recomputes it. Not for a network being trained: a fused or multi-tensor optimizer step
-        changes no version counter. Kept in a plain attribute: not a buffer, not in the state dict.
+        move) recomputes it. A fused or multi-tensor optimizer step changes no version counter: for a
+        network being trained, ``by_value`` keeps a copy of the weights with the result instead and
+        compares the weights with it by value (one copy per build, one comparison per call). Kept in
+        a plain attribute: not a buffer, not in the state dict.
         """
-        key = tuple((p.device, p.data_ptr(), p._version) for p in self.parameters())
+        params = list(self.parameters())
         cache = self.__dict__.setdefault("_frozen", {})
         hit = cache.get(name)
-        if hit is None or hit[0] != key:
+        if by_value:
+            fresh = hit is not None and len(hit[0]) == len(params) and all(
+                a.device == p.device and torch.equal(a, p) for a, p in zip(hit[0], params, strict=True)
+            )
+        else:
+            key = tuple((p.device, p.data_ptr(), p._version) for p in params)
+            fresh = hit is not None and hit[0] == key
+        if not fresh:
             with torch.no_grad():
-                hit = (key, build())
+                hit = ([p.detach().clone() for p in params] if by_value else key, build())
             cache[name] = hit
         return hit[1]
 

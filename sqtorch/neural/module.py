@@ -438,23 +438,15 @@ class SubsampleQModule(pl.LightningModule):
         """``eval/*`` metrics of the current greedy subsampled policy on the n-agent system (:meth:`eval_metrics`).
 
         They are a function of the weights alone (fixed evaluation seeds: common random numbers), the
-        run's device and ``eval_cfg``. With ``reuse`` the last metrics are kept with a copy of the
-        weights and returned again while the weights are equal to it (compared by value: an optimizer
-        step changes no version counter) under the same device and ``eval_cfg``. So the evaluation
-        after ``fit`` reuses the last validation's when no step came between them. ``reuse=False``
-        recomputes.
+        run's device and ``eval_cfg``. With ``reuse`` they are kept per device and ``eval_cfg`` with a
+        copy of the weights (:meth:`DeepSetsQ.frozen` by value: an optimizer step changes no version
+        counter) and returned again while the weights are equal to it. So the evaluation after ``fit``
+        reuses the last validation's when no step came between them. ``reuse=False`` recomputes.
         """
         if not reuse:
             return self.eval_metrics()
-        key, weights = (repr(self.eval_cfg), str(self._run_device())), [p.detach() for p in self.net.parameters()]
-        kept = self.__dict__.get("_kept_eval")
-        if kept is not None and kept[0] == key and len(kept[1]) == len(weights) and all(
-            a.device == b.device and torch.equal(a, b) for a, b in zip(kept[1], weights, strict=True)
-        ):
-            return dict(kept[2])
-        metrics = self.eval_metrics()
-        self._kept_eval = (key, [w.clone() for w in weights], metrics)
-        return dict(metrics)
+        name = f"eval_metrics {self.eval_cfg!r} {self._run_device()}"
+        return dict(self.net.frozen(name, self.eval_metrics, by_value=True))  # a copy: callers add keys
 
     def eval_metrics(self) -> dict[str, float]:
         """The metrics of :meth:`evaluate`, computed (:func:`~sqtorch.evaluation.reference.validation_metrics`)."""

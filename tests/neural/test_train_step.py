@@ -429,6 +429,20 @@ def test_frozen_hidden_table_follows_every_weight_change():
     assert target.frozen_hidden_table().dtype == torch.float64
 
 
+def test_frozen_by_value_follows_an_optimizer_step():
+    """A fused Adam step changes the weights but (torch 2.13) no version counter, which the default key
+    reads: the by-value cache (for a network being trained) recomputes; unchanged weights reuse it."""
+    torch.manual_seed(0)
+    net = DeepSetsQ(4, 5, 3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)
+    by_value = net.frozen("value", net.hidden_table, by_value=True)
+    assert net.frozen("value", net.hidden_table, by_value=True) is by_value  # unchanged weights
+    net.hidden_table().sum().backward()
+    adam_step(opt)  # the first step (Adam.step) creates the state
+    fresh = net.frozen("value", net.hidden_table, by_value=True)
+    assert not torch.equal(fresh, by_value) and torch.equal(fresh, net.hidden_table().detach())
+
+
 def _floyd_reference(n: int, k: int, batch: int, gen: torch.Generator) -> torch.Tensor:
     """Floyd's algorithm as written before the column version: k draws, the same values."""
     out = torch.empty(batch, k, dtype=torch.int64)
