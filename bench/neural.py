@@ -24,13 +24,16 @@ every repeat), with the same settings (``--threads``, default 1; queue, k = 4, n
 training wall (``train/wall_seconds``: ``Trainer.fit`` with its validations and checkpoints) of
 the main job ``python train.py threads=1 algo.max_steps=--main-steps`` run in the tree's own
 directory (without its progress bar; ``--main-bar`` adds a row with the bar on, as a user runs it,
-its output discarded). It prints one table of medians over ``--repeats`` with new/old ratios, for the steps
-also in CPU time per step (``time.process_time``: less sensitive to other processes on the cores).
+its output discarded; ``--main-split`` adds rows that run it inside the measuring process and split
+its wall into the validations and the rest). It prints one table of medians over ``--repeats`` with
+new/old ratios, for the steps also in CPU time per step (``time.process_time``: less sensitive to
+other processes on the cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -145,6 +148,9 @@ def child_main(argv: list[str]) -> None:
     tree, kind = Path(argv[0]), argv[1]
     opts = json.loads(argv[2])
     torch.set_num_threads(opts["threads"])
+    if kind == "split":  # the main job in this process, its validations timed apart
+        print(json.dumps(main_job_split(tree, opts)))
+        return
     if kind == "main":  # the main job, run as a user would, in the tree's own directory
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "train.py", f"threads={opts['threads']}", f"algo.max_steps={opts['steps']}",
@@ -185,6 +191,47 @@ def child_main(argv: list[str]) -> None:
     print(json.dumps({"ms": dt * 1e3, "items_per_s": batch / dt, "cpu_ms": cpu * 1e3}))
 
 
+# --main-split: the parts of the main job's train/wall_seconds (rows of the table)
+SPLIT_PARTS = {"wall": "in one process", "validations": "its validations (with the exact reference)",
+               "rest": "the rest (steps, Lightning's loop, checkpoints)"}
+
+
+def main_job_split(tree: Path, opts: dict) -> dict:
+    """The main job (as ``kind == "main"``, without its bar) run in this process with ``TREE``'s sqtorch, its
+    ``train/wall_seconds`` split into the validations (``validation_step``: the exact reference, built
+    in the first one, Monte Carlo and exact policy evaluation) and the rest (the steps, Lightning's loop,
+    checkpoints). The split is comparable across trees that moved work between ``training_step`` and
+    Lightning (the old module left backward and Adam to Lightning's automatic optimization)."""
+    import runpy
+
+    sys.path.insert(0, str(tree))
+    os.chdir(tree)
+    from sqtorch.neural.module import SubsampleQModule
+
+    spent = [0.0]
+    validation_step = SubsampleQModule.validation_step
+
+    def timed(self: SubsampleQModule, *args: object, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return validation_step(self, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    SubsampleQModule.validation_step = timed  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory() as out:
+        sys.argv = ["train.py", f"threads={opts['threads']}", f"algo.max_steps={opts['steps']}", f"hydra.run.dir={out}",
+                    "trainer.enable_progress_bar=false"]
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+            try:
+                runpy.run_path("train.py", run_name="__main__")
+            except SystemExit as e:  # Hydra's exit after a run
+                if e.code not in (0, None):
+                    raise
+        wall = json.loads((Path(out) / "metrics.json").read_text())["train/wall_seconds"]
+    return {"wall": wall, "validations": spent[0], "rest": wall - spent[0]}
+
+
 def run_child(tree: Path, kind: str, opts: dict) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree), kind, json.dumps(opts)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -215,6 +262,8 @@ def compare(args: argparse.Namespace) -> None:
                            "warmup": max(args.warmup // 4, 3)}))
         if args.main_steps:
             cases.append((f"main job training wall s ({args.main_steps} steps)", "main", {"steps": args.main_steps}))
+        if args.main_steps and args.main_split:  # one run of the main job gives both rows
+            cases.append((f"main job training wall s ({args.main_steps} steps)", "split", {"steps": args.main_steps}))
         if args.main_steps and args.main_bar:
             cases.append((f"main job training wall s ({args.main_steps} steps), progress bar on", "main",
                           {"steps": args.main_steps, "bar": True}))
@@ -224,6 +273,11 @@ def compare(args: argparse.Namespace) -> None:
                 order = ("old", "new") if rep % 2 == 0 else ("new", "old")
                 for name in order:
                     r = run_child(trees[name], kind, {**opts, "threads": t})
+                    if kind == "split":
+                        for part, value in r.items():
+                            results.setdefault((f"{label}, {SPLIT_PARTS[part]}", name), []).append(value)
+                        print(f"  repeat {rep + 1}: {label} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+                        continue
                     if kind == "main":
                         value = r["wall"]
                     elif label.startswith("steps/s"):
@@ -241,12 +295,15 @@ def compare(args: argparse.Namespace) -> None:
     rows = ["| measure | old | new | speed-up (new vs old) | paired speed-up, median [min, max] "
             "| CPU ms/step old / new | speed-up in CPU time |",
             "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, kind, _ in cases:
+    rows_of = [(f"{label}, {what}", kind) if kind == "split" else (label, kind)
+               for label, kind, _ in cases for what in (SPLIT_PARTS.values() if kind == "split" else [None])]
+    for label, kind in rows_of:
         olds, news = results[(label, "old")], results[(label, "new")]
         o, n = statistics.median(olds), statistics.median(news)
-        ratio = o / n if kind == "main" else n / o  # a wall time: shorter is faster
+        wall = kind in ("main", "split")  # a wall time: shorter is faster
+        ratio = o / n if wall else n / o
         # each repeat runs old and new back to back: their ratio cancels load that drifts between repeats
-        pairs = [a / b if kind == "main" else b / a for a, b in zip(olds, news, strict=True)]
+        pairs = [a / b if wall else b / a for a, b in zip(olds, news, strict=True)]
         paired = f"{statistics.median(pairs):.2f}x [{min(pairs):.2f}, {max(pairs):.2f}]"
         cpu = ["-", "-"]
         if kind == "step":
@@ -274,6 +331,8 @@ def main() -> None:
     p.add_argument("--big-batch", type=int, default=4096, help="--baseline: the large batch (items/s; 0: skip)")
     p.add_argument("--warmup", type=int, default=20, help="--baseline: untimed steps before timing")
     p.add_argument("--main-steps", type=int, default=5000, help="--baseline: main job steps (0: skip it)")
+    p.add_argument("--main-split", action="store_true",
+                   help="--baseline: also time the main job's validations and the rest apart (two more rows)")
     p.add_argument("--main-bar", action="store_true",
                    help="--baseline: also time the main job with its progress bar, as `python train.py` shows it")
     p.add_argument("--ks", type=int, nargs="+", default=[4, 16, 64])
