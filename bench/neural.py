@@ -332,7 +332,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20, help="--baseline: untimed steps before timing")
     p.add_argument("--main-steps", type=int, default=5000, help="--baseline: main job steps (0: skip it)")
     p.add_argument("--main-split", action="store_true",
-                   help="--baseline: also time the main job's validations and the rest apart (two more rows)")
+                   help="--baseline: also run the main job in the measuring process, validations timed apart (3 rows)")
     p.add_argument("--main-bar", action="store_true",
                    help="--baseline: also time the main job with its progress bar, as `python train.py` shows it")
     p.add_argument("--ks", type=int, nargs="+", default=[4, 16, 64])
