@@ -153,8 +153,7 @@ def child_main(argv: list[str]) -> None:
         return
     if kind == "main":  # the main job, run as a user would, in the tree's own directory
         with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, "train.py", f"threads={opts['threads']}", f"algo.max_steps={opts['steps']}",
-                   f"hydra.run.dir={out}"] + ([] if opts.get("bar") else ["trainer.enable_progress_bar=false"])
+            cmd = [sys.executable, *main_job_argv(opts, out)]
             subprocess.run(cmd, cwd=tree, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             metrics = json.loads((Path(out) / "metrics.json").read_text())
         print(json.dumps({"wall": metrics["train/wall_seconds"], "return": metrics.get("eval/return")}))
@@ -191,6 +190,13 @@ def child_main(argv: list[str]) -> None:
     print(json.dumps({"ms": dt * 1e3, "items_per_s": batch / dt, "cpu_ms": cpu * 1e3}))
 
 
+def main_job_argv(opts: dict, out: str) -> list[str]:
+    """``train.py`` and its overrides for the main job of ``opts`` (threads, steps; its bar only with
+    ``opts["bar"]``), writing into the run dir ``out``."""
+    bar = [] if opts.get("bar") else ["trainer.enable_progress_bar=false"]
+    return ["train.py", f"threads={opts['threads']}", f"algo.max_steps={opts['steps']}", f"hydra.run.dir={out}", *bar]
+
+
 # --main-split: the parts of the main job's train/wall_seconds (rows of the table)
 SPLIT_PARTS = {"wall": "in one process", "validations": "its validations (with the exact reference)",
                "rest": "the rest (steps, Lightning's loop, checkpoints)"}
@@ -220,8 +226,7 @@ def main_job_split(tree: Path, opts: dict) -> dict:
 
     SubsampleQModule.validation_step = timed  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as out:
-        sys.argv = ["train.py", f"threads={opts['threads']}", f"algo.max_steps={opts['steps']}", f"hydra.run.dir={out}",
-                    "trainer.enable_progress_bar=false"]
+        sys.argv = main_job_argv(opts, out)
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
             try:
                 runpy.run_path("train.py", run_name="__main__")

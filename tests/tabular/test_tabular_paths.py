@@ -219,7 +219,10 @@ def mkl_code_path() -> str | None:
     return "avx512-amx" if "amx_tile" in flags else "avx512"
 
 
-@pytest.mark.skipif(mkl_code_path() is None, reason="digests recorded with MKL on Intel AVX-512 (with and without AMX)")
+MKL_CODE_PATH = mkl_code_path()
+
+
+@pytest.mark.skipif(MKL_CODE_PATH is None, reason="digests recorded with MKL on Intel AVX-512 (with and without AMX)")
 @pytest.mark.parametrize(
     "name,k,m,seed,dtype,T,avx512,avx512_amx",
     [
@@ -240,7 +243,7 @@ def test_blas_tables_are_pinned(
     """SHA-256 of the Q-table bytes of representative calls, one per path of the operator: any change
     to these bits is a numerical change, never a refactoring. One digest per MKL code path
     (:func:`mkl_code_path`): the same code gives other bits on an AMX-capable CPU."""
-    digest = {"avx512": avx512, "avx512-amx": avx512_amx}[mkl_code_path()]  # type: ignore[index]
+    digest = {"avx512": avx512, "avx512-amx": avx512_amx}[MKL_CODE_PATH]  # type: ignore[index]
     assert _learned_digest(name, k, m, seed, dtype, T) == digest
 
 
