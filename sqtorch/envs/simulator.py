@@ -6,8 +6,10 @@ on that device, so a seed fixes every rollout.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal, overload
 
 import torch
@@ -78,17 +80,40 @@ def sample_initial_state(
     return s_g, s_l
 
 
+FLOYD_ONE_DRAW_MAX = 1 << 28  # CPU randint(h) below this h is `u mod h` of one 32-bit draw u (tested)
+
+
+@lru_cache(maxsize=64)
+def _floyd_moduli(n: int, k: int, device: torch.device) -> tuple[int, Tensor] | None:
+    """``(lcm(n-k+1, .., n), [[n-k+1], .., [n]])`` for :func:`_floyd_subset`'s one draw, or ``None``
+    where the lcm reaches :data:`FLOYD_ONE_DRAW_MAX` (CPU ``randint`` draws otherwise there)."""
+    lcm = math.lcm(*range(n - k + 1, n + 1))
+    return (lcm, torch.arange(n - k + 1, n + 1, device=device)[:, None]) if lcm < FLOYD_ONE_DRAW_MAX else None
+
+
 def _floyd_subset(n: int, k: int, batch: int, generator: torch.Generator) -> Tensor:
     """Floyd's algorithm: for ``j = n-k .. n-1`` draw ``t ~ U{0..j}``, keep ``t`` (``j`` if taken).
 
     Exactly k uniform integers per row (independent of anything but ``(n, k, batch)``) and
     ``O(k^2)`` work per row instead of ``O(n)``; the resulting set is a uniform k-subset.
     The k columns are filled in place in a ``[k, batch]`` buffer (no stack); returns ``[batch, k]``.
+
+    On the CPU, ``randint(h)`` is ``u mod h`` of one 32-bit draw ``u`` per value, drawn in memory
+    order, for ``h <`` :data:`FLOYD_ONE_DRAW_MAX`. So while ``lcm(n-k+1, .., n)`` is below it, the k
+    columns come from one ``randint(lcm, (k, batch))`` reduced ``mod j + 1`` per column (``h | lcm``,
+    hence ``(u mod lcm) mod h = u mod h``): the same values and generator state as k separate draws,
+    in two ops (tested against the column-by-column draws).
     """
-    cols = torch.empty(k, batch, dtype=torch.int64, device=generator.device)
+    dev = generator.device
+    moduli = _floyd_moduli(n, k, dev) if dev.type == "cpu" else None
+    if moduli is not None:
+        cols = torch.randint(moduli[0], (k, batch), generator=generator, device=dev).remainder_(moduli[1])
+    else:
+        cols = torch.empty(k, batch, dtype=torch.int64, device=dev)
     for i, t in enumerate(cols.unbind(0)):  # positions in the subset (k of them), not agents
         j = n - k + i
-        torch.randint(j + 1, (batch,), generator=generator, device=generator.device, out=t)
+        if moduli is None:
+            torch.randint(j + 1, (batch,), generator=generator, device=dev, out=t)
         if i:
             t.masked_fill_((cols[:i] == t).any(0), j)
     return cols.T.contiguous()

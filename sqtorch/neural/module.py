@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 import time
 import warnings
 from dataclasses import asdict
@@ -93,6 +94,26 @@ def _fused_adam_lists(optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], .
     return params, grads, exp_avgs, exp_avg_sqs, steps
 
 
+def _shared_steps(optimizer: torch.optim.Optimizer, params: list[Tensor], steps: list[Tensor]) -> Tensor:
+    """One tensor ``[P]`` whose elements are Adam's per-parameter ``step`` counts (float32 scalars).
+
+    The first call copies the counts into it and puts its element views into Adam's state in their
+    place, so one ``add_`` on it advances every count (``_foreach_add_`` on the CPU is one ``add_``
+    per parameter). Later calls find the views still in the state and return it; where the state holds
+    other tensors (``load_state_dict`` replaced them) it is built again from them. The counts' values,
+    and so the update and a checkpoint's state, are the same.
+    """
+    cached: tuple[Tensor, list[Tensor]] | None = getattr(optimizer, "_sqtorch_steps", None)
+    if cached is not None and len(cached[1]) == len(steps) and all(map(operator.is_, cached[1], steps)):
+        return cached[0]
+    shared = torch.stack(steps)
+    steps[:] = shared.unbind()  # the caller's list (aligned with params) now holds the views too
+    for p, view in zip(params, steps, strict=True):
+        optimizer.state[p]["step"] = view
+    optimizer._sqtorch_steps = (shared, list(steps))  # type: ignore[attr-defined]
+    return shared
+
+
 def adam_step(optimizer: torch.optim.Optimizer) -> None:
     """``optimizer.step()``; for a fused Adam with one parameter group, its state and no step hooks,
     the step's own kernel calls made directly.
@@ -110,7 +131,7 @@ def adam_step(optimizer: torch.optim.Optimizer) -> None:
     params, grads, exp_avgs, exp_avg_sqs, steps = lists
     group = optimizer.param_groups[0]
     beta1, beta2 = group["betas"]
-    torch._foreach_add_(steps, 1)
+    _shared_steps(optimizer, params, steps).add_(1)  # every parameter's step count + 1, in one op
     torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],  # type: ignore[attr-defined]
                        beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"], eps=group["eps"],
                        maximize=False, grad_scale=None, found_inf=None)

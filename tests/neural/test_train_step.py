@@ -151,6 +151,36 @@ def test_adam_step_is_adams_step_bit_for_bit(weight_decay, monkeypatch):
             assert torch.equal(opt_a.state[x][name], opt_b.state[y][name])
 
 
+def test_adam_step_counts_survive_a_state_dict_round_trip(tmp_path):
+    """adam_step keeps the step counts as views of one tensor; a checkpoint of that state loads (weights only)
+    into a fresh optimizer, and both go on exactly as Adam.step() does."""
+    (pa, opt_a, _), (pb, opt_b, _) = _adam_pair(0.0)
+    gen = torch.Generator().manual_seed(2)
+
+    def both_step(opt_x, px, opt_y, py, step_x=adam_step):
+        for x, y in zip(px, py, strict=True):
+            x.grad = torch.randn(x.shape, generator=gen)
+            y.grad = x.grad.clone()
+        step_x(opt_x)
+        opt_y.step()
+
+    for _ in range(3):
+        both_step(opt_a, pa, opt_b, pb)
+    steps = [opt_a.state[p]["step"] for p in pa]
+    assert len({s.untyped_storage().data_ptr() for s in steps}) == 1  # one shared tensor
+    assert all(float(s) == 3.0 for s in steps)
+    torch.save(opt_a.state_dict(), tmp_path / "opt.pt")
+    opt_c = torch.optim.Adam(pa, lr=3e-3, betas=(0.8, 0.95), eps=1e-6, fused=True)
+    opt_c.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    for _ in range(3):
+        both_step(opt_c, pa, opt_b, pb)
+        for x, y in zip(pa, pb, strict=True):
+            assert torch.equal(x, y)
+    for x, y in zip(pa, pb, strict=True):
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_c.state[x][name], opt_b.state[y][name])
+
+
 def test_adam_step_takes_optimizer_step_where_it_must():
     """A step hook, a non-fused Adam or another optimizer go through optimizer.step() (hooks run)."""
     (pa, opt_a, _), _ = _adam_pair(0.0)
@@ -453,8 +483,12 @@ def _floyd_reference(n: int, k: int, batch: int, gen: torch.Generator) -> torch.
     return out
 
 
-@pytest.mark.parametrize(("n", "k"), [(10, 1), (10, 4), (64, 4), (64, 16), (7, 5)])
+@pytest.mark.parametrize(("n", "k"), [(10, 1), (10, 4), (64, 4), (64, 16), (7, 5), (600, 3), (2000, 3)])
 def test_floyd_subset_draws_are_unchanged(n, k):
+    """The one-draw path (lcm(n-k+1..n) < 2^28: all but (64, 16) and (2000, 3), lcm 4.0e9; (600, 3) has
+    lcm 1.07e8) gives the column-by-column draws' values and generator state."""
+    one_draw = math.lcm(*range(n - k + 1, n + 1)) < sim.FLOYD_ONE_DRAW_MAX
+    assert (sim._floyd_moduli(n, k, torch.device("cpu")) is not None) == one_draw
     gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     got = sim._floyd_subset(n, k, 500, gen_a)
     assert torch.equal(got, _floyd_reference(n, k, 500, gen_b))
