@@ -127,14 +127,16 @@ def count_kernel(env: GlobalLocalMDP, k: int, max_memory_gib: float = DEFAULT_MA
     return CountKernel(k, N, env.P_g, block_of.to(env.device), M)
 
 
-def _coalesce(key: Tensor, value: Tensor, key_range: int) -> tuple[Tensor, Tensor]:
-    """Sum values with equal keys; returns sorted unique keys and their sums."""
-    if key_range <= DENSE_COALESCE_MAX:  # a dense accumulator beats sorting when it is small
-        total = torch.zeros(key_range, dtype=value.dtype, device=key.device).index_add_(0, key, value)
-        key = torch.nonzero(total).squeeze(1)  # zero-probability outcomes are never stored
-        return key, total[key]
+def _coalesce(key: Tensor, value: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum values with equal keys ``key = row * cols + col``; returns the distinct ``(row, col)`` in key order
+    and their sums (the dense path drops zero sums: zero-probability outcomes are never stored)."""
+    if rows * cols <= DENSE_COALESCE_MAX:  # a dense accumulator beats sorting when it is small
+        total = torch.zeros(rows * cols, dtype=value.dtype, device=key.device).index_add_(0, key, value)
+        row, col = total.view(rows, cols).nonzero(as_tuple=True)  # both coordinates, no integer division
+        return row, col, total.index_select(0, row * cols + col)
     key, inverse = torch.unique(key, return_inverse=True)
-    return key, torch.zeros(len(key), dtype=value.dtype, device=key.device).index_add_(0, inverse, value)
+    total = torch.zeros(len(key), dtype=value.dtype, device=key.device).index_add_(0, inverse, value)
+    return key // cols, key % cols, total
 
 
 def _kernel_block(P: Tensor, X: Tensor, k: int, L: int, N: int) -> Tensor:
@@ -144,13 +146,13 @@ def _kernel_block(P: Tensor, X: Tensor, k: int, L: int, N: int) -> Tensor:
     part = torch.zeros(N, dtype=torch.int64, device=dev)  # rank of the partial next-count vector
     prob = torch.ones(N, dtype=P.dtype, device=dev)
     for i in range(k):  # agents of one count vector, not of the system
-        succ = _successor(i, L, dev)  # [N_i, L]
-        p = P[X[row, i]]  # [E, L]: where agent i of each entry may go
-        keep = p > 0
-        e, y = keep.nonzero(as_tuple=True)
+        succ = _successor(i, L, dev).reshape(-1)  # rank(d + e_y) at d * L + y
+        p = P.index_select(0, X[:, i].index_select(0, row))  # [E, L]: where agent i of each entry may go
+        e, y = (p > 0).nonzero(as_tuple=True)
         n_next = num_counts(i + 1, L)
-        key, prob = _coalesce(row[e] * n_next + succ[part[e], y], prob[e] * p[e, y], N * n_next)
-        row, part = key // n_next, key % n_next
+        key = row.index_select(0, e).mul_(n_next).add_(succ.index_select(0, part.index_select(0, e).mul_(L).add_(y)))
+        value = prob.index_select(0, e).mul_(p.view(-1).index_select(0, e.mul(L).add_(y)))  # prob[e] * p[e, y]
+        row, part, prob = _coalesce(key, value, N, n_next)
     crow = torch.zeros(N + 1, dtype=torch.int64, device=dev)
     crow[1:] = torch.bincount(row, minlength=N).cumsum(0)
     if dev.type == "cpu" and len(part) < 2**31:  # MKL's 32-bit indices: no index copy per product, same sums
