@@ -157,11 +157,11 @@ def test_adam_step_counts_survive_a_state_dict_round_trip(tmp_path):
     (pa, opt_a, _), (pb, opt_b, _) = _adam_pair(0.0)
     gen = torch.Generator().manual_seed(2)
 
-    def both_step(opt_x, px, opt_y, py, step_x=adam_step):
+    def both_step(opt_x, px, opt_y, py):
         for x, y in zip(px, py, strict=True):
             x.grad = torch.randn(x.shape, generator=gen)
             y.grad = x.grad.clone()
-        step_x(opt_x)
+        adam_step(opt_x)
         opt_y.step()
 
     for _ in range(3):
