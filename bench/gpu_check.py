@@ -1,4 +1,4 @@
-"""The GPU check of sqtorch: one prepared run of at most ~5 minutes on one CUDA GPU, one markdown table.
+"""The GPU check of sqtorch: one prepared run of at most ~9 minutes (its timeouts) on one CUDA GPU, one markdown table.
 
     bash bench/gpu_check.sh                         # on a CUDA machine (writes $OUT/gpu_check.md if OUT is set)
     python bench/gpu_check.py --device cpu --quick  # the same script on the CPU (a dry run of its code paths)
@@ -12,7 +12,8 @@ the tabular learner at k = 5..8 (time, sample-backups/s, ``table_memory_gib`` vs
 CPU); ``evaluate_mc`` at n = 10^6 and the CPU of the same machine at n = 10^5 (agent-steps/s); the
 host synchronizations per Monte Carlo step and per Bellman sweep (``torch.cuda.set_sync_debug_mode``);
 the DeepSets training step (issue 21): ms per step at batch 256, items/s up to batch 131,072, and
-the best against the same machine's CPU cores.
+the best against the same machine's CPU cores; whether ``torch.compile`` pays for its update
+(bench/compile.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUTS = {"tests": 120, "train": 75, "tabular": 60, "execution": 35, "syncs": 25, "neural": 90}
+TIMEOUTS = {"tests": 120, "train": 75, "tabular": 60, "execution": 35, "syncs": 25, "neural": 90, "compile": 150}
 
 
 def _sync(dev: torch.device) -> None:
@@ -180,7 +181,27 @@ def check_neural(dev: torch.device, quick: bool) -> None:
           f"| {best:,.0f} vs {cpu:,.0f} items/s: {best / cpu:.1f}x |", flush=True)
 
 
-CHECKS = {"tabular": check_tabular, "execution": check_execution, "syncs": check_syncs, "neural": check_neural}
+def check_compile(dev: torch.device, quick: bool) -> None:
+    """Does ``torch.compile`` pay for the DeepSets update on this device (bench/compile.py): the update
+    alone (eager, inductor default, on CUDA also ``reduce-overhead``: CUDA graphs) and the training step."""
+    import argparse
+
+    from bench.compile import measure, measure_step
+
+    args = argparse.Namespace(steps=10 if quick else 100, warmup=5 if quick else 20, repeats=2 if quick else 3)
+    for batch in (256,) if quick else (256, 4096):
+        for row in measure(batch, dev, args):  # | batch | arm | ms | items/s | vs eager | first step s | weights |
+            c = [x.strip() for x in row.strip("|").split("|")]
+            print(f"| torch.compile update, {dev.type}, batch {c[0]}, {c[1]} | {c[2]} ms, {c[3]} items/s, {c[4]} vs "
+                  f"eager; first step {c[5]} s; weights = eager's: {c[6]} |", flush=True)
+    for row in measure_step(256, dev, args):  # | batch | module | steps/s | vs eager |
+        c = [x.strip() for x in row.strip("|").split("|")]
+        print(f"| torch.compile in Trainer.fit, {dev.type}, batch {c[0]}, {c[1]} | {c[2]} steps/s, {c[3]} vs eager |",
+              flush=True)
+
+
+CHECKS = {"tabular": check_tabular, "execution": check_execution, "syncs": check_syncs, "neural": check_neural,
+          "compile": check_compile}
 
 
 def _run(name: str, cmd: list[str], timeout: int, logs: Path) -> list[str]:

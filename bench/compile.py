@@ -1,0 +1,251 @@
+"""Benchmark: does ``torch.compile`` pay for the DeepSets update? (issue 21: "capture the step where it pays")
+
+    python bench/compile.py                                   # CPU, 1 thread, batches 256, 1024, 4096
+    python bench/compile.py --device cuda --batches 256 4096 32768
+    python bench/compile.py --out FILE                        # also writes the table
+
+What is timed is the part of a training step that compilation could take over: everything after
+the batch is drawn. The sampling (``sqtorch.neural.data``) draws from explicit ``torch.Generator``
+streams, where ``torch.compile`` breaks the graph, and ``td_loss`` as a whole recompiles on the step
+counter of the target sync. The part is: ``Q`` from the count path with the step's first-layer table
+(``DeepSetsQ.hidden_table`` and ``forward_counts``), the chosen action's value, the scaled Huber loss
+(``SubsampleQModule._loss``), backward, global-norm clipping at 10 and the fused Adam step
+(``adam_step``). It runs on one fixed batch of the ``bench/neural.py`` setting: queue, n = 64, k = 4,
+m = 8, the ``visited`` pool, hidden width 64.
+
+Arms, each with its own copy of the same initial network and its own Adam:
+* eager, as training runs it;
+* ``torch.compile`` of the loss function (inductor, default mode; backward through AOTAutograd);
+* on CUDA also ``mode="reduce-overhead"`` (CUDA graphs).
+
+In the training step (``--step-batches``): ``Trainer.fit`` of the module as it is against a
+variant whose ``td_loss`` calls the same regression (table, ``Q``, loss) through ``torch.compile``;
+its pool policy then reads a table of its own, computed without autograd (one more small forward
+pass), since a compiled region's output table cannot also feed the eager sampling cheaply. Steps
+per second after ``--warmup`` steps (which include the compilation), alternating, medians.
+
+The arms alternate ``--repeats`` times (``--steps`` steps each); the table shows medians, the
+speed-up over eager, the seconds of the first step (the compilation; a second batch size may reuse
+a graph compiled with dynamic shapes) and whether the weights after all the steps equal eager's bit
+for bit (every arm makes the same steps on the same batch from the same weights; compiled kernels
+may round differently).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.neural import make_module, sync  # noqa: E402
+
+
+class Arm:
+    """One network, its Adam and its loss function (eager or compiled)."""
+
+    def __init__(self, name: str, net: torch.nn.Module, loss: Callable, compile_mode: str | None) -> None:
+        from sqtorch.neural.module import adam_step, clip_grad_norm
+
+        self.name, self.net = name, net
+        self.params = list(net.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=1e-3, fused=True)
+        self._adam, self._clip = adam_step, clip_grad_norm
+
+        def regression(s_g: torch.Tensor, c: torch.Tensor, a_g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            q = net.forward_counts(s_g, c, net.hidden_table())
+            return loss(q.gather(1, a_g[:, None])[:, 0], target)
+
+        if compile_mode == "eager":
+            self.fn = regression
+        else:
+            self.fn = torch.compile(regression, mode=None if compile_mode == "default" else compile_mode)
+
+    def step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        for p in self.params:
+            p.grad = None
+        loss = self.fn(*batch)
+        loss.backward()
+        self._clip(self.params, 10.0)
+        self._adam(self.opt)
+        return loss
+
+
+def measure(batch_size: int, device: torch.device, args: argparse.Namespace) -> list[str]:
+    """Table rows for one batch size (see the module docstring)."""
+    from sqtorch.neural.data import DataConfig, GenerativeSource
+    from sqtorch.tabular.counts import counts_of
+
+    ns = argparse.Namespace(m=8, batch_size=batch_size, hidden=64)
+    torch.manual_seed(0)  # the initial network
+    module = make_module("queue", 64, 4, ns, 10).to(device)
+    module.source = GenerativeSource(module.env.to(device), 64, 4, 8, DataConfig("visited"), seed=0)
+    b = module.source.sample(batch_size)  # the pool as initialised: one fixed batch
+    with torch.no_grad():
+        target = module.td_target(b.r, b.g_next, b.c_next, b.x_next)
+    batch = (b.s_g, counts_of(b.s_sub, module.net.L), b.a_g, target)
+    modes = ["eager", "default"] + (["reduce-overhead"] if device.type == "cuda" else [])
+    arms = [Arm(mode, copy.deepcopy(module.net), module._loss, mode) for mode in modes]
+    compile_s = {}
+    for arm in arms:  # the first step: the compilation
+        sync(device)
+        t0 = time.perf_counter()
+        arm.step(batch)
+        sync(device)
+        compile_s[arm.name] = time.perf_counter() - t0
+        for _ in range(args.warmup):
+            arm.step(batch)
+    times: dict[str, list[float]] = {arm.name: [] for arm in arms}
+    for r in range(args.repeats):
+        for arm in arms if r % 2 == 0 else arms[::-1]:  # alternate the order
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                arm.step(batch)
+            sync(device)
+            times[arm.name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    eager = statistics.median(times["eager"])
+    w_eager = torch.cat([p.detach().flatten() for p in arms[0].params])
+    rows = []
+    for arm in arms:  # every arm made the same steps on the same batch from the same weights
+        ms = statistics.median(times[arm.name])
+        diff = float((torch.cat([p.detach().flatten() for p in arm.params]) - w_eager).abs().max())
+        same = "-" if arm.name == "eager" else ("yes" if diff == 0 else f"no (max abs diff {diff:.2g})")
+        compiled = "-" if arm.name == "eager" else f"{compile_s[arm.name]:.1f}"
+        rows.append(f"| {batch_size} | {arm.name} | {ms:.3f} | {batch_size / ms * 1e3:,.0f} | "
+                    f"{eager / ms:.2f}x | {compiled} | {same} |")
+    return rows
+
+
+def compiled_module_class() -> type:
+    """``SubsampleQModule`` whose regression (first-layer table, Q, loss) runs under ``torch.compile``
+    (finite local states, mean or sum pooling; the ``visited`` pool's policy reads a no-grad table)."""
+    from sqtorch.neural.module import SubsampleQModule
+    from sqtorch.runtime import no_autograd_dispatch
+
+    class CompiledRegression(SubsampleQModule):
+        def td_loss(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            if not hasattr(self, "_compiled"):
+                self._compiled = torch.compile(self._regression)
+            self.update_target()
+            with torch.no_grad():
+                frozen = self.net.hidden_table()
+
+            def policy(s_g: torch.Tensor, s_sub: torch.Tensor) -> torch.Tensor:
+                return self.net.q_states(s_g, s_sub, frozen).argmax(-1)
+
+            b = self.source.sample(self.algo.batch_size, policy)
+            with no_autograd_dispatch():
+                target = self.td_target(b.r, b.g_next, b.c_next, b.x_next)
+            loss, q = self._compiled(b.s_g, b.s_sub, b.a_g, target)
+            self.samples += self.algo.batch_size
+            return loss, q, target
+
+        def _regression(self, s_g: torch.Tensor, s_sub: torch.Tensor, a_g: torch.Tensor,
+                        target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            q = self.net.q_states(s_g, s_sub, self.net.hidden_table())
+            return self._loss(q.gather(1, a_g[:, None])[:, 0], target), q
+
+    return CompiledRegression
+
+
+def fit_steps_per_s(module_class: type, batch_size: int, device: torch.device, args: argparse.Namespace) -> float:
+    """Steps/s of ``Trainer.fit`` (bench/neural.py's setting) after ``args.warmup`` steps."""
+    import lightning.pytorch as pl
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.t: dict[int, float] = {}
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *rest: object) -> None:
+            sync(device)
+            self.t[trainer.global_step] = time.perf_counter()
+
+    total = args.warmup + args.steps
+    torch._dynamo.reset()  # every fit compiles its own module (no cache limit reached across fits)
+    torch.manual_seed(0)
+    module = module_class({"_target_": "sqtorch.envs.queue"}, n=64, k=4, algo={
+        "m": 8, "batch_size": batch_size, "max_steps": total, "data": {"state_dist": "visited"}},
+        eval={"reference": "none"})
+    clock = Clock()
+    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=total,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, log_every_n_steps=10,
+                         deterministic=True, callbacks=[clock])
+    trainer.fit(module)
+    return args.steps / (clock.t[total] - clock.t[args.warmup])
+
+
+def measure_step(batch_size: int, device: torch.device, args: argparse.Namespace) -> list[str]:
+    """Table rows: steps/s in ``Trainer.fit``, eager against the compiled regression."""
+    from sqtorch.neural.module import SubsampleQModule
+
+    arms = {"eager (as trained)": SubsampleQModule, "compiled regression": compiled_module_class()}
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(args.repeats):
+        for name in list(arms) if r % 2 == 0 else list(arms)[::-1]:
+            rates[name].append(fit_steps_per_s(arms[name], batch_size, device, args))
+    eager = statistics.median(rates["eager (as trained)"])
+    return [f"| {batch_size} | {name} | {statistics.median(v):,.1f} | {statistics.median(v) / eager:.2f}x |"
+            for name, v in rates.items()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--step-batches", type=int, nargs="*", default=[256, 4096],
+                    help="batch sizes of the in-step comparison (none: skip it)")
+    ap.add_argument("--steps", type=int, default=200, help="steps per timed block")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed steps per arm after the first")
+    ap.add_argument("--repeats", type=int, default=5, help="timed blocks per arm (alternating)")
+    ap.add_argument("--out", type=Path, help="also write the table to this file")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench/compile.py: torch.cuda.is_available() is False; use --device cpu")
+    torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
+    head = [
+        f"`python bench/compile.py {shlex.join(sys.argv[1:])}`".replace(" `", "`"),
+        f"device {device.type} ({name}), {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}",
+        "",
+        "| batch | arm | ms per update | items/s | vs eager | first step s | weights = eager's |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    print("\n".join(head), flush=True)
+    rows = []
+    for batch_size in args.batches:
+        new = measure(batch_size, device, args)
+        print("\n".join(new), flush=True)
+        rows += new
+    if args.step_batches:
+        step_head = ["", "In the training step (`Trainer.fit`):", "",
+                     "| batch | module | steps/s | vs eager |", "|---:|---|---:|---:|"]
+        print("\n".join(step_head), flush=True)
+        rows += step_head
+        for batch_size in args.step_batches:
+            new = measure_step(batch_size, device, args)
+            print("\n".join(new), flush=True)
+            rows += new
+    if args.out:
+        args.out.write_text("\n".join(head + rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
