@@ -4,25 +4,26 @@
     python bench/compile.py --device cuda --batches 256 4096 32768
     python bench/compile.py --out FILE                        # also writes the table
 
-What is timed is the part of a training step that compilation could take over: everything after
-the batch is drawn. The sampling (``sqtorch.neural.data``) draws from explicit ``torch.Generator``
-streams, where ``torch.compile`` breaks the graph, and ``td_loss`` as a whole recompiles on the step
-counter of the target sync. The part is: ``Q`` from the count path with the step's first-layer table
-(``DeepSetsQ.hidden_table`` and ``forward_counts``), the chosen action's value, the scaled Huber loss
-(``SubsampleQModule._loss``), backward, global-norm clipping at 10 and the fused Adam step
-(``adam_step``). It runs on one fixed batch of the ``bench/neural.py`` setting: queue, n = 64, k = 4,
-m = 8, the ``visited`` pool, hidden width 64.
+What is timed is the part of a training step that compilation could take over: everything after the
+batch is drawn. The sampling (``sqtorch.neural.data``) draws from explicit ``torch.Generator``
+streams, where ``torch.compile`` breaks the graph, and ``td_loss`` compiled whole recompiled on
+every step in a trial (the target sync's step counter is a guarded Python int). The part is: ``Q``
+from the count path with the step's first-layer table (``DeepSetsQ.hidden_table`` and
+``forward_counts``), the chosen action's value, the scaled Huber loss (``SubsampleQModule._loss``),
+backward, global-norm clipping at 10 and the fused Adam step (``adam_step``). It runs on one fixed
+batch of the ``bench/neural.py`` setting: queue, n = 64, k = 4, m = 8, the ``visited`` pool, hidden
+width 64.
 
 Arms, each with its own copy of the same initial network and its own Adam:
 * eager, as training runs it;
 * ``torch.compile`` of the loss function (inductor, default mode; backward through AOTAutograd);
 * on CUDA also ``mode="reduce-overhead"`` (CUDA graphs).
 
-In the training step (``--step-batches``): ``Trainer.fit`` of the module as it is against a
-variant whose ``td_loss`` calls the same regression (table, ``Q``, loss) through ``torch.compile``;
-its pool policy then reads a table of its own, computed without autograd (one more small forward
-pass), since a compiled region's output table cannot also feed the eager sampling cheaply. Steps
-per second after ``--warmup`` steps (which include the compilation), alternating, medians.
+In the training step (``--step-batches``): ``Trainer.fit`` of the module as it is against a variant
+whose ``td_loss`` calls the same regression (table, ``Q``, loss) through ``torch.compile``; its pool
+policy reads a table of its own, computed without autograd (one more small forward pass; the
+compiled region computes the table it differentiates). Steps per second after ``--warmup`` steps
+(which include the compilation), alternating, medians.
 
 The arms alternate ``--repeats`` times (``--steps`` steps each); the table shows medians, the
 speed-up over eager, the seconds of the first step (the compilation; a second batch size may reuse
