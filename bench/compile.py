@@ -51,19 +51,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.neural import make_module, sync  # noqa: E402
+from bench.neural import fit_step_seconds, sourced_module, sync  # noqa: E402
+from sqtorch.neural.module import SubsampleQModule, adam_step, clip_grad_norm  # noqa: E402
+from sqtorch.runtime import no_autograd_dispatch  # noqa: E402
+from sqtorch.tabular.counts import counts_of  # noqa: E402
 
 
 class Arm:
     """One network, its Adam and its loss function (eager or compiled)."""
 
-    def __init__(self, name: str, net: torch.nn.Module, loss: Callable, compile_mode: str | None) -> None:
-        from sqtorch.neural.module import adam_step, clip_grad_norm
-
-        self.name, self.net = name, net
+    def __init__(self, name: str, net: torch.nn.Module, loss: Callable, compile_mode: str) -> None:
+        self.name = name
         self.params = list(net.parameters())
         self.opt = torch.optim.Adam(self.params, lr=1e-3, fused=True)
-        self._adam, self._clip = adam_step, clip_grad_norm
 
         def regression(s_g: torch.Tensor, c: torch.Tensor, a_g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             q = net.forward_counts(s_g, c, net.hidden_table())
@@ -74,38 +74,34 @@ class Arm:
         else:
             self.fn = torch.compile(regression, mode=None if compile_mode == "default" else compile_mode)
 
-    def step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def step(self, batch: tuple[torch.Tensor, ...]) -> None:
         for p in self.params:
             p.grad = None
-        loss = self.fn(*batch)
-        loss.backward()
-        self._clip(self.params, 10.0)
-        self._adam(self.opt)
-        return loss
+        self.fn(*batch).backward()
+        clip_grad_norm(self.params, 10.0)
+        adam_step(self.opt)
 
 
-def measure(batch_size: int, device: torch.device, args: argparse.Namespace) -> list[str]:
-    """Table rows for one batch size (see the module docstring)."""
-    from sqtorch.neural.data import DataConfig, GenerativeSource
-    from sqtorch.tabular.counts import counts_of
-
+def measure(batch_size: int, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """One record per arm for one batch size (see the module docstring): ``arm``, ``ms`` per update,
+    ``items_per_s``, ``vs_eager``, ``first_s`` (the first step; ``None`` for eager) and ``max_diff``
+    (max abs difference of the final weights from eager's; ``None`` for eager)."""
     ns = argparse.Namespace(m=8, batch_size=batch_size, hidden=64)
     torch.manual_seed(0)  # the initial network
-    module = make_module("queue", 64, 4, ns, 10).to(device)
-    module.source = GenerativeSource(module.env.to(device), 64, 4, 8, DataConfig("visited"), seed=0)
+    module = sourced_module("queue", 64, 4, ns, 10, device)
     b = module.source.sample(batch_size)  # the pool as initialised: one fixed batch
     with torch.no_grad():
         target = module.td_target(b.r, b.g_next, b.c_next, b.x_next)
     batch = (b.s_g, counts_of(b.s_sub, module.net.L), b.a_g, target)
     modes = ["eager", "default"] + (["reduce-overhead"] if device.type == "cuda" else [])
     arms = [Arm(mode, copy.deepcopy(module.net), module._loss, mode) for mode in modes]
-    compile_s = {}
+    first_s = {}
     for arm in arms:  # the first step: the compilation
         sync(device)
         t0 = time.perf_counter()
         arm.step(batch)
         sync(device)
-        compile_s[arm.name] = time.perf_counter() - t0
+        first_s[arm.name] = time.perf_counter() - t0
         for _ in range(args.warmup):
             arm.step(batch)
     times: dict[str, list[float]] = {arm.name: [] for arm in arms}
@@ -119,87 +115,72 @@ def measure(batch_size: int, device: torch.device, args: argparse.Namespace) -> 
             times[arm.name].append((time.perf_counter() - t0) / args.steps * 1e3)
     eager = statistics.median(times["eager"])
     w_eager = torch.cat([p.detach().flatten() for p in arms[0].params])
-    rows = []
+    records = []
     for arm in arms:  # every arm made the same steps on the same batch from the same weights
         ms = statistics.median(times[arm.name])
         diff = float((torch.cat([p.detach().flatten() for p in arm.params]) - w_eager).abs().max())
-        same = "-" if arm.name == "eager" else ("yes" if diff == 0 else f"no (max abs diff {diff:.2g})")
-        compiled = "-" if arm.name == "eager" else f"{compile_s[arm.name]:.1f}"
-        rows.append(f"| {batch_size} | {arm.name} | {ms:.3f} | {batch_size / ms * 1e3:,.0f} | "
-                    f"{eager / ms:.2f}x | {compiled} | {same} |")
-    return rows
+        compiled = arm.name != "eager"
+        records.append({"arm": arm.name, "ms": ms, "items_per_s": batch_size / ms * 1e3, "vs_eager": eager / ms,
+                        "first_s": first_s[arm.name] if compiled else None, "max_diff": diff if compiled else None})
+    return records
 
 
-def compiled_module_class() -> type:
+def weights_cell(max_diff: float | None) -> str:
+    """Whether an arm's weights equal eager's, for the tables."""
+    if max_diff is None:
+        return "-"
+    return "yes" if max_diff == 0 else f"no (max abs diff {max_diff:.2g})"
+
+
+def update_row(batch_size: int, r: dict) -> str:
+    """The table row of one :func:`measure` record."""
+    first = "-" if r["first_s"] is None else f"{r['first_s']:.1f}"
+    return (f"| {batch_size} | {r['arm']} | {r['ms']:.3f} | {r['items_per_s']:,.0f} | {r['vs_eager']:.2f}x | {first} | "
+            f"{weights_cell(r['max_diff'])} |")
+
+
+class CompiledRegression(SubsampleQModule):
     """``SubsampleQModule`` whose regression (first-layer table, Q, loss) runs under ``torch.compile``
     (finite local states, mean or sum pooling; the ``visited`` pool's policy reads a no-grad table)."""
-    from sqtorch.neural.module import SubsampleQModule
-    from sqtorch.runtime import no_autograd_dispatch
 
-    class CompiledRegression(SubsampleQModule):
-        def td_loss(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            if not hasattr(self, "_compiled"):
-                self._compiled = torch.compile(self._regression)
-            self.update_target()
-            with torch.no_grad():
-                frozen = self.net.hidden_table()
+    def td_loss(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not hasattr(self, "_compiled"):
+            self._compiled = torch.compile(self._regression)
+        self.update_target()
+        with torch.no_grad():
+            frozen = self.net.hidden_table()
 
-            def policy(s_g: torch.Tensor, s_sub: torch.Tensor) -> torch.Tensor:
-                return self.net.q_states(s_g, s_sub, frozen).argmax(-1)
+        def policy(s_g: torch.Tensor, s_sub: torch.Tensor) -> torch.Tensor:
+            return self.net.q_states(s_g, s_sub, frozen).argmax(-1)
 
-            b = self.source.sample(self.algo.batch_size, policy)
-            with no_autograd_dispatch():
-                target = self.td_target(b.r, b.g_next, b.c_next, b.x_next)
-            loss, q = self._compiled(b.s_g, b.s_sub, b.a_g, target)
-            self.samples += self.algo.batch_size
-            return loss, q, target
+        b = self.source.sample(self.algo.batch_size, policy)
+        with no_autograd_dispatch():
+            target = self.td_target(b.r, b.g_next, b.c_next, b.x_next)
+        loss, q = self._compiled(b.s_g, b.s_sub, b.a_g, target)
+        self.samples += self.algo.batch_size
+        return loss, q, target
 
-        def _regression(self, s_g: torch.Tensor, s_sub: torch.Tensor, a_g: torch.Tensor,
-                        target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            q = self.net.q_states(s_g, s_sub, self.net.hidden_table())
-            return self._loss(q.gather(1, a_g[:, None])[:, 0], target), q
-
-    return CompiledRegression
+    def _regression(self, s_g: torch.Tensor, s_sub: torch.Tensor, a_g: torch.Tensor,
+                    target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.net.q_states(s_g, s_sub, self.net.hidden_table())
+        return self._loss(q.gather(1, a_g[:, None])[:, 0], target), q
 
 
-def fit_steps_per_s(module_class: type, batch_size: int, device: torch.device, args: argparse.Namespace) -> float:
-    """Steps/s of ``Trainer.fit`` (bench/neural.py's setting) after ``args.warmup`` steps."""
-    import lightning.pytorch as pl
-
-    class Clock(pl.Callback):
-        def __init__(self) -> None:
-            self.t: dict[int, float] = {}
-
-        def on_train_batch_end(self, trainer: pl.Trainer, *rest: object) -> None:
-            sync(device)
-            self.t[trainer.global_step] = time.perf_counter()
-
-    total = args.warmup + args.steps
-    torch._dynamo.reset()  # every fit compiles its own module (no cache limit reached across fits)
-    torch.manual_seed(0)
-    module = module_class({"_target_": "sqtorch.envs.queue"}, n=64, k=4, algo={
-        "m": 8, "batch_size": batch_size, "max_steps": total, "data": {"state_dist": "visited"}},
-        eval={"reference": "none"})
-    clock = Clock()
-    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=total,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, log_every_n_steps=10,
-                         deterministic=True, callbacks=[clock])
-    trainer.fit(module)
-    return args.steps / (clock.t[total] - clock.t[args.warmup])
+STEP_ARMS = {"eager (as trained)": SubsampleQModule, "compiled regression": CompiledRegression}
 
 
-def measure_step(batch_size: int, device: torch.device, args: argparse.Namespace) -> list[str]:
-    """Table rows: steps/s in ``Trainer.fit``, eager against the compiled regression."""
-    from sqtorch.neural.module import SubsampleQModule
-
-    arms = {"eager (as trained)": SubsampleQModule, "compiled regression": compiled_module_class()}
-    rates: dict[str, list[float]] = {name: [] for name in arms}
+def measure_step(batch_size: int, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """One record per module of :data:`STEP_ARMS`: ``module``, ``steps_per_s`` in ``Trainer.fit``
+    (bench/neural.py's setting, after ``args.warmup`` steps) and ``vs_eager``."""
+    rates: dict[str, list[float]] = {name: [] for name in STEP_ARMS}
     for r in range(args.repeats):
-        for name in list(arms) if r % 2 == 0 else list(arms)[::-1]:
-            rates[name].append(fit_steps_per_s(arms[name], batch_size, device, args))
+        for name in list(STEP_ARMS) if r % 2 == 0 else list(STEP_ARMS)[::-1]:
+            torch._dynamo.reset()  # every fit compiles its own module (no cache limit reached across fits)
+            torch.manual_seed(0)
+            wall = fit_step_seconds(STEP_ARMS[name], batch_size, args.warmup, args.steps, device)[0]
+            rates[name].append(1.0 / wall)
     eager = statistics.median(rates["eager (as trained)"])
-    return [f"| {batch_size} | {name} | {statistics.median(v):,.1f} | {statistics.median(v) / eager:.2f}x |"
+    return [{"module": name, "steps_per_s": statistics.median(v), "vs_eager": statistics.median(v) / eager}
             for name, v in rates.items()]
 
 
@@ -232,7 +213,7 @@ def main() -> None:
     print("\n".join(head), flush=True)
     rows = []
     for batch_size in args.batches:
-        new = measure(batch_size, device, args)
+        new = [update_row(batch_size, r) for r in measure(batch_size, device, args)]
         print("\n".join(new), flush=True)
         rows += new
     if args.step_batches:
@@ -241,7 +222,8 @@ def main() -> None:
         print("\n".join(step_head), flush=True)
         rows += step_head
         for batch_size in args.step_batches:
-            new = measure_step(batch_size, device, args)
+            new = [f"| {batch_size} | {r['module']} | {r['steps_per_s']:,.1f} | {r['vs_eager']:.2f}x |"
+                   for r in measure_step(batch_size, device, args)]
             print("\n".join(new), flush=True)
             rows += new
     if args.out:

@@ -186,18 +186,18 @@ def check_compile(dev: torch.device, quick: bool) -> None:
     alone (eager, inductor default, on CUDA also ``reduce-overhead``: CUDA graphs) and the training step."""
     import argparse
 
-    from bench.compile import measure, measure_step
+    from bench.compile import measure, measure_step, weights_cell
 
     args = argparse.Namespace(steps=10 if quick else 100, warmup=5 if quick else 20, repeats=2 if quick else 3)
     for batch in (256,) if quick else (256, 4096):
-        for row in measure(batch, dev, args):  # | batch | arm | ms | items/s | vs eager | first step s | weights |
-            c = [x.strip() for x in row.strip("|").split("|")]
-            print(f"| torch.compile update, {dev.type}, batch {c[0]}, {c[1]} | {c[2]} ms, {c[3]} items/s, {c[4]} vs "
-                  f"eager; first step {c[5]} s; weights = eager's: {c[6]} |", flush=True)
-    for row in measure_step(256, dev, args):  # | batch | module | steps/s | vs eager |
-        c = [x.strip() for x in row.strip("|").split("|")]
-        print(f"| torch.compile in Trainer.fit, {dev.type}, batch {c[0]}, {c[1]} | {c[2]} steps/s, {c[3]} vs eager |",
-              flush=True)
+        for r in measure(batch, dev, args):
+            first = "-" if r["first_s"] is None else f"{r['first_s']:.1f}"
+            print(f"| torch.compile update, {dev.type}, batch {batch}, {r['arm']} | {r['ms']:.3f} ms, "
+                  f"{r['items_per_s']:,.0f} items/s, {r['vs_eager']:.2f}x vs eager; first step {first} s; "
+                  f"weights = eager's: {weights_cell(r['max_diff'])} |", flush=True)
+    for r in measure_step(256, dev, args):
+        print(f"| torch.compile in Trainer.fit, {dev.type}, batch 256, {r['module']} | "
+              f"{r['steps_per_s']:,.1f} steps/s, {r['vs_eager']:.2f}x vs eager |", flush=True)
 
 
 CHECKS = {"tabular": check_tabular, "execution": check_execution, "syncs": check_syncs, "neural": check_neural,

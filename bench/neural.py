@@ -76,14 +76,23 @@ def make_module(env: str, n: int, k: int, args: argparse.Namespace, max_steps: i
     )
 
 
+def sourced_module(env: str, n: int, k: int, args: argparse.Namespace, max_steps: int,
+                   device: torch.device) -> SubsampleQModule:
+    """:func:`make_module` on ``device`` with its ``visited`` sampler (seed 0), ready for ``td_loss``
+    outside a Trainer."""
+    from sqtorch.neural.data import DataConfig, GenerativeSource
+
+    module = make_module(env, n, k, args, max_steps).to(device)
+    module.source = GenerativeSource(module.env.to(device), n, k, args.m, DataConfig("visited"), seed=0)
+    return module
+
+
 def raw_step_ms(env: str, n: int, k: int, args: argparse.Namespace, device: torch.device) -> float:
     """ms per optimizer step without Lightning: the module's ``td_loss`` and its update (fused Adam,
     norm clipping at 10), target syncs every ``algo.target_sync`` steps as under the Trainer."""
-    from sqtorch.neural.data import DataConfig, GenerativeSource
     from sqtorch.neural.module import clip_grad_norm
 
-    module = make_module(env, n, k, args, args.steps).to(device)
-    module.source = GenerativeSource(module.env.to(device), n, k, args.m, DataConfig("visited"), seed=0)
+    module = sourced_module(env, n, k, args, args.steps, device)
     params = module._params
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)
     count = [0]
@@ -159,9 +168,22 @@ def child_main(argv: list[str]) -> None:
         print(json.dumps({"wall": metrics["train/wall_seconds"], "return": metrics.get("eval/return")}))
         return
     sys.path.insert(0, str(tree))
-    import lightning.pytorch as pl
-
     from sqtorch.neural.module import SubsampleQModule
+
+    batch = opts["batch"]
+    dt, cpu = fit_step_seconds(SubsampleQModule, batch, opts["warmup"], opts["steps"], torch.device("cpu"))
+    print(json.dumps({"ms": dt * 1e3, "items_per_s": batch / dt, "cpu_ms": cpu * 1e3}))
+
+
+def fit_step_seconds(module_class: type, batch: int, warm: int, steps: int,
+                     device: torch.device) -> tuple[float, float]:
+    """Wall and CPU seconds per optimizer step of ``Trainer.fit`` over the ``steps`` steps after ``warm``.
+
+    The module is ``module_class`` in the ``--baseline`` setting (queue, n = 64, k = 4, m = 8, ``visited``,
+    batch ``batch``); the Trainer has no logger, checkpoints, bar or validation, logs every 10 steps and
+    is deterministic. A module with automatic optimization (an old tree's) clips through the Trainer.
+    """
+    import lightning.pytorch as pl
 
     class Clock(pl.Callback):
         def __init__(self) -> None:
@@ -169,11 +191,11 @@ def child_main(argv: list[str]) -> None:
             self.cpu: dict[int, float] = {}
 
         def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+            sync(device)
             self.t[trainer.global_step] = time.perf_counter()
             self.cpu[trainer.global_step] = time.process_time()
 
-    warm, steps, batch = opts["warmup"], opts["steps"], opts["batch"]
-    module = SubsampleQModule(
+    module = module_class(
         {"_target_": "sqtorch.envs.queue"}, n=64, k=4,
         algo={"m": 8, "batch_size": batch, "max_steps": warm + steps, "data": {"state_dist": "visited"}},
         eval={"reference": "none"},
@@ -181,13 +203,12 @@ def child_main(argv: list[str]) -> None:
     # the old module clips through the Trainer (automatic optimization), the new one itself
     clip = {"gradient_clip_val": 10.0} if module.automatic_optimization else {}
     clock = Clock()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=warm + steps, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, log_every_n_steps=10, deterministic=True, callbacks=[clock], **clip)
+    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=warm + steps,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, log_every_n_steps=10, deterministic=True,
+                         callbacks=[clock], **clip)
     trainer.fit(module)
-    dt = (clock.t[warm + steps] - clock.t[warm]) / steps
-    cpu = (clock.cpu[warm + steps] - clock.cpu[warm]) / steps
-    print(json.dumps({"ms": dt * 1e3, "items_per_s": batch / dt, "cpu_ms": cpu * 1e3}))
+    return ((clock.t[warm + steps] - clock.t[warm]) / steps, (clock.cpu[warm + steps] - clock.cpu[warm]) / steps)
 
 
 def main_job_argv(opts: dict, out: str) -> list[str]:
